@@ -1,0 +1,1 @@
+"""gmm-vit-jax: vision transformers with Gaussian-mixture attention, in JAX/Flax."""

@@ -1,0 +1,71 @@
+"""Multi-head attention with a pluggable score function and a pluggable logit mask.
+
+    logits = score(x, q)            (B, H, N, N), log space
+    logits = mask(logits, coords)   GMM / ELM, optional
+    logits = logits + bias          additive terms a backbone owns (Swin's relative
+                                    position bias and shift mask), optional
+    logits = pre_softmax(logits)    head mixing (CaiT's talking heads), optional
+    weights = softmax(logits)       over keys, in float32
+    weights = post_softmax(weights)
+    out = proj(weights @ v)
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gmm_vit_jax.attention.scores import merge_heads, split_heads
+from gmm_vit_jax.initializers import dense_init
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, dim: int, *, num_heads: int, head_dim: int, score: nnx.Module,
+               mask: nnx.Module | None = None, qkv_bias: bool = False,
+               project_out: bool = True, dropout: float = 0.0,
+               pre_softmax: LogitsFn | None = None, post_softmax: LogitsFn | None = None,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    inner = num_heads * head_dim
+    self.num_heads = num_heads
+    self.query = nnx.Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
+                            kernel_init=dense_init, rngs=rngs)
+    self.score = score
+    self.value = nnx.Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
+                            kernel_init=dense_init, rngs=rngs)
+    self.mask = mask
+    self.pre_softmax = pre_softmax
+    self.post_softmax = post_softmax
+    self.out = (nnx.Linear(inner, dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+                if project_out else None)
+    self.dropout = nnx.Dropout(dropout)
+    self.dtype = dtype
+
+  def attention_weights(self, x: jax.Array, coords: jax.Array,
+                        bias: jax.Array | None = None) -> jax.Array:
+    """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, N) float32 weights."""
+    q = split_heads(self.query(x), self.num_heads)
+    logits = self.score(x, q).astype(jnp.float32)
+    if self.mask is not None:
+      logits = self.mask(logits, coords)
+    if bias is not None:
+      logits = logits + bias
+    if self.pre_softmax is not None:
+      logits = self.pre_softmax(logits)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if self.post_softmax is not None:
+      weights = self.post_softmax(weights)
+    return weights
+
+  def __call__(self, x: jax.Array, coords: jax.Array, *, bias: jax.Array | None = None,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """(B, N, C) -> (B, N, C)."""
+    weights = self.attention_weights(x, coords, bias)
+    v = split_heads(self.value(x), self.num_heads)
+    out = merge_heads(jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v))
+    if self.out is not None:
+      out = self.dropout(self.out(out), deterministic=deterministic, rngs=rngs)
+    return out

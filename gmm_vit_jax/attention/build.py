@@ -1,0 +1,31 @@
+"""Builds an attention layer from the `model.attention` and `model.mask` configs."""
+
+from flax import nnx
+import ml_collections
+
+from gmm_vit_jax.attention.attention import Attention
+from gmm_vit_jax.attention.masks import check_choice, make_mask
+from gmm_vit_jax.attention.scores import DotProductScore
+
+SCORE_KINDS = ('dot_product',)
+
+
+def make_score(attention: ml_collections.ConfigDict, *, dim: int, num_heads: int,
+               head_dim: int, dtype, rngs: nnx.Rngs) -> nnx.Module:
+  check_choice('attention.score', attention.score, SCORE_KINDS)
+  return DotProductScore(dim, num_heads=num_heads, head_dim=head_dim,
+                         use_bias=attention.qkv_bias, dtype=dtype, rngs=rngs)
+
+
+def make_attention(attention: ml_collections.ConfigDict, mask: ml_collections.ConfigDict, *,
+                   dim: int, num_heads: int, head_dim: int, grid_shape: tuple[int, int],
+                   dropout: float, dtype, rngs: nnx.Rngs, **kwargs) -> Attention:
+  """One attention layer; `kwargs` carry a backbone's own options (pre_softmax, ...)."""
+  return Attention(
+      dim, num_heads=num_heads, head_dim=head_dim,
+      score=make_score(attention, dim=dim, num_heads=num_heads, head_dim=head_dim,
+                       dtype=dtype, rngs=rngs),
+      mask=make_mask(mask.kind, num_heads=num_heads, grid_shape=grid_shape,
+                     num_kernels=mask.num_kernels, mode=mask.mode, cutoff=mask.cutoff,
+                     rngs=rngs),
+      qkv_bias=attention.qkv_bias, dropout=dropout, dtype=dtype, rngs=rngs, **kwargs)

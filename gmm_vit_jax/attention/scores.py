@@ -1,0 +1,43 @@
+"""Score functions: how a head turns queries and tokens into attention logits.
+
+A score function owns the key side of attention. It maps tokens x (B, N, C) and
+queries q (B, H, N, D) to log-space scores (B, H, N, N); the attention module
+applies the mask and the softmax. Mixture-of-keys attention is a second score
+function with the same signature, so no backbone changes to use it.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gmm_vit_jax.initializers import dense_init
+
+
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+  """(B, N, H*D) -> (B, H, N, D)."""
+  b, n, hd = x.shape
+  return x.reshape(b, n, num_heads, hd // num_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+  """(B, H, N, D) -> (B, N, H*D)."""
+  b, h, n, d = x.shape
+  return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
+class DotProductScore(nnx.Module):
+  """Scaled dot product q . k / sqrt(D): the standard softmax attention logits."""
+
+  def __init__(self, dim: int, *, num_heads: int, head_dim: int, use_bias: bool,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.key = nnx.Linear(dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype,
+                          kernel_init=dense_init, rngs=rngs)
+    self.num_heads = num_heads
+    self.scale = head_dim ** -0.5
+
+  def keys(self, x: jax.Array) -> jax.Array:
+    """(B, N, C) -> (B, H, N, D)."""
+    return split_heads(self.key(x), self.num_heads)
+
+  def __call__(self, x: jax.Array, q: jax.Array) -> jax.Array:
+    return jnp.einsum('bhid,bhjd->bhij', q, self.keys(x)) * jnp.asarray(self.scale, q.dtype)

@@ -1,0 +1,30 @@
+"""Backbones, built by name from a config's `model` section."""
+
+import jax.numpy as jnp
+from flax import nnx
+import ml_collections
+
+from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.models.vit import ViT
+
+BACKBONES = {
+    'vit': ViT,
+}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
+                channels: int, rngs: nnx.Rngs) -> nnx.Module:
+  """The backbone `model.name` with the config's fields as its keyword arguments.
+
+  The dataset supplies num_classes, image_size and channels.
+  """
+  check_choice('model.name', model.name, tuple(BACKBONES))
+  check_choice('model.dtype', model.dtype, tuple(DTYPES))
+  kwargs = {k: v for k, v in model.items() if k != 'name'}
+  kwargs['dtype'] = DTYPES[model.dtype]
+  try:
+    return BACKBONES[model.name](num_classes=num_classes, image_size=image_size,
+                                 channels=channels, rngs=rngs, **kwargs)
+  except TypeError as e:
+    raise ValueError(f'model config does not fit backbone {model.name!r}: {e}') from e

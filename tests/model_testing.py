@@ -1,0 +1,42 @@
+"""Shared test helpers: tiny configs and a few-step training check for any backbone."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+
+def train_losses(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, steps: int,
+                 learning_rate: float = 1e-3, **call_kwargs) -> list[float]:
+  """Full-batch AdamW steps on one tiny batch; returns the loss before each step."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adamw(learning_rate)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    def loss_fn(p):
+      logits = nnx.merge(graphdef, p, rest)(
+          images, deterministic=False, rngs=nnx.Rngs(dropout=key), **call_kwargs)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  losses = []
+  for i in range(steps):
+    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
+    losses.append(float(loss))
+  return losses
+
+
+def count_params(model: nnx.Module) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def random_batch(batch: int, size: int, channels: int = 3, num_classes: int = 10, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+  return images, labels

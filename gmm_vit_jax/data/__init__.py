@@ -1,0 +1,1 @@
+"""Datasets: their facts (info), where the pixels come from (sources), device residency (device)."""

@@ -1,0 +1,75 @@
+"""Whole splits as uint8 arrays: tfds datasets, and scikit-learn's bundled digits offline.
+
+CIFAR-size datasets fit in accelerator memory, so a split is read once into
+(N, H, W, C) uint8 images and (N,) int32 labels and never streamed.
+"""
+
+import numpy as np
+
+from gmm_vit_jax.data.info import dataset_info
+
+TFDS_SPLITS = {'train': 'train', 'test': 'test'}
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+READ_CHUNK = 10_000
+
+
+def load_split(name: str, split: str, *, data_dir: str | None,
+               download: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (images uint8 (N, H, W, C), labels int32 (N,)) of `split` ('train' or 'test').
+
+  download: let tfds fetch and prepare a dataset that is not prepared yet.
+  """
+  dataset_info(name)
+  if split not in TFDS_SPLITS:
+    raise ValueError(f'split={split!r} is not supported; choose one of {tuple(TFDS_SPLITS)}.')
+  if name == 'digits':
+    return _digits(split)
+  return _tfds(name, split, data_dir, download)
+
+
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A fixed stratified 80/20 split of the 1,797 sklearn digits, grey levels scaled to uint8."""
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  x_train, x_test, y_train, y_test = train_test_split(
+      images, labels, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED,
+      stratify=labels)
+  return (x_train, y_train) if split == 'train' else (x_test, y_test)
+
+
+def _not_prepared(name: str, data_dir: str, why: str) -> RuntimeError:
+  return RuntimeError(
+      f'The tfds dataset {name!r} is not prepared in {data_dir} ({why}). On a machine with '
+      f'internet access run `python -c "import tensorflow_datasets as tfds; '
+      f'tfds.builder({name!r}).download_and_prepare()"` and copy ~/tensorflow_datasets/{name} '
+      f'here, or pass --config.dataset.data_dir=DIR where DIR holds the prepared dataset.')
+
+
+def _tfds(name: str, split: str, data_dir: str | None,
+          download: bool) -> tuple[np.ndarray, np.ndarray]:
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  # TensorFlow only reads files here; the accelerator belongs to JAX.
+  tf.config.set_visible_devices([], 'GPU')
+  builder = tfds.builder(name, data_dir=data_dir)
+  read = lambda: tfds.as_numpy(builder.as_dataset(split=TFDS_SPLITS[split], as_supervised=True)
+                              .batch(READ_CHUNK))
+  try:
+    chunks = read()
+  except AssertionError as not_found:  # What tfds raises for a dataset that is not prepared.
+    if not download:
+      raise _not_prepared(name, builder.data_dir, 'dataset.download is off') from not_found
+    try:
+      builder.download_and_prepare()
+    except Exception as e:
+      raise _not_prepared(name, builder.data_dir,
+                          f'the download failed: {type(e).__name__}: {e}') from e
+    chunks = read()
+  images, labels = zip(*chunks)
+  return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)

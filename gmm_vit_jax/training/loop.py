@@ -1,0 +1,172 @@
+"""train_and_evaluate: the one training loop every config runs through."""
+
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import nnx
+
+from gmm_vit_jax.data import sources
+from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
+from gmm_vit_jax.training import sharding
+from gmm_vit_jax.training.checkpoint import Checkpointer, build_from_config, write_config
+from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
+from gmm_vit_jax.training.state import Metrics, TrainState
+from gmm_vit_jax.training.step import make_eval_step, make_train_step
+
+SUMMARY_FILE = 'summary.json'
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class _StopRequest:
+  """Turns SIGTERM into a flag the loop checks between steps, so it can save and stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> None:
+  if float(metrics.nonfinite):
+    raise NonFiniteLossError(
+        f'The training loss became NaN or infinite before step {step}. The run stopped without '
+        f'saving, so the last good checkpoint (step {checkpointer.latest_step()}) is intact. '
+        f'Lower optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun to resume.')
+
+
+def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh) -> dict:
+  metrics = jax.device_put(Metrics.zeros(), sharding.replicated(mesh))
+  for index, weight in eval_batches(labels.shape[0], batch_size):
+    metrics = eval_step(state.params, state.buffers, metrics, images, labels,
+                        sharding.global_batch(index, mesh), sharding.global_batch(weight, mesh))
+  return metrics.summary('eval')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+  started = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  write_config(workdir, config)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size('batch_size', config.batch_size, mesh)
+  sharding.check_batch_size('eval_batch_size', config.eval_batch_size, mesh)
+  info = dataset_info(config.dataset.name)
+  replicated = sharding.replicated(mesh)
+  logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
+               jax.device_count(), jax.devices()[0].platform, jax.process_count())
+
+  splits = {}
+  for split in ('train', 'test'):
+    images, labels = sources.load_split(config.dataset.name, split,
+                                        data_dir=config.dataset.data_dir,
+                                        download=config.dataset.download)
+    splits[split] = (jax.device_put(images, replicated), jax.device_put(labels, replicated))
+    logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
+                 images.shape[1:])
+  train_images, train_labels = splits['train']
+  sampler = EpochSampler(train_labels.shape[0], config.batch_size, config.passes_per_epoch,
+                         config.seed)
+  total_steps = config.epochs * sampler.steps_per_epoch
+
+  tx = make_optimizer(config, sampler.steps_per_epoch)
+  graphdef, abstract_params, abstract_buffers = nnx.split(
+      nnx.eval_shape(lambda: build_from_config(config, config.seed)), nnx.Param, ...)
+
+  def init() -> TrainState:
+    _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params))
+
+  state = jax.jit(init, out_shardings=replicated)()
+  logging.info('Parameters of %s:\n%s', config.model.name,
+               parameter_overview.get_parameter_overview(state.params))
+
+  checkpointer = Checkpointer(workdir, config.checkpoint)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
+  start_step = int(state.step)
+
+  train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
+  eval_step = make_eval_step(graphdef, info, out_sharding=replicated)
+  learning_rate = learning_rate_schedule(config, sampler.steps_per_epoch)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  stop = _StopRequest()
+  metrics = jax.device_put(Metrics.zeros(), replicated)
+  best = checkpointer.best_metrics() or {}
+  eval_results = {}
+  train_time = 0.0
+  step = start_step
+  try:
+    with metric_writers.ensure_flushes(writer):
+      while step < total_steps and not stop.requested:
+        t0 = time.perf_counter()
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, metrics = train_step(state, metrics, train_images, train_labels,
+                                      sharding.global_batch(sampler.batch(step), mesh))
+        step += 1
+        progress(step)
+        epoch_end = step % sampler.steps_per_epoch == 0
+        if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
+          _check_finite(metrics, step, checkpointer)
+          train_time += time.perf_counter() - t0
+          scalars = metrics.summary('train')
+          scalars['learning_rate'] = float(learning_rate(step - 1))
+          writer.write_scalars(step, scalars)
+          metrics = jax.device_put(Metrics.zeros(), replicated)
+        else:
+          train_time += time.perf_counter() - t0
+        epoch = step // sampler.steps_per_epoch
+        if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
+          with progress.timed('eval'):
+            eval_results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
+          writer.write_scalars(step, {**eval_results, 'epoch': epoch})
+          if eval_results['eval_accuracy'] >= best.get('eval_accuracy', -1.0):
+            best = dict(eval_results, step=step)
+          checkpointer.save(state, metrics=eval_results)
+        elif step % config.checkpoint.every_steps == 0:
+          checkpointer.save(state)
+      if stop.requested:
+        _check_finite(metrics, step, checkpointer)
+        checkpointer.save(state, force=True)
+        logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
+                        total_steps)
+  finally:
+    stop.restore()
+    checkpointer.close()
+
+  summary = dict(eval_results, step=step, total_steps=total_steps,
+                 completed=step == total_steps,
+                 best_eval_accuracy=best.get('eval_accuracy'),
+                 best_step=best.get('step'),
+                 train_wall_time_s=time.time() - started,
+                 train_steps_per_s=(step - start_step) / max(train_time, 1e-9),
+                 train_images_per_s=(step - start_step) * config.batch_size / max(train_time, 1e-9),
+                 devices=jax.device_count(), platform=jax.devices()[0].platform)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
+      json.dump(summary, f, indent=2)
+  logging.info('Summary: %s', json.dumps(summary))
+  return summary

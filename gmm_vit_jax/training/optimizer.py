@@ -1,0 +1,38 @@
+"""The learning-rate schedule and AdamW of the paper's recipe (SPEC section 4)."""
+
+import jax
+import ml_collections
+import optax
+
+MASK_PARAM_NAMES = ('sigma', 'alpha')
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Per step: linear warmup from init_learning_rate, then cosine to end_learning_rate."""
+  s = config.schedule
+  return optax.warmup_cosine_decay_schedule(
+      init_value=s.init_learning_rate, peak_value=config.optimizer.learning_rate,
+      warmup_steps=s.warmup_epochs * steps_per_epoch,
+      decay_steps=config.epochs * steps_per_epoch, end_value=s.end_learning_rate)
+
+
+def _decay_mask(params, decay_mask_params: bool):
+  """True for every parameter AdamW decays; GMM sigma/alpha optionally excluded.
+
+  params: the nested dict of arrays the train state holds (nnx.to_pure_dict).
+  """
+  def decays(path, _):
+    return decay_mask_params or path[-1].key not in MASK_PARAM_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  o = config.optimizer
+  adamw = optax.adamw(
+      learning_rate_schedule(config, steps_per_epoch), b1=o.b1, b2=o.b2, eps=o.eps,
+      weight_decay=o.weight_decay,
+      mask=lambda params: _decay_mask(params, o.decay_mask_params))
+  if o.grad_clip_norm is None:
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)

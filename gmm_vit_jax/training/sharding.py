@@ -1,0 +1,46 @@
+"""Data parallelism, declared once: a 1-D mesh over every device, batch split on 'data'.
+
+Parameters and optimiser state are replicated; each device computes its slice of the
+global batch and XLA inserts the gradient all-reduce. Multi-host runs build the same
+mesh over all processes' devices; each process supplies its own rows of the batch.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def make_mesh() -> Mesh:
+  # Auto axes: XLA propagates the batch sharding through the model, whose code then
+  # carries no sharding annotations at all.
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> None:
+  devices = mesh.devices.size
+  if batch_size % devices:
+    raise ValueError(f'{field}={batch_size} does not divide by the {devices} devices of the mesh; '
+                     f'use a multiple of {devices}, e.g. {max(devices, batch_size // devices * devices)}.')
+
+
+def global_batch(rows: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Places a global batch computed identically on every process, split on 'data'.
+
+  rows: (B, ...) the whole global batch; each process contributes the rows of its
+  own devices, so no process needs to hold another's data on device.
+  """
+  sharding = batch_sharded(mesh)
+  per_process = rows.shape[0] // jax.process_count()
+  start = jax.process_index() * per_process
+  return jax.make_array_from_process_local_data(sharding, rows[start:start + per_process],
+                                                rows.shape)

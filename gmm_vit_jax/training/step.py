@@ -1,0 +1,78 @@
+"""The jitted train and eval steps.
+
+Each step reads its batch from the device-resident dataset by index, augments it on
+the device, and adds its metrics to sums kept on the device; nothing waits for the
+host inside the step loop.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from gmm_vit_jax import augment
+from gmm_vit_jax.training.state import Metrics, TrainState
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
+  """(B, C) logits, (B, C) target distributions -> (B,) smoothed cross-entropy."""
+  num_classes = logits.shape[-1]
+  targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, info: dict, *,
+                    out_sharding) -> Callable:
+  """Returns step(state, metrics, images, labels, index) -> (state, metrics).
+
+  images: (N, H, W, C) uint8 and labels (N,) int32, the whole training split on the
+  device; index: (B,) int32 rows of this step's batch, sharded over 'data'.
+  """
+  seed_key = jax.random.key(config.seed)
+
+  def step(state: TrainState, metrics: Metrics, images, labels, index):
+    aug_key, dropout_key = jax.random.split(jax.random.fold_in(seed_key, state.step))
+    x, targets = augment.augment_batch(
+        images[index], labels[index], aug_key, config.augment,
+        num_classes=info['num_classes'], mean=info['mean'], std=info['std'])
+
+    def loss_fn(params):
+      # The Rngs live inside the differentiated function: NNX state must not cross traces.
+      logits = nnx.merge(graphdef, params, state.buffers)(
+          x, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
+      return cross_entropy(logits, targets, config.label_smoothing).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+    batch = jnp.float32(index.shape[0])
+    correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+    return state, metrics + Metrics(loss=loss * batch, correct=correct.astype(jnp.float32),
+                                    count=batch,
+                                    nonfinite=(~jnp.isfinite(loss)).astype(jnp.float32))
+
+  return jax.jit(step, donate_argnums=(0, 1), out_shardings=out_sharding)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding) -> Callable:
+  """Returns step(params, buffers, metrics, images, labels, index, weight) -> metrics.
+
+  weight: (B,) 1 for real rows, 0 for the padding that fills the last batch.
+  """
+
+  def step(params, buffers, metrics: Metrics, images, labels, index, weight):
+    x = augment.normalize(images[index], info['mean'], info['std'])
+    logits = nnx.merge(graphdef, params, buffers)(x, deterministic=True)
+    y = labels[index]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return metrics + Metrics(loss=jnp.sum(loss * weight), correct=jnp.sum(correct * weight),
+                             count=jnp.sum(weight),
+                             nonfinite=jnp.sum((~jnp.isfinite(loss)) * weight))
+
+  return jax.jit(step, donate_argnums=(2,), out_shardings=out_sharding)

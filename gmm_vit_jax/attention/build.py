@@ -12,7 +12,7 @@ SCORE_KINDS = ('dot_product',)
 
 def make_score(attention: ml_collections.ConfigDict, *, dim: int, num_heads: int,
                head_dim: int, dtype, rngs: nnx.Rngs) -> nnx.Module:
-  check_choice('attention.score', attention.score, SCORE_KINDS)
+  check_choice('model.attention.score', attention.score, SCORE_KINDS)
   return DotProductScore(dim, num_heads=num_heads, head_dim=head_dim,
                          use_bias=attention.qkv_bias, dtype=dtype, rngs=rngs)
 

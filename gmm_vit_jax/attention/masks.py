@@ -70,9 +70,9 @@ class GaussianMixtureMask(nnx.Module):
 
   def __init__(self, num_heads: int, *, num_kernels: int = 5, mode: MaskMode = 'multiply',
                cutoff: bool = True, rngs: nnx.Rngs):
-    check_choice('mask.mode', mode, MASK_MODES)
+    check_choice('model.mask.mode', mode, MASK_MODES)
     if num_kernels < 1:
-      raise ValueError(f'mask.num_kernels must be >= 1, got {num_kernels}.')
+      raise ValueError(f'model.mask.num_kernels must be >= 1, got {num_kernels}.')
     shape = (num_kernels, num_heads)
     self.sigma = nnx.Param(10.0 + 10.0 * jax.random.normal(rngs.params(), shape))
     self.alpha = nnx.Param(2.0 * jax.random.normal(rngs.params(), shape))
@@ -92,7 +92,7 @@ class ElementwiseMask(nnx.Module):
   """ELM: one learnable (N, N) matrix over the full grid, shared by heads, zero-initialised."""
 
   def __init__(self, grid_shape: tuple[int, int], *, mode: MaskMode = 'multiply'):
-    check_choice('mask.mode', mode, MASK_MODES)
+    check_choice('model.mask.mode', mode, MASK_MODES)
     n = grid_shape[0] * grid_shape[1]
     self.weight = nnx.Param(jnp.zeros((n, n), jnp.float32))
     self.grid_width = grid_shape[1]
@@ -110,7 +110,7 @@ class ElementwiseMask(nnx.Module):
 def make_mask(kind: str, *, num_heads: int, grid_shape: tuple[int, int], num_kernels: int,
               mode: MaskMode, cutoff: bool, rngs: nnx.Rngs):
   """The mask named by a config's `model.mask.kind`; None for 'none'."""
-  check_choice('mask.kind', kind, MASK_KINDS)
+  check_choice('model.mask.kind', kind, MASK_KINDS)
   if kind == 'gmm':
     return GaussianMixtureMask(num_heads, num_kernels=num_kernels, mode=mode, cutoff=cutoff,
                                rngs=rngs)

@@ -19,7 +19,7 @@ from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.convert import core
 from gmm_vit_jax.convert import vit
 from gmm_vit_jax.data.info import dataset_info
-from gmm_vit_jax.export import flat_variables, set_flat_variables
+from gmm_vit_jax import export
 from gmm_vit_jax.models import build_model
 
 MAPPINGS = {
@@ -40,8 +40,8 @@ def model_from_torch(state_dict: dict[str, np.ndarray],
   model = build_model(config.model, num_classes=info['num_classes'],
                       image_size=info['image_size'], channels=info['channels'],
                       rngs=nnx.Rngs(0))
-  shapes = {name: value.shape for name, value in flat_variables(model).items()}
-  set_flat_variables(model, core.to_flax(reference_mapping(config), state_dict, shapes))
+  shapes = {name: value.shape for name, value in export.flat_variables(model).items()}
+  export.set_flat_variables(model, core.to_flax(reference_mapping(config), state_dict, shapes))
   return model
 
 
@@ -62,3 +62,16 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 def write_torch_state_dict(state_dict: dict[str, np.ndarray], path: str) -> None:
   torch.save({key: torch.from_numpy(np.ascontiguousarray(value))
               for key, value in state_dict.items()}, path)
+
+
+def reference_to_bundle(config: ml_collections.ConfigDict, state_dict_path: str,
+                        out_dir: str) -> None:
+  """A reference .pth file -> an inference bundle of the model `config` describes."""
+  model = model_from_torch(read_torch_state_dict(state_dict_path), config)
+  export.save_bundle(model, config, out_dir)
+
+
+def bundle_to_reference(bundle_dir: str, out_path: str) -> None:
+  """An inference bundle -> a .pth state_dict that the reference code loads."""
+  bundle = export.load(bundle_dir)
+  write_torch_state_dict(torch_from_variables(bundle.params, bundle.config), out_path)

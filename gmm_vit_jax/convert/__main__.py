@@ -5,7 +5,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from gmm_vit_jax import convert
-from gmm_vit_jax import export
 
 COMMANDS = ('torch-reference', 'to-torch')
 
@@ -22,16 +21,12 @@ def main(argv):
   if argv[1] == 'torch-reference':
     if _CONFIG.value is None or _STATE_DICT.value is None:
       raise app.UsageError('torch-reference needs --config and --state_dict.')
-    model = convert.model_from_torch(convert.read_torch_state_dict(_STATE_DICT.value),
-                                     _CONFIG.value)
-    export.save_bundle(model, _CONFIG.value, _OUT.value)
+    convert.reference_to_bundle(_CONFIG.value, _STATE_DICT.value, _OUT.value)
     print(f'bundle written to {_OUT.value}')
   else:
     if _EXPORT.value is None:
       raise app.UsageError('to-torch needs --export.')
-    bundle = export.load(_EXPORT.value)
-    convert.write_torch_state_dict(convert.torch_from_variables(bundle.params, bundle.config),
-                                   _OUT.value)
+    convert.bundle_to_reference(_EXPORT.value, _OUT.value)
     print(f'state_dict written to {_OUT.value}')
 
 

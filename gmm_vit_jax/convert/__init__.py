@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from flax import nnx
 
+from gmm_vit_jax import export
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.convert import core
 from gmm_vit_jax.convert import vit
 from gmm_vit_jax.data.info import dataset_info
-from gmm_vit_jax import export
 from gmm_vit_jax.models import build_model
 
 MAPPINGS = {

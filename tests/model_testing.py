@@ -6,6 +6,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from configs import vit_cifar10
+
 
 def train_losses(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, steps: int,
                  learning_rate: float = 1e-3, **call_kwargs) -> list[float]:
@@ -40,3 +42,11 @@ def random_batch(batch: int, size: int, channels: int = 3, num_classes: int = 10
   images = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
   return images, labels
+
+
+def tiny_vit_config(mask_kind: str, dataset: str = 'cifar10', *, depth: int = 2):
+  """The paper's ViT experiment config shrunk for fast tests (dim 32, 4 heads x 8)."""
+  config = vit_cifar10.get_config(dataset)
+  config.model = vit_cifar10.model(mask_kind)
+  config.model.update(dict(depth=depth, dim=32, num_heads=4, head_dim=8))
+  return config

@@ -6,7 +6,7 @@ CIFAR-size datasets fit in accelerator memory, so a split is read once into
 
 import numpy as np
 
-from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.data.info import dataset_info, digits_to_uint8
 
 TFDS_SPLITS = {'train': 'train', 'test': 'test'}
 DIGITS_TEST_FRACTION = 0.2
@@ -34,7 +34,7 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
   from sklearn.model_selection import train_test_split
 
   digits = load_digits()
-  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  images = digits_to_uint8(digits.images)[..., None]
   labels = digits.target.astype(np.int32)
   x_train, x_test, y_train, y_test = train_test_split(
       images, labels, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED,

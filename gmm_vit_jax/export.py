@@ -1,0 +1,180 @@
+"""Inference bundles: parameters, config, preprocessing facts and a serialized forward pass.
+
+A bundle is a directory:
+  params.safetensors  the model's variables without optimizer state, under flat names
+                      such as 'blocks.0.attention.query.kernel'
+  config.json         the resolved config the model was built from
+  preprocess.json     dataset, image_size, channels, num_classes, mean, std, class_names
+  forward.jax_export  a serialized `jax.export` (StableHLO) of
+                      forward(params, images) -> logits, where images are uint8
+                      (B, H, W, C) with a symbolic batch B, params a dict of the flat
+                      names, logits float32 (B, num_classes); normalisation is inside.
+`load` runs the serialized forward, so predicting needs none of the model code;
+`Bundle.build_model` rebuilds the nnx model from the config and parameters.
+
+    python -m gmm_vit_jax.export --workdir=RUN --out=DIR
+turns a training run's checkpoint into a bundle.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from gmm_vit_jax.augment.basic import normalize
+from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.models import build_model
+
+PARAMS_FILE = 'params.safetensors'
+CONFIG_FILE = 'config.json'
+PREPROCESS_FILE = 'preprocess.json'
+FORWARD_FILE = 'forward.jax_export'
+# The serialized forward runs on any of these; lowering for them needs no accelerator.
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+# Everything a model stores as an nnx Variable is saved; RNG streams are not weights.
+SAVED = nnx.All(nnx.Variable, nnx.Not(nnx.RngState))
+
+
+def _name(path: tuple) -> str:
+  return '.'.join(str(p) for p in path)
+
+
+def flat_variables(model: nnx.Module) -> dict[str, np.ndarray]:
+  """The model's saved variables as {flat name: numpy array}."""
+  return {_name(path): np.asarray(var[...])
+          for path, var in nnx.to_flat_state(nnx.state(model, SAVED))}
+
+
+def check_names(what: str, given, expected) -> None:
+  """A ValueError listing the names missing from `given` and those not `expected`."""
+  missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+  if missing or unexpected:
+    more = ' (and more)' * (len(missing) > 8 or len(unexpected) > 8)
+    raise ValueError(f'{what} do not fit: missing {missing[:8]}, unexpected '
+                     f'{unexpected[:8]}{more}.')
+
+
+def _state_from_flat(flat_state, values: dict) -> nnx.State:
+  return nnx.from_flat_state([(path, var.replace(jnp.asarray(values[_name(path)], var.dtype)))
+                              for path, var in flat_state])
+
+
+def set_flat_variables(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
+  """Loads {flat name: array} into the model; a ValueError on missing names or shapes."""
+  flat_state = nnx.to_flat_state(nnx.state(model, SAVED))
+  check_names('variables', values, [_name(path) for path, _ in flat_state])
+  for path, var in flat_state:
+    shape = np.shape(values[_name(path)])
+    if shape != var.shape:
+      raise ValueError(f'variable {_name(path)!r} has shape {shape}, the model expects '
+                       f'{var.shape}.')
+  nnx.update(model, _state_from_flat(flat_state, values))
+
+
+def _preprocess_facts(config: ml_collections.ConfigDict) -> dict:
+  info = dataset_info(config.dataset.name)
+  names = info['class_names'] or [str(i) for i in range(info['num_classes'])]
+  return dict(dataset=config.dataset.name, image_size=info['image_size'],
+              channels=info['channels'], num_classes=info['num_classes'],
+              mean=list(info['mean']), std=list(info['std']), class_names=list(names))
+
+
+def export_forward(model: nnx.Module, preprocess: dict,
+                   platforms=PLATFORMS) -> jax.export.Exported:
+  """forward(params, uint8 images (B, H, W, C)) -> float32 logits, exported for `platforms`."""
+  graphdef, variables, rest = nnx.split(model, SAVED, ...)
+  flat_state = nnx.to_flat_state(variables)
+  mean, std = tuple(preprocess['mean']), tuple(preprocess['std'])
+
+  def forward(params, images):
+    net = nnx.merge(graphdef, _state_from_flat(flat_state, params), rest)
+    return net(normalize(images, mean, std), deterministic=True).astype(jnp.float32)
+
+  params = {_name(path): jax.ShapeDtypeStruct(var.shape, var.dtype) for path, var in flat_state}
+  batch, = jax.export.symbolic_shape('batch')
+  size, channels = preprocess['image_size'], preprocess['channels']
+  images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.uint8)
+  return jax.export.export(jax.jit(forward), platforms=platforms)(params, images)
+
+
+def save_bundle(model: nnx.Module, config: ml_collections.ConfigDict, out_dir: str,
+                platforms=PLATFORMS) -> None:
+  """Writes the inference bundle of `model`, built from `config`, to out_dir."""
+  preprocess = _preprocess_facts(config)
+  exported = export_forward(model, preprocess, platforms)
+  os.makedirs(out_dir, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in flat_variables(model).items()},
+            os.path.join(out_dir, PARAMS_FILE))
+  with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:
+    f.write(config.to_json(indent=2))
+  with open(os.path.join(out_dir, PREPROCESS_FILE), 'w') as f:
+    json.dump(preprocess, f, indent=2)
+  with open(os.path.join(out_dir, FORWARD_FILE), 'wb') as f:
+    f.write(exported.serialize())
+
+
+class Bundle:
+  """A loaded bundle: `predict` runs the serialized forward pass."""
+
+  def __init__(self, directory: str):
+    with open(os.path.join(directory, CONFIG_FILE)) as f:
+      self.config = ml_collections.ConfigDict(json.load(f))
+    with open(os.path.join(directory, PREPROCESS_FILE)) as f:
+      self.preprocess = json.load(f)
+    with open(os.path.join(directory, FORWARD_FILE), 'rb') as f:
+      self.exported = jax.export.deserialize(bytearray(f.read()))
+    self.params = load_file(os.path.join(directory, PARAMS_FILE))
+    self.class_names = self.preprocess['class_names']
+    self._forward = jax.jit(self.exported.call)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    size = self.preprocess['image_size']
+    return size, size, self.preprocess['channels']
+
+  def predict(self, images) -> np.ndarray:
+    """uint8 (B, H, W, C) images -> float32 (B, num_classes) logits."""
+    images = np.asarray(images)
+    expected = f'uint8 images of shape (B, {", ".join(map(str, self.image_shape))})'
+    if images.dtype != np.uint8:
+      raise ValueError(f'predict takes {expected}; got dtype {images.dtype}. Pass raw '
+                       'pixel values 0..255; normalisation is part of the bundle.')
+    if images.ndim != 4 or images.shape[1:] != self.image_shape:
+      raise ValueError(f'predict takes {expected}; got shape {images.shape}.')
+    return np.asarray(self._forward(self.params, images))
+
+  def build_model(self) -> nnx.Module:
+    """The nnx model rebuilt from the config, with the bundle's parameters."""
+    model = build_model(self.config.model, num_classes=self.preprocess['num_classes'],
+                        image_size=self.preprocess['image_size'],
+                        channels=self.preprocess['channels'], rngs=nnx.Rngs(0))
+    set_flat_variables(model, self.params)
+    return model
+
+
+def load(directory: str) -> Bundle:
+  return Bundle(directory)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # The trainer may write bundles itself, so it is imported only when exporting a run.
+  from gmm_vit_jax.training.checkpoint import restore_model
+  model, config = restore_model(flags.FLAGS.workdir)
+  save_bundle(model, config, flags.FLAGS.out)
+  print(f'bundle written to {flags.FLAGS.out}')
+
+
+if __name__ == '__main__':
+  # Defined only when run as a program: modules that import this one have flags of their own.
+  flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
+  flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
+  app.run(main)

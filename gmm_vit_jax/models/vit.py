@@ -29,7 +29,7 @@ class ViT(nnx.Module):
     side = check_patch_size(image_size, patch_size)
     self.patch_size = patch_size
     self.pool = pool
-    self.coords = grid.grid_coords(side, side)
+    self.grid_side = side
     num_pos = side * side + (pool == 'cls')
     self.patch_embed = nnx.Linear(patch_size * patch_size * channels, dim, dtype=dtype,
                                   kernel_init=dense_init, rngs=rngs)
@@ -58,7 +58,7 @@ class ViT(nnx.Module):
     x = self.patch_embed(patchify(images.astype(self.dtype), self.patch_size))
     pos = self.pos_embed[...]
     patch_pos = pos[1:] if self.pool == 'cls' else pos
-    coords = jnp.asarray(self.coords)
+    coords = jnp.asarray(grid.grid_coords(self.grid_side, self.grid_side))
     if token_index is None:
       x = x + patch_pos.astype(x.dtype)
     else:

@@ -99,7 +99,8 @@ def restore_model(workdir: str, which: str = 'best') -> tuple[nnx.Module, ml_col
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints.')
   restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      item={'params': nnx.to_pure_dict(params)}, partial_restore=True))
+      item={'params': nnx.to_pure_dict(params), 'buffers': nnx.to_pure_dict(buffers)},
+      partial_restore=True))
   logging.info('Restored the step %d weights from %s.', step, workdir)
-  model = nnx.merge(graphdef, restored['params'], buffers)
+  model = nnx.merge(graphdef, restored['params'], restored['buffers'])
   return model, config

@@ -10,6 +10,9 @@ MASK_PARAM_NAMES = ('sigma', 'alpha')
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
   """Per step: linear warmup from init_learning_rate, then cosine to end_learning_rate."""
   s = config.schedule
+  if not 0 <= s.warmup_epochs < config.epochs:
+    raise ValueError(f'schedule.warmup_epochs={s.warmup_epochs} must be at least 0 and below '
+                     f'epochs={config.epochs}.')
   return optax.warmup_cosine_decay_schedule(
       init_value=s.init_learning_rate, peak_value=config.optimizer.learning_rate,
       warmup_steps=s.warmup_epochs * steps_per_epoch,

@@ -1,0 +1,1 @@
+"""Datasets read into uint8 image arrays and integer labels."""

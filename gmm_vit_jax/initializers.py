@@ -1,8 +1,29 @@
 """Weight initialisers shared by the backbones (those of the reference code)."""
 
+import math
+
+import jax
 from flax import nnx
 
 # Linear and conv weights: xavier-normal, biases zero (the reference's init_weights).
 dense_init = nnx.initializers.xavier_normal()
 # Position embeddings and CLS tokens: standard normal (torch.randn in the reference).
 embedding_init = nnx.initializers.normal(stddev=1.0)
+
+
+def torch_default_init(module: nnx.Module, rngs: nnx.Rngs) -> None:
+  """Redraws every Linear and Conv weight in `module` as torch.nn's default initialisation.
+
+  For references that keep PyTorch's defaults (no init_weights pass): kernel and bias
+  uniform in +-1/sqrt(fan_in), fan_in counting the receptive field for convolutions
+  (kaiming-uniform with a=sqrt(5)). LayerNorms keep ones and zeros, as in PyTorch.
+  """
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, (nnx.Linear, nnx.Conv)):
+      shape = node.kernel.shape
+      bound = math.prod(shape[:-1]) ** -0.5
+      node.kernel[...] = jax.random.uniform(rngs.params(), shape, node.kernel.dtype,
+                                            -bound, bound)
+      if node.bias is not None:
+        node.bias[...] = jax.random.uniform(rngs.params(), node.bias.shape, node.bias.dtype,
+                                            -bound, bound)

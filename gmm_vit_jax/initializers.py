@@ -18,12 +18,16 @@ def torch_default_init(module: nnx.Module, rngs: nnx.Rngs) -> None:
   uniform in +-1/sqrt(fan_in), fan_in counting the receptive field for convolutions
   (kaiming-uniform with a=sqrt(5)). LayerNorms keep ones and zeros, as in PyTorch.
   """
-  for _, node in nnx.iter_graph(module):
-    if isinstance(node, (nnx.Linear, nnx.Conv)):
-      shape = node.kernel.shape
-      bound = math.prod(shape[:-1]) ** -0.5
-      node.kernel[...] = jax.random.uniform(rngs.params(), shape, node.kernel.dtype,
-                                            -bound, bound)
-      if node.bias is not None:
-        node.bias[...] = jax.random.uniform(rngs.params(), node.bias.shape, node.bias.dtype,
-                                            -bound, bound)
+  layers = [node for _, node in nnx.iter_graph(module)
+            if isinstance(node, (nnx.Linear, nnx.Conv))]
+  key = rngs.params()
+  for i, layer in enumerate(layers):
+    kernel_key, bias_key = jax.random.split(jax.random.fold_in(key, i))
+    shape = layer.kernel.shape
+    bound = math.prod(shape[:-1]) ** -0.5
+    # New variables rather than in-place writes: much cheaper to trace under eval_shape.
+    layer.kernel = nnx.Param(jax.random.uniform(kernel_key, shape, layer.kernel.dtype,
+                                                -bound, bound))
+    if layer.bias is not None:
+      layer.bias = nnx.Param(jax.random.uniform(bias_key, layer.bias.shape, layer.bias.dtype,
+                                                -bound, bound))

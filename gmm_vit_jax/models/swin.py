@@ -2,7 +2,8 @@
 
     images (B, H, W, C) -> Conv patch embedding + LayerNorm -> (B, L, C0) + absolute pos
     stage s: blocks of window attention at (h_s, w_s) tokens, odd blocks on windows
-             shifted by window // 2; then patch merging (2x2 -> 1, C -> 2C) but in the last
+             shifted by window // 2; then patch merging (2x2 -> 1, C -> 2C), except
+             after the last stage
     LayerNorm -> token mean -> Linear
 
 Inside a window the logits are q.k^T/sqrt(D), masked (GMM / ELM on the window's own

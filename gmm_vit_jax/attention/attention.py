@@ -1,6 +1,7 @@
 """Multi-head attention with a pluggable score function and a pluggable logit mask.
 
-    logits = score(x, q)            (B, H, N, N), log space
+    logits = score(x, q)            (B, H, N, N), log space; keys from `context` (B, M, C)
+                                    instead of x for cross-attention (CaiT's class attention)
     logits = mask(logits, coords)   GMM / ELM, optional
     logits = logits + bias          additive terms a backbone owns (Swin's relative
                                     position bias and shift mask), optional
@@ -44,11 +45,17 @@ class Attention(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     self.dtype = dtype
 
-  def attention_weights(self, x: jax.Array, coords: jax.Array,
-                        bias: jax.Array | None = None) -> jax.Array:
-    """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, N) float32 weights."""
+  def attention_weights(self, x: jax.Array, coords: jax.Array | None,
+                        bias: jax.Array | None = None,
+                        context: jax.Array | None = None) -> jax.Array:
+    """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, M) float32 weights.
+
+    context: (B, M, C) tokens the keys come from; None for self-attention (M = N).
+    """
+    if context is not None and self.mask is not None:
+      raise ValueError('a grid mask needs self-attention; it cannot take a context.')
     q = split_heads(self.query(x), self.num_heads)
-    logits = self.score(x, q).astype(jnp.float32)
+    logits = self.score(x if context is None else context, q).astype(jnp.float32)
     if self.mask is not None:
       logits = self.mask(logits, coords)
     if bias is not None:
@@ -60,11 +67,12 @@ class Attention(nnx.Module):
       weights = self.post_softmax(weights)
     return weights
 
-  def __call__(self, x: jax.Array, coords: jax.Array, *, bias: jax.Array | None = None,
+  def __call__(self, x: jax.Array, coords: jax.Array | None, *,
+               bias: jax.Array | None = None, context: jax.Array | None = None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """(B, N, C) -> (B, N, C)."""
-    weights = self.attention_weights(x, coords, bias)
-    v = split_heads(self.value(x), self.num_heads)
+    """(B, N, C) -> (B, N, C); keys and values from `context` (B, M, C) when given."""
+    weights = self.attention_weights(x, coords, bias, context)
+    v = split_heads(self.value(x if context is None else context), self.num_heads)
     out = merge_heads(jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v))
     if self.out is not None:
       out = self.dropout(self.out(out), deterministic=deterministic, rngs=rngs)

@@ -1,8 +1,9 @@
 """Score functions: how a head turns queries and tokens into attention logits.
 
-A score function owns the key side of attention. It maps tokens x (B, N, C) and
-queries q (B, H, N, D) to log-space scores (B, H, N, N); the attention module
-applies the mask and the softmax. Mixture-of-keys attention is a second score
+A score function owns the key side of attention. It maps tokens x (B, M, C) and
+queries q (B, H, N, D) to log-space scores (B, H, N, M); M = N in self-attention,
+x is the context in cross-attention. The attention module applies the mask and
+the softmax. Mixture-of-keys attention is a second score
 function with the same signature, so no backbone changes to use it.
 """
 

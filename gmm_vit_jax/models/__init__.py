@@ -5,10 +5,14 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.models.cait import CaiT
+from gmm_vit_jax.models.swin import Swin
 from gmm_vit_jax.models.vit import ViT
 
 BACKBONES = {
     'vit': ViT,
+    'swin': Swin,
+    'cait': CaiT,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

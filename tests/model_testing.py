@@ -1,5 +1,7 @@
 """Shared test helpers: tiny configs and a few-step training check for any backbone."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,3 +42,17 @@ def random_batch(batch: int, size: int, channels: int = 3, num_classes: int = 10
   images = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
   return images, labels
+
+
+@contextlib.contextmanager
+def quick_compiles():
+  """XLA with most optimisations off: tiny test programs spend far longer compiling than running.
+
+  Use it around a test module, e.g. in an autouse module-scoped fixture.
+  """
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', previous)

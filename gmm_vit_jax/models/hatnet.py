@@ -209,14 +209,16 @@ class HATNet(nnx.Module):
     for dim in dims:
       if dim % head_dim:
         raise ValueError(f'model.head_dim={head_dim} does not divide model.dims={tuple(dims)}.')
-    side = conv_side(conv_side(image_size, stem_strides[0]), stem_strides[1])
-    sides = [side]
+    if len(stem_strides) != 2:
+      raise ValueError(f'model.stem_strides={tuple(stem_strides)} needs two entries, one per '
+                       'stem convolution.')
+    sides = [conv_side(conv_side(image_size, stem_strides[0]), stem_strides[1])]
     for _ in range(n - 1):
       sides.append(conv_side(sides[-1], 2))
-    for s, (map_side, g, r) in enumerate(zip(sides, grid_sizes, ds_ratios)):
-      if g > 1 and (map_side % g or map_side % r):
-        raise ValueError(f'stage {s} has a {map_side}x{map_side} map: model.grid_sizes[{s}]={g} and '
-                         f'model.ds_ratios[{s}]={r} must divide {map_side}.')
+    for s, (side, g, r) in enumerate(zip(sides, grid_sizes, ds_ratios)):
+      if g > 1 and (side % g or side % r):
+        raise ValueError(f'stage {s} has a {side}x{side} map: model.grid_sizes[{s}]={g} and '
+                         f'model.ds_ratios[{s}]={r} must divide {side}.')
     self.stem_conv1 = nnx.Conv(channels, STEM_WIDTH, (3, 3), strides=stem_strides[0],
                                padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
     self.stem_norm = group_norm(STEM_WIDTH, dtype=dtype, rngs=rngs)

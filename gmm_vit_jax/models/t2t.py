@@ -13,7 +13,7 @@ Details of the reference kept here, because its weights and numbers depend on th
   - Token transformer: one head of width `token_dim`, logit scale 1/sqrt(input width)
     (27 for RGB 3x3 patches, not the head width), output projection token_dim ->
     token_dim, and the values V as the attention's skip connection (the input is wider
-    than the output); no stochastic depth.
+    than the output); no dropout, no stochastic depth.
   - Encoder blocks: the same attention class adds its own (normalised) input to its
     output, so a block is x + drop(attn(norm(x)) + norm(x)), then the usual MLP half.
   - Two trainable tensors the forward pass never reads, the CLS token and a LayerNorm

@@ -12,8 +12,10 @@ stem would leave 8x8). Windows are 4x4 (Swin's CIFAR window) and the pooling rat
 stage to 7x7; the 2x2 last stage attends over its whole map. Tiny-ImageNet's 64x64
 images get the stride-4 stem, so the maps are the same.
 
-12,269,002 trainable parameters at 10 classes (12,269,602 with GMM); HAT-Net-Tiny at
-224x224 and 1000 classes has 12,650,152 (the published 12.7M).
+12,269,002 trainable parameters at 10 classes (12,269,602 with GMM). HAT-Net-Tiny at
+224x224 and 1000 classes has 12,650,152, the published 12.7M; the reference code counts
+12,655,912, 5,760 of them in a GroupNorm per block (attn.proj_norm) its forward pass
+never uses, left out here.
 """
 
 import ml_collections

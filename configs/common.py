@@ -12,6 +12,8 @@ DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits')
 # The reference's AutoAugment policy for each dataset; the offline digits go without.
 AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped': 'svhn',
                       'tiny_imagenet': 'imagenet', 'digits': 'none'}
+# Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
+TINY_IMAGENET = 'tiny_imagenet'
 
 
 def mask(kind: str) -> ml_collections.ConfigDict:

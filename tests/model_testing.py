@@ -55,9 +55,12 @@ def tiny_vit_config(mask_kind: str, dataset: str = 'cifar10', *, depth: int = 2)
 
 
 @contextlib.contextmanager
-def fast_compiles():
-  """For tiny test models, whose XLA optimisation passes cost more time than they save."""
-  previous = jax.config.values['jax_disable_most_optimizations']
+def quick_compiles():
+  """XLA with most optimisations off: tiny test programs spend far longer compiling than running.
+
+  Use it around a test module, e.g. in an autouse module-scoped fixture.
+  """
+  previous = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     yield

@@ -12,7 +12,7 @@ from configs import cait_cifar10, common, gmm_cait_cifar10
 from gmm_vit_jax.attention import ElementwiseMask, GaussianMixtureMask
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.cait import layer_scale_init
-from tests.model_testing import count_params, fast_compiles, random_batch, train_losses
+from tests.model_testing import count_params, quick_compiles, random_batch, train_losses
 
 # Trainable parameters of the reference code at 32x32, 10 classes, K=5 (SPEC section 2).
 # Its README's 5.1M does not match the code.
@@ -21,8 +21,8 @@ REFERENCE_GMM = 9_021_578
 
 
 @pytest.fixture(scope='module', autouse=True)
-def _fast_compiles():
-  with fast_compiles():
+def _quick_compiles():
+  with quick_compiles():
     yield
 
 

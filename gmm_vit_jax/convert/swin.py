@@ -15,6 +15,9 @@ from gmm_vit_jax.models.swin import relative_position_index, shift_mask, stage_g
 from gmm_vit_jax.torch_models.swin import check_reference_config
 from gmm_vit_jax.torch_models.vit import base_mask
 
+# The thirds of the reference's qkv, in order.
+PROJECTIONS = ('query', 'score.key', 'value')
+
 
 def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mapping:
   check_reference_config(model, image_size)
@@ -26,19 +29,18 @@ def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mappin
   grids = stage_grids(image_size, model.patch_size, len(model.depths))
   for s, (depth, side) in enumerate(zip(model.depths, grids)):
     window, shift = stage_window((side, side), model.window_size)
+    index = relative_position_index(window).astype(np.int64)
     for j in range(depth):
       ours, theirs = f'stages.{s}.blocks.{j}', f'layers.{s}.blocks.{j}'
       mha, attn = f'{ours}.attention.mha', f'{theirs}.attn'
-      projections = ('query', 'score.key', 'value')
       rules += core.layer_norm(f'{ours}.norm1', f'{theirs}.norm1')
       rules.append(core.copy(f'{ours}.attention.relative_position_bias',
                              f'{attn}.relative_position_bias_table'))
-      constants[f'{attn}.relative_position_index'] = relative_position_index(window).astype(
-          np.int64)
-      rules.append(core.fused_linear(tuple(f'{mha}.{p}.kernel' for p in projections),
+      constants[f'{attn}.relative_position_index'] = index
+      rules.append(core.fused_linear(tuple(f'{mha}.{p}.kernel' for p in PROJECTIONS),
                                      f'{attn}.qkv.weight'))
       if model.attention.qkv_bias:
-        rules.append(core.fused_bias(tuple(f'{mha}.{p}.bias' for p in projections),
+        rules.append(core.fused_bias(tuple(f'{mha}.{p}.bias' for p in PROJECTIONS),
                                      f'{attn}.qkv.bias'))
       rules += core.linear(f'{mha}.out', f'{attn}.proj')
       rules += mask_rules(model.mask.kind, mha, attn, mask, constants)

@@ -15,7 +15,7 @@ from gmm_vit_jax import export
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.torch_models import build_torch_model
-from tests.model_testing import fast_compiles, tiny_cait_config, tiny_swin_config, tiny_vit_config
+from tests.model_testing import quick_compiles, tiny_cait_config, tiny_swin_config, tiny_vit_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every backbone and mask the reference code builds (its ELM Swin does not).
@@ -27,8 +27,8 @@ REFERENCE_MODELS = [
 
 
 @pytest.fixture(scope='module', autouse=True)
-def _fast_compiles():
-  with fast_compiles():
+def _quick_compiles():
+  with quick_compiles():
     yield
 
 

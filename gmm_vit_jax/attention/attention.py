@@ -1,6 +1,6 @@
 """Multi-head attention with a pluggable score function and a pluggable logit mask.
 
-    logits = score(x, q)            (B, H, N, N), log space
+    logits = score(x, q, coords)    (B, H, N, N), log space
     logits = mask(logits, coords)   GMM / ELM, optional
     logits = logits + bias          additive terms a backbone owns (Swin's relative
                                     position bias and shift mask), optional
@@ -48,7 +48,7 @@ class Attention(nnx.Module):
                         bias: jax.Array | None = None) -> jax.Array:
     """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, N) float32 weights."""
     q = split_heads(self.query(x), self.num_heads)
-    logits = self.score(x, q).astype(jnp.float32)
+    logits = self.score(x, q, coords).astype(jnp.float32)
     if self.mask is not None:
       logits = self.mask(logits, coords)
     if bias is not None:

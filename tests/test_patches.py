@@ -11,6 +11,7 @@ from flax import nnx
 from configs import common, vit_cifar10
 from gmm_vit_jax import patches
 from gmm_vit_jax.attention import grid
+from gmm_vit_jax.attention.masks import GaussianMixtureMask
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.patches import scores as patch_score_fns
 from gmm_vit_jax.patches import selection
@@ -304,3 +305,28 @@ def test_mask_sees_the_kept_tokens_original_coordinates():
                             jnp.asarray(index)))
   assert len(seen) == 1
   np.testing.assert_array_equal(seen[0], grid.grid_coords(4, 4)[index])
+
+
+@pytest.mark.parametrize('side,cls', [(4, False), (4, True), (16, False)])
+def test_gmm_mask_lookup_equals_direct_evaluation(side, cls):
+  """The per-distance lookup gives the direct formula's values and gradients, cut-off included."""
+  lookup = GaussianMixtureMask(3, num_kernels=2, grid_shape=(side, side), rngs=nnx.Rngs(0))
+  direct = GaussianMixtureMask(3, num_kernels=2, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  n = side * side
+  index = np.sort(np.stack([rng.permutation(n)[:n // 2] for _ in range(3)]), axis=1)
+  shared, per_example = grid.grid_coords(side, side), grid.grid_coords(side, side)[index]
+  for coords in (shared, per_example):
+    coords = jnp.asarray(coords)
+    if cls:
+      coords = grid.with_leading_tokens(coords)
+    logits = jnp.asarray(rng.normal(size=(3, 3) + coords.shape[-2:-1] * 2), jnp.float32)
+
+    def loss(mask):
+      return jnp.sum(jnp.sin(mask(logits, coords)))
+
+    want, want_grad = nnx.jit(nnx.value_and_grad(loss))(direct)
+    got, got_grad = nnx.jit(nnx.value_and_grad(loss))(lookup)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name in ('sigma', 'alpha'):
+      np.testing.assert_allclose(got_grad[name][...], want_grad[name][...], rtol=1e-4, atol=1e-5)

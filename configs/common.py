@@ -62,7 +62,8 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
   mode: 'drop' removes the other tokens from the sequence; 'zero' only zeroes their
     pixels, as the reference did (no compute saved: for comparison).
   probability, decay: a batch is filtered with probability p_e, where p_0 = probability
-    and p_e = p_(e-1) / (1 + decay * e) at epoch e. The defaults are the reference's.
+    and p_e = p_(e-1) / (1 + decay * e) at epoch e.
+  selection, probability and decay default to the reference filter's own defaults.
   """
   return ml_collections.ConfigDict(dict(
       kind=kind,

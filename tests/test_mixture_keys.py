@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, vit_cifar10
+from configs import common, gmm_hvit_cifar10, vit_cifar10
 from gmm_vit_jax.attention import grid, make_score
 from gmm_vit_jax.attention.attention import Attention
 from gmm_vit_jax.attention.masks import ElementwiseMask, GaussianMixtureMask
@@ -262,3 +262,23 @@ def test_vit_with_half_the_heads_trains():
   # halve, the two key projections together match the one of the full-head model.
   softmax = tiny_vit('dot_product', 4)
   assert model_testing.count_params(mgk) < model_testing.count_params(softmax)
+
+
+def test_gmm_hvit_config_halves_heads_and_saves_parameters():
+  """CIFAR-size counts: the GMM-ViT's 2,693,122 (SPEC) less, per layer, the softmax
+  attention (4 C x 12*16 maps, output bias, 5x12x2 mask) plus the mixture's (q, two
+  keys, v and output at 6*16, output bias, 6x2 pi, 5x6x2 mask)."""
+  config = gmm_hvit_cifar10.get_config()
+  assert config.model.num_heads == 6 and config.model.head_dim == 16
+  assert config.patch_selection.kind == 'variance' and config.patch_selection.keep == 0.7
+
+  def count(model_cfg):
+    abstract = nnx.eval_shape(lambda: build_model(model_cfg, num_classes=10, image_size=32,
+                                                  channels=3, rngs=nnx.Rngs(0)))
+    return model_testing.count_params(abstract)
+
+  c, depth = 192, 9
+  softmax_layer = 4 * c * 12 * 16 + c + 5 * 12 * 2
+  mixture_layer = 5 * c * 6 * 16 + c + 6 * 2 + 5 * 6 * 2
+  assert count(vit_cifar10.model('gmm')) == 2_693_122
+  assert count(config.model) == 2_693_122 - depth * (softmax_layer - mixture_layer)

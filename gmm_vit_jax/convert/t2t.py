@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from gmm_vit_jax.convert import core
-from gmm_vit_jax.convert.pit import mask_rules
+from gmm_vit_jax.convert.vit import mask_rules
 from gmm_vit_jax.models.t2t import sinusoid_position_embedding, unfolded_side
 from gmm_vit_jax.torch_models.t2t import check_reference_config
 from gmm_vit_jax.torch_models.vit import base_mask

@@ -32,26 +32,16 @@ from gmm_vit_jax.attention.masks import MASK_KINDS, check_choice
 from gmm_vit_jax.models.pit import pooled_side
 from gmm_vit_jax.models.tokens import check_patch_size
 from gmm_vit_jax.torch_models.vit import (Attention, ElementwiseMask, FeedForward,
-                                          GaussianMixtureMask, PreNorm, Transformer, base_mask)
-
-
-def check_reference_attention(model: ml_collections.ConfigDict) -> None:
-  """Raises ValueError when `model`'s attention or mask is none the reference code has."""
-  check_choice('model.mask.kind', model.mask.kind, MASK_KINDS)
-  if model.mask.kind != 'none' and model.mask.mode != 'multiply':
-    raise ValueError(f'model.mask.mode={model.mask.mode!r}: the reference multiplies its '
-                     "mask into the logits; use 'multiply'.")
-  if model.mask.kind == 'gmm' and not model.mask.cutoff:
-    raise ValueError('model.mask.cutoff=False: the float32 reference zeroes pairs with '
-                     'd2 >= 104; use True.')
-  if model.attention.score != 'dot_product' or model.attention.qkv_bias:
-    raise ValueError(f'model.attention={model.attention.to_dict()}: the reference has '
-                     "score='dot_product' and qkv_bias=False.")
+                                          GaussianMixtureMask, PreNorm, Transformer, base_mask,
+                                          check_reference_mask)
 
 
 def check_reference_config(model: ml_collections.ConfigDict) -> None:
   """Raises ValueError when `model` (a PiT config) describes no reference PiT."""
-  check_reference_attention(model)
+  check_reference_mask(model.mask)
+  if model.attention.score != 'dot_product' or model.attention.qkv_bias:
+    raise ValueError(f'model.attention={model.attention.to_dict()}: the reference PiT has '
+                     "score='dot_product' and qkv_bias=False.")
   if len(model.num_heads) != len(model.depths):
     raise ValueError(f'model.num_heads={tuple(model.num_heads)} needs one entry per stage of '
                      f'model.depths={tuple(model.depths)}.')

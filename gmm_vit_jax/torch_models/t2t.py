@@ -32,9 +32,8 @@ from torch import nn
 from gmm_vit_jax.attention.masks import MASK_KINDS, check_choice
 from gmm_vit_jax.models.t2t import (UNFOLD_KERNEL, UNFOLD_PADDING, UNFOLD_STRIDE,
                                     sinusoid_position_embedding, unfolded_side)
-from gmm_vit_jax.torch_models.pit import check_reference_attention
 from gmm_vit_jax.torch_models.vit import (ElementwiseMask, GaussianMixtureMask, base_mask,
-                                          drop_path)
+                                          check_reference_mask, drop_path)
 
 TWO_TOKEN_LAYERS_IMAGE_SIZE = 64
 
@@ -46,7 +45,10 @@ def reference_token_layers(image_size: int) -> int:
 
 def check_reference_config(model: ml_collections.ConfigDict, *, image_size: int) -> None:
   """Raises ValueError when `model` (a T2T config) describes no reference T2T-ViT."""
-  check_reference_attention(model)
+  check_reference_mask(model.mask)
+  if model.attention.score != 'dot_product' or model.attention.qkv_bias:
+    raise ValueError(f'model.attention={model.attention.to_dict()}: the reference T2T-ViT has '
+                     "score='dot_product' and qkv_bias=False.")
   expected = reference_token_layers(image_size)
   if model.num_token_layers != expected:
     raise ValueError(f'model.num_token_layers={model.num_token_layers}: the reference has '

@@ -19,7 +19,9 @@ from gmm_vit_jax import export
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.convert import cait
 from gmm_vit_jax.convert import core
+from gmm_vit_jax.convert import pit
 from gmm_vit_jax.convert import swin
+from gmm_vit_jax.convert import t2t
 from gmm_vit_jax.convert import vit
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model
@@ -28,6 +30,8 @@ MAPPINGS = {
     'vit': vit.mapping,
     'swin': swin.mapping,
     'cait': cait.mapping,
+    'pit': pit.mapping,
+    't2t': t2t.mapping,
 }
 
 

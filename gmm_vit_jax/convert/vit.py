@@ -28,6 +28,22 @@ def mask_rules(kind: str, flax: str, torch: str, base: np.ndarray,
   return []
 
 
+def block_rules(kind: str, ours: str, theirs: str, base: np.ndarray,
+                constants: dict[str, np.ndarray]) -> list[core.Rule]:
+  """An `EncoderBlock` <-> the reference's [PreNorm(Attention), PreNorm(FeedForward)] pair."""
+  attention, mlp = f'{theirs}.0.fn', f'{theirs}.1.fn'
+  rules = core.layer_norm(f'{ours}.norm1', f'{theirs}.0.norm')
+  rules.append(core.fused_linear(
+      tuple(f'{ours}.attention.{name}.kernel' for name in ('query', 'score.key', 'value')),
+      f'{attention}.to_qkv.weight'))
+  rules += core.linear(f'{ours}.attention.out', f'{attention}.to_out.0')
+  rules += mask_rules(kind, f'{ours}.attention', attention, base, constants)
+  rules += core.layer_norm(f'{ours}.norm2', f'{theirs}.1.norm')
+  rules += core.linear(f'{ours}.mlp.fc1', f'{mlp}.net.0')
+  rules += core.linear(f'{ours}.mlp.fc2', f'{mlp}.net.3')
+  return rules
+
+
 def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mapping:
   check_reference_config(model)
   side = check_patch_size(image_size, model.patch_size)
@@ -38,17 +54,8 @@ def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mappin
   if model.pool == 'cls':
     rules.append(core.expand('cls_token', 'cls_token', (0, 1)))
   for i in range(model.depth):
-    ours, theirs = f'blocks.{i}', f'transformer.layers.{i}'
-    attention, mlp = f'{theirs}.0.fn', f'{theirs}.1.fn'
-    rules += core.layer_norm(f'{ours}.norm1', f'{theirs}.0.norm')
-    rules.append(core.fused_linear(
-        tuple(f'{ours}.attention.{name}.kernel' for name in ('query', 'score.key', 'value')),
-        f'{attention}.to_qkv.weight'))
-    rules += core.linear(f'{ours}.attention.out', f'{attention}.to_out.0')
-    rules += mask_rules(model.mask.kind, f'{ours}.attention', attention, mask, constants)
-    rules += core.layer_norm(f'{ours}.norm2', f'{theirs}.1.norm')
-    rules += core.linear(f'{ours}.mlp.fc1', f'{mlp}.net.0')
-    rules += core.linear(f'{ours}.mlp.fc2', f'{mlp}.net.3')
+    rules += block_rules(model.mask.kind, f'blocks.{i}', f'transformer.layers.{i}', mask,
+                         constants)
   rules += core.layer_norm('norm', 'mlp_head.0')
   rules += core.linear('head', 'mlp_head.1')
   return core.Mapping(tuple(rules), constants)

@@ -9,13 +9,17 @@ from torch import nn
 
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.torch_models.cait import CaiT
+from gmm_vit_jax.torch_models.pit import PiT
 from gmm_vit_jax.torch_models.swin import Swin
+from gmm_vit_jax.torch_models.t2t import T2T
 from gmm_vit_jax.torch_models.vit import ViT
 
 TORCH_BACKBONES = {
     'vit': ViT,
     'swin': Swin,
     'cait': CaiT,
+    'pit': PiT,
+    't2t': T2T,
 }
 
 

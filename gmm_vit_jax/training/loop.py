@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.data.info import dataset_info
@@ -30,18 +31,33 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopRequest:
-  """Turns SIGTERM into a flag the loop checks between steps, so it can save and stop."""
+  """Turns SIGTERM into a stop between steps, where the loop saves a checkpoint and returns.
+
+  With several processes, JAX's preemption service (started by jax.distributed.initialize)
+  catches SIGTERM on any of them and all agree on the step to stop at, so every process
+  takes part in the same last save.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._multiprocess = jax.process_count() > 1
+    if not self._multiprocess:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     logging.warning('SIGTERM received: saving a checkpoint and stopping.')
     self.requested = True
 
+  def check(self, step: int) -> bool:
+    """Whether to stop before training step `step`; called once per step."""
+    if self._multiprocess and multihost_utils.reached_preemption_sync_point(step):
+      logging.warning('SIGTERM received by a process: all stop at step %d to save.', step)
+      self.requested = True
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multiprocess:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> None:
@@ -121,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = start_step
   try:
     with metric_writers.ensure_flushes(writer):
-      while step < total_steps and not stop.requested:
+      while step < total_steps and not stop.check(step):
         t0 = time.perf_counter()
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, metrics = train_step(state, metrics, train_images, train_labels,

@@ -7,7 +7,13 @@ value a run uses is in the resolved config it writes to its workdir.
 import ml_collections
 
 # The datasets of the published table, and the offline one.
-DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'digits')
+DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits')
+
+# The reference's AutoAugment policy for each dataset; the offline digits go without.
+AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped': 'svhn',
+                      'tiny_imagenet': 'imagenet', 'digits': 'none'}
+# Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
+TINY_IMAGENET = 'tiny_imagenet'
 
 
 def mask(kind: str) -> ml_collections.ConfigDict:
@@ -22,6 +28,25 @@ def mask(kind: str) -> ml_collections.ConfigDict:
 
 def attention(score: str = 'dot_product', qkv_bias: bool = False) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(score=score, qkv_bias=qkv_bias))
+
+
+def augment(dataset: str) -> ml_collections.ConfigDict:
+  """SPEC section 4's augmentation; the offline digits keep only flip and crop."""
+  if dataset not in AUTOAUGMENT_POLICY:
+    raise ValueError(f'dataset.name={dataset!r} is not supported; choose one of {DATASETS}.')
+  heavy = dataset != 'digits'
+  return ml_collections.ConfigDict(dict(
+      flip=True,
+      crop_padding=4,
+      autoaugment=AUTOAUGMENT_POLICY[dataset],
+      erasing_prob=0.25 if heavy else 0.0,
+      erasing_area=(0.02, 0.4),
+      erasing_min_aspect=0.3,
+      mix_prob=0.5 if heavy else 0.0,  # Per batch, as the reference draws it.
+      cutmix_prob=0.5,
+      mixup_alpha=1.0,
+      cutmix_beta=1.0,
+  ))
 
 
 def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
@@ -45,9 +70,18 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))
   config.label_smoothing = 0.1
-  config.augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
+  config.augment = augment(dataset)
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, keep_last=3, keep_best=True))
   config.log_every_steps = 100
   config.eval_every_epochs = 1
   return config
+
+
+def patch_size(dataset: str, patch_32: int) -> int:
+  """The patch size for `dataset`, given the one for 32x32 images.
+
+  Tiny-ImageNet's 64x64 images get double, as in the reference, so the token grid
+  stays the same.
+  """
+  return 2 * patch_32 if dataset == 'tiny_imagenet' else patch_32

@@ -1,5 +1,7 @@
 """Shared test helpers: tiny configs and a few-step training check for any backbone."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,3 +52,17 @@ def tiny_vit_config(mask_kind: str, dataset: str = 'cifar10', *, depth: int = 2)
   config.model = vit_cifar10.model(mask_kind)
   config.model.update(dict(depth=depth, dim=32, num_heads=4, head_dim=8))
   return config
+
+
+@contextlib.contextmanager
+def quick_compiles():
+  """XLA with most optimisations off: tiny test programs spend far longer compiling than running.
+
+  Use it around a test module, e.g. in an autouse module-scoped fixture.
+  """
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', previous)

@@ -84,9 +84,9 @@ def test_dropped_tokens_leave_the_sequence_and_keep_their_coordinates():
   seen = {}
   original = attn.attention_weights
 
-  def spy(x, coords, bias=None):
+  def spy(x, coords, bias=None, context=None):
     seen['tokens'], seen['coords'] = x.shape, np.asarray(coords)
-    return original(x, coords, bias)
+    return original(x, coords, bias, context)
 
   attn.attention_weights = spy
   model(images, token_index=keep)

@@ -1,13 +1,16 @@
 """Multi-head attention with a pluggable score function and a pluggable logit mask.
 
-    logits = score(x, q)            (B, H, N, N), log space
+    logits = score(x, q)            (B, H, N, N), log space; keys from `context` (B, M, C)
+                                    instead of x for cross-attention (CaiT's class attention)
     logits = mask(logits, coords)   GMM / ELM, optional
     logits = logits + bias          additive terms a backbone owns (Swin's relative
                                     position bias and shift mask), optional
     logits = pre_softmax(logits)    head mixing (CaiT's talking heads), optional
     weights = softmax(logits)       over keys, in float32
     weights = post_softmax(weights)
-    out = proj(weights @ v)
+    out = proj(weights @ v)         optional; out_dim sets its width (default C)
+    out = out + skip                optional: the attention's input ('input') or the
+                                    values merged over heads ('values'), T2T's two skips
 """
 
 from typing import Callable
@@ -16,21 +19,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.attention.scores import merge_heads, split_heads
 from gmm_vit_jax.initializers import dense_init
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+SKIPS = ('none', 'input', 'values')
 
 
 class Attention(nnx.Module):
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int, score: nnx.Module,
                mask: nnx.Module | None = None, qkv_bias: bool = False,
-               project_out: bool = True, dropout: float = 0.0,
+               project_out: bool = True, out_dim: int | None = None, skip: str = 'none',
+               dropout: float = 0.0,
                pre_softmax: LogitsFn | None = None, post_softmax: LogitsFn | None = None,
                dtype=jnp.float32, rngs: nnx.Rngs):
+    check_choice('attention skip', skip, SKIPS)
     inner = num_heads * head_dim
     self.num_heads = num_heads
+    self.skip = skip
     self.query = nnx.Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
                             kernel_init=dense_init, rngs=rngs)
     self.score = score
@@ -39,16 +47,23 @@ class Attention(nnx.Module):
     self.mask = mask
     self.pre_softmax = pre_softmax
     self.post_softmax = post_softmax
-    self.out = (nnx.Linear(inner, dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.out = (nnx.Linear(inner, out_dim or dim, dtype=dtype, kernel_init=dense_init,
+                           rngs=rngs)
                 if project_out else None)
     self.dropout = nnx.Dropout(dropout)
     self.dtype = dtype
 
-  def attention_weights(self, x: jax.Array, coords: jax.Array,
-                        bias: jax.Array | None = None) -> jax.Array:
-    """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, N) float32 weights."""
+  def attention_weights(self, x: jax.Array, coords: jax.Array | None,
+                        bias: jax.Array | None = None,
+                        context: jax.Array | None = None) -> jax.Array:
+    """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, M) float32 weights.
+
+    context: (B, M, C) tokens the keys come from; None for self-attention (M = N).
+    """
+    if context is not None and self.mask is not None:
+      raise ValueError('a grid mask needs self-attention; it cannot take a context.')
     q = split_heads(self.query(x), self.num_heads)
-    logits = self.score(x, q).astype(jnp.float32)
+    logits = self.score(x if context is None else context, q).astype(jnp.float32)
     if self.mask is not None:
       logits = self.mask(logits, coords)
     if bias is not None:
@@ -60,12 +75,20 @@ class Attention(nnx.Module):
       weights = self.post_softmax(weights)
     return weights
 
-  def __call__(self, x: jax.Array, coords: jax.Array, *, bias: jax.Array | None = None,
+  def __call__(self, x: jax.Array, coords: jax.Array | None, *,
+               bias: jax.Array | None = None, context: jax.Array | None = None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """(B, N, C) -> (B, N, C)."""
-    weights = self.attention_weights(x, coords, bias)
-    v = split_heads(self.value(x), self.num_heads)
+    """(B, N, C) -> (B, N, out_dim or C); (B, N, H*D) without the output projection.
+
+    Keys and values come from `context` (B, M, C) when given.
+    """
+    weights = self.attention_weights(x, coords, bias, context)
+    v = split_heads(self.value(x if context is None else context), self.num_heads)
     out = merge_heads(jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v))
     if self.out is not None:
       out = self.dropout(self.out(out), deterministic=deterministic, rngs=rngs)
+    if self.skip == 'input':
+      out = out + x
+    elif self.skip == 'values':
+      out = out + merge_heads(v)
     return out

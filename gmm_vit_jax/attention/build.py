@@ -11,20 +11,22 @@ SCORE_KINDS = ('dot_product',)
 
 
 def make_score(attention: ml_collections.ConfigDict, *, dim: int, num_heads: int,
-               head_dim: int, dtype, rngs: nnx.Rngs) -> nnx.Module:
+               head_dim: int, dtype, rngs: nnx.Rngs, scale: float | None = None) -> nnx.Module:
+  """`scale` overrides the 1/sqrt(head_dim) logit scale (T2T's token transformer)."""
   check_choice('model.attention.score', attention.score, SCORE_KINDS)
   return DotProductScore(dim, num_heads=num_heads, head_dim=head_dim,
-                         use_bias=attention.qkv_bias, dtype=dtype, rngs=rngs)
+                         use_bias=attention.qkv_bias, scale=scale, dtype=dtype, rngs=rngs)
 
 
 def make_attention(attention: ml_collections.ConfigDict, mask: ml_collections.ConfigDict, *,
                    dim: int, num_heads: int, head_dim: int, grid_shape: tuple[int, int],
-                   dropout: float, dtype, rngs: nnx.Rngs, **kwargs) -> Attention:
+                   dropout: float, dtype, rngs: nnx.Rngs, scale: float | None = None,
+                   **kwargs) -> Attention:
   """One attention layer; `kwargs` carry a backbone's own options (pre_softmax, ...)."""
   return Attention(
       dim, num_heads=num_heads, head_dim=head_dim,
       score=make_score(attention, dim=dim, num_heads=num_heads, head_dim=head_dim,
-                       dtype=dtype, rngs=rngs),
+                       dtype=dtype, rngs=rngs, scale=scale),
       mask=make_mask(mask.kind, num_heads=num_heads, grid_shape=grid_shape,
                      num_kernels=mask.num_kernels, mode=mask.mode, cutoff=mask.cutoff,
                      rngs=rngs),

@@ -1,8 +1,9 @@
 """Score functions: how a head turns queries and tokens into attention logits.
 
-A score function owns the key side of attention. It maps tokens x (B, N, C) and
-queries q (B, H, N, D) to log-space scores (B, H, N, N); the attention module
-applies the mask and the softmax. Mixture-of-keys attention is a second score
+A score function owns the key side of attention. It maps tokens x (B, M, C) and
+queries q (B, H, N, D) to log-space scores (B, H, N, M); M = N in self-attention,
+x is the context in cross-attention. The attention module applies the mask and
+the softmax. Mixture-of-keys attention is a second score
 function with the same signature, so no backbone changes to use it.
 """
 
@@ -26,14 +27,14 @@ def merge_heads(x: jax.Array) -> jax.Array:
 
 
 class DotProductScore(nnx.Module):
-  """Scaled dot product q . k / sqrt(D): the standard softmax attention logits."""
+  """Scaled dot product q . k * scale, scale 1/sqrt(D) unless given: softmax attention logits."""
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int, use_bias: bool,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               scale: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
     self.key = nnx.Linear(dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype,
                           kernel_init=dense_init, rngs=rngs)
     self.num_heads = num_heads
-    self.scale = head_dim ** -0.5
+    self.scale = head_dim ** -0.5 if scale is None else scale
 
   def keys(self, x: jax.Array) -> jax.Array:
     """(B, N, C) -> (B, H, N, D)."""

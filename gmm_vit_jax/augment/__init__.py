@@ -1,24 +1,25 @@
 """Training-time augmentation, run on the device inside the jitted train step.
 
 Entry point: `augment_batch`, uint8 images in, normalised float images and
-(possibly mixed) one-hot targets out. Each example draws its own randomness.
+(possibly mixed) one-hot targets out. The reference recipe's order: horizontal
+flip, padded random crop, AutoAugment, normalisation, random erasing, then CutMix
+or Mixup over the batch. Every per-example op draws independently for each example,
+from the one key it is given.
+
+Fields of `config` (the config's `augment` section); a field that is absent turns
+its step off:
+  flip: bool.
+  crop_padding: int, zero padding before the random crop (0 for none).
+  autoaugment: 'none', 'cifar10', 'svhn' or 'imagenet' (the policy).
+  erasing_prob: probability of erasing a rectangle of an example (0 for none).
+  erasing_area: (min, max) fraction of the image the rectangle covers.
+  erasing_min_aspect: smallest height / width ratio; the largest is its inverse.
+  mix_prob: probability that a batch is mixed (0 for none).
+  cutmix_prob: probability that a mixed batch uses CutMix rather than Mixup.
+  mixup_alpha, cutmix_beta: parameters of the Beta distributions of the ratios.
 """
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+from gmm_vit_jax.augment.pipeline import augment_batch
+from gmm_vit_jax.augment.visualize import augmentation_grid
 
-from gmm_vit_jax.augment.basic import normalize, random_crop, random_flip
-
-
-def augment_batch(images: jax.Array, labels: jax.Array, key: jax.Array,
-                  config: ml_collections.ConfigDict, *, num_classes: int,
-                  mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[jax.Array, jax.Array]:
-  """(B, H, W, C) uint8, (B,) int labels -> (B, H, W, C) float32, (B, num_classes) targets."""
-  crop_key, flip_key = jax.random.split(key)
-  x = images
-  if config.flip:
-    x = random_flip(x, flip_key)
-  if config.crop_padding:
-    x = random_crop(x, crop_key, config.crop_padding)
-  return normalize(x, mean, std), jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+__all__ = ['augment_batch', 'augmentation_grid']

@@ -5,10 +5,20 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.models.cait import CaiT
+from gmm_vit_jax.models.hatnet import HATNet
+from gmm_vit_jax.models.pit import PiT
+from gmm_vit_jax.models.swin import Swin
+from gmm_vit_jax.models.t2t import T2T
 from gmm_vit_jax.models.vit import ViT
 
 BACKBONES = {
     'vit': ViT,
+    'swin': Swin,
+    'cait': CaiT,
+    'pit': PiT,
+    't2t': T2T,
+    'hatnet': HATNet,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

@@ -13,7 +13,9 @@ import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
+from PIL import Image
 
+from gmm_vit_jax.augment import augmentation_grid
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
@@ -24,6 +26,19 @@ from gmm_vit_jax.training.state import Metrics, TrainState
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
 
 SUMMARY_FILE = 'summary.json'
+PICTURE_EXAMPLES = 8
+PICTURE_MIN_SIDE = 64
+
+
+def write_picture(writer, workdir: str, name: str, grid: np.ndarray, *, step: int,
+                  image_size: int) -> None:
+  """A uint8 (H, W, 3) grid of images to TensorBoard and WORKDIR/<name>.png; grids of
+  small images (8x8 digits) are enlarged so a person can see them."""
+  scale = max(1, PICTURE_MIN_SIDE // image_size)
+  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+  writer.write_images(step, {name: grid[None]})
+  if jax.process_index() == 0:
+    Image.fromarray(grid).save(os.path.join(workdir, f'{name}.png'))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -89,11 +104,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
 
-  splits = {}
+  splits, host_images = {}, {}
   for split in ('train', 'test'):
     images, labels = sources.load_split(config.dataset.name, split,
                                         data_dir=config.dataset.data_dir,
                                         download=config.dataset.download)
+    host_images[split] = images[:PICTURE_EXAMPLES]
     splits[split] = (jax.device_put(images, replicated), jax.device_put(labels, replicated))
     logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
                  images.shape[1:])
@@ -128,6 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+    write_picture(writer, workdir, 'augmentation', augmentation_grid(
+        host_images['train'], jax.random.key(config.seed), config.augment, mean=info['mean'],
+        std=info['std']), step=0, image_size=info['image_size'])
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()
   metrics = jax.device_put(Metrics.zeros(), replicated)

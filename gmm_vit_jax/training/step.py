@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 
 from gmm_vit_jax import augment
+from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.training.state import Metrics, TrainState
 
 
@@ -66,7 +67,7 @@ def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding) -> Calla
   """
 
   def step(params, buffers, metrics: Metrics, images, labels, index, weight):
-    x = augment.normalize(images[index], info['mean'], info['std'])
+    x = normalize(images[index], info['mean'], info['std'])
     logits = nnx.merge(graphdef, params, buffers)(x, deterministic=True)
     y = labels[index]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)

@@ -1,0 +1,130 @@
+"""Parameter and multiply-accumulate counts of a config's model.
+
+    python -m gmm_vit_jax.complexity --config=configs/gmm_vit_cifar10.py
+    python -m gmm_vit_jax.complexity --config=configs/a.py --config=configs/b.py --markdown
+
+MACs are counted on the traced forward pass of one image, from every matrix product
+and convolution in it:
+- paper-style: products of an activation with weights (Linear and Conv layers), as
+  ptflops counted them for the published table; the q.k^T and attention.v products
+  are left out, so a logit mask adds nothing;
+- full: every product that involves the image, the attention products included.
+A product is "with weights" when one operand depends on the image and the other does not.
+"""
+
+import importlib.util
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from flax import nnx
+from jax.extend import core as jex_core
+
+from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.models import build_model
+
+FLAGS = flags.FLAGS
+
+
+def _product_macs(eqn) -> int:
+  """Multiply-accumulates of one dot_general or conv_general_dilated equation."""
+  out = math.prod(eqn.outvars[0].aval.shape)
+  if eqn.primitive.name == 'dot_general':
+    (lhs_contract, _), _ = eqn.params['dimension_numbers']
+    lhs_shape = eqn.invars[0].aval.shape
+    return out * math.prod(lhs_shape[d] for d in lhs_contract)
+  rhs_shape = eqn.invars[1].aval.shape
+  spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, spatial...)
+  return out * rhs_shape[spec[1]] * math.prod(rhs_shape[d] for d in spec[2:])
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jex_core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jex_core.Jaxpr):
+        yield item
+
+
+def _count(jaxpr, dependent: list[bool], totals: dict) -> list[bool]:
+  """Walks `jaxpr` with per-input flags "depends on the image"; returns the output flags."""
+  flags_of = {}
+  read = lambda v: flags_of.get(v, False) if isinstance(v, jex_core.Var) else False
+  for var, dep in zip(jaxpr.invars, dependent):
+    flags_of[var] = dep
+  for eqn in jaxpr.eqns:
+    ins = [read(v) for v in eqn.invars]
+    subs = list(_sub_jaxprs(eqn))
+    if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
+      macs = _product_macs(eqn)
+      if ins[0] and ins[1]:
+        totals['attention'] += macs
+      elif ins[0] or ins[1]:
+        totals['weights'] += macs
+      outs = [ins[0] or ins[1]]
+    elif subs and len(subs[0].invars) == len(ins):
+      outs = _count(subs[0], ins, totals)
+    else:
+      outs = [any(ins)] * len(eqn.outvars)
+    for var, dep in zip(eqn.outvars, outs):
+      flags_of[var] = dep
+  return [read(v) for v in jaxpr.outvars]
+
+
+def model_complexity(config: ml_collections.ConfigDict) -> dict:
+  """Counts for config.model on one image of config.dataset."""
+  info = dataset_info(config.dataset.name)
+  model = build_model(config.model, num_classes=info['num_classes'],
+                      image_size=info['image_size'], channels=info['channels'],
+                      rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  image = jnp.zeros((1, info['image_size'], info['image_size'], info['channels']), jnp.float32)
+  closed = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef, p, r)(x))(params, rest, image)
+  num_state = len(jax.tree.leaves((params, rest)))
+  totals = {'weights': 0, 'attention': 0}
+  _count(closed.jaxpr, [False] * num_state + [True], totals)
+  return dict(model=config.model.name, mask=config.model.mask.kind,
+              params=sum(x.size for x in jax.tree.leaves(params)),
+              macs_paper=totals['weights'], macs_full=totals['weights'] + totals['attention'],
+              depth=config.model.get('depth'))
+
+
+def markdown_table(rows: list[dict]) -> str:
+  lines = ['| config | params | MACs (paper-style) | MACs (full) |',
+           '|---|---:|---:|---:|']
+  for r in rows:
+    lines.append(f"| {r['config']} | {r['params']:,} | {r['macs_paper'] / 1e6:.1f}M | "
+                 f"{r['macs_full'] / 1e6:.1f}M |")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  rows = []
+  for path in FLAGS.config:
+    name, _, arg = path.partition(':')
+    config = _load_config(name, arg)
+    rows.append(dict(config=path.split('/')[-1], **model_complexity(config)))
+  if FLAGS.markdown:
+    print(markdown_table(rows))
+  else:
+    for r in rows:
+      print(json.dumps(r))
+
+
+def _load_config(path: str, arg: str) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location('experiment_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+if __name__ == '__main__':
+  flags.DEFINE_multi_string('config', None, 'Config file(s), optionally with :argument.')
+  flags.DEFINE_bool('markdown', False, 'Print a Markdown table instead of JSON lines.')
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,99 @@
+"""Tiny-ImageNet (200 classes, 64x64 RGB) from its manual download folder.
+
+The folder is the unzipped tiny-imagenet-200.zip:
+  wnids.txt                        the 200 class ids (WordNet ids), one a line
+  train/<wnid>/images/*.JPEG       500 training images per class
+  val/images/*.JPEG                10,000 validation images, all in one folder
+  val/val_annotations.txt          '<file>\\t<wnid>\\t<box>' for each of them
+The validation images are not sorted into class folders: their classes come from
+val_annotations.txt. A val/ already sorted into val/<wnid>/ folders is read like
+train/. Class k is the k-th id in sorted order, the order of the reference's
+ImageFolder. The val split is the test set of the published table.
+"""
+
+import concurrent.futures
+import os
+
+import numpy as np
+from PIL import Image
+
+NUM_CLASSES = 200
+IMAGE_SIZE = 64
+MEAN = (0.4802, 0.4481, 0.3975)
+STD = (0.2770, 0.2691, 0.2821)
+SPLITS = ('train', 'val')
+
+HOW_TO_GET = ('Tiny-ImageNet is not downloaded automatically: fetch '
+              'http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzip it, and point '
+              'config.dataset.data_dir at the tiny-imagenet-200 folder (the one holding '
+              'wnids.txt, train/ and val/).')
+
+
+def _require(path: str) -> str:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Tiny-ImageNet: {path} is missing. {HOW_TO_GET}')
+  return path
+
+
+def class_ids(data_dir: str) -> list[str]:
+  """The sorted class ids of wnids.txt; label k is class_ids(...)[k]."""
+  with open(_require(os.path.join(data_dir, 'wnids.txt'))) as f:
+    return sorted(line.strip() for line in f if line.strip())
+
+
+def _class_folder_files(split_dir: str, wnids: list[str]) -> list[tuple[str, int]]:
+  """(path, label) of every JPEG under <split_dir>/<wnid>/, class by class, sorted."""
+  files = []
+  for label, wnid in enumerate(wnids):
+    class_dir = _require(os.path.join(split_dir, wnid))
+    for root, _, names in sorted(os.walk(class_dir)):
+      files += [(os.path.join(root, n), label) for n in sorted(names)
+                if n.lower().endswith(('.jpeg', '.jpg'))]
+  return files
+
+
+def _annotated_files(val_dir: str, wnids: list[str]) -> list[tuple[str, int]]:
+  """(path, label) of val/images/<file> for each line of val_annotations.txt."""
+  label_of = {wnid: k for k, wnid in enumerate(wnids)}
+  files = []
+  with open(os.path.join(val_dir, 'val_annotations.txt')) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      name, wnid = line.split('\t')[:2]
+      if wnid not in label_of:
+        raise ValueError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class {wnid!r}, '
+                         'which wnids.txt does not list.')
+      files.append((_require(os.path.join(val_dir, 'images', name)), label_of[wnid]))
+  return files
+
+
+def _decode(path: str) -> np.ndarray:
+  with Image.open(path) as image:
+    array = np.asarray(image.convert('RGB'))  # A few images are greyscale.
+  if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+    raise ValueError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not {IMAGE_SIZE}x{IMAGE_SIZE}.')
+  return array
+
+
+def load(data_dir: str, split: str, workers: int = 8) -> tuple[np.ndarray, np.ndarray]:
+  """One split as (N, 64, 64, 3) uint8 images and (N,) int32 labels in [0, 200).
+
+  Args:
+    data_dir: the tiny-imagenet-200 folder.
+    split: 'train' or 'val' (the labelled splits).
+    workers: threads decoding the JPEGs.
+  """
+  if split not in SPLITS:
+    raise ValueError(f'Tiny-ImageNet split={split!r} is not supported; choose one of {SPLITS}.')
+  wnids = class_ids(_require(data_dir))
+  split_dir = _require(os.path.join(data_dir, split))
+  if split == 'val' and os.path.exists(os.path.join(split_dir, 'val_annotations.txt')):
+    files = _annotated_files(split_dir, wnids)
+  else:
+    files = _class_folder_files(split_dir, wnids)
+  if not files:
+    raise FileNotFoundError(f'Tiny-ImageNet: no images under {split_dir}. {HOW_TO_GET}')
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    images = list(pool.map(_decode, [path for path, _ in files]))
+  return np.stack(images), np.array([label for _, label in files], np.int32)

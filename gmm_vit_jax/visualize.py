@@ -2,8 +2,8 @@
 
 Each GMM layer weights the attention logits of a query token by a mixture of Gaussians
 of its grid distance to every key. Seen from the centre query, that is a (rows, cols)
-map per head: large where the layer amplifies attention, near zero where it silences
-it, negative where (in multiply mode) it flips the sign of the logits.
+map per head; in the default multiply mode a value above 1 sharpens the query-key
+score, one near 0 flattens it and a negative one reverses it.
 """
 
 import jax.numpy as jnp

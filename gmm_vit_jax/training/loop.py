@@ -84,7 +84,7 @@ def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> No
 
 
 def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh) -> dict:
-  metrics = jax.device_put(Metrics.zeros(), sharding.replicated(mesh))
+  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   for index, weight in eval_batches(labels.shape[0], batch_size):
     metrics = eval_step(state.params, state.buffers, metrics, images, labels,
                         sharding.global_batch(index, mesh), sharding.global_batch(weight, mesh))
@@ -110,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         data_dir=config.dataset.data_dir,
                                         download=config.dataset.download)
     host_images[split] = images[:PICTURE_EXAMPLES]
-    splits[split] = (jax.device_put(images, replicated), jax.device_put(labels, replicated))
+    splits[split] = sharding.put_replicated((images, labels), mesh)
     logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
                  images.shape[1:])
   train_images, train_labels = splits['train']
@@ -149,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         std=info['std']), step=0, image_size=info['image_size'])
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()
-  metrics = jax.device_put(Metrics.zeros(), replicated)
+  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best_metrics() or {}
   eval_results = {}
   train_time = 0.0
@@ -170,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
           writer.write_scalars(step, scalars)
-          metrics = jax.device_put(Metrics.zeros(), replicated)
+          metrics = sharding.put_replicated(Metrics.zeros(), mesh)
         else:
           train_time += time.perf_counter() - t0
         epoch = step // sampler.steps_per_epoch

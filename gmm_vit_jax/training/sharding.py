@@ -33,6 +33,17 @@ def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> None:
                      f'use a multiple of {devices}, e.g. {max(devices, batch_size // devices * devices)}.')
 
 
+def put_replicated(tree, mesh: Mesh):
+  """A pytree of host arrays, identical on every process -> copies on every device.
+
+  Each process places its own copy on its own devices; jax.device_put would first
+  gather every process's copy to check they agree, the whole dataset included.
+  """
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
+
+
 def global_batch(rows: np.ndarray, mesh: Mesh) -> jax.Array:
   """Places a global batch computed identically on every process, split on 'data'.
 

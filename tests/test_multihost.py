@@ -47,15 +47,20 @@ def launch(workdir, log_path, *flags, devices, env=None):
   return proc
 
 
-def finish(procs, logs) -> list[str]:
-  """Waits for every process; returns their output, failing with it on a bad exit."""
+def wait_all(procs) -> list[int]:
+  """The exit codes; a process still running after TIMEOUT_S is killed (and fails)."""
   try:
-    codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+    return [p.wait(timeout=TIMEOUT_S) for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
+
+
+def finish(procs, logs) -> list[str]:
+  """Waits for every process; returns their output, failing with it on a bad exit."""
+  codes = wait_all(procs)
   outputs = [open(path).read() for path in logs]
   for code, out in zip(codes, outputs):
     assert code == 0, out[-4000:]
@@ -131,3 +136,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
   assert not summaries[0]['completed'] and summaries[0]['step'] < 200 * 22
   saved = [int(d) for d in os.listdir(tmp_path / 'run' / 'checkpoints')]
   assert summaries[0]['step'] == max(saved)
+
+
+def test_distributed_without_a_cluster_names_the_flags(tmp_path):
+  log = tmp_path / 'process.log'
+  proc = launch(tmp_path / 'run', log, '--distributed', devices=1)
+  assert wait_all([proc]) != [0]
+  assert ('Outside Cloud TPU pods, SLURM, Open MPI and Kubernetes pass --coordinator_address, '
+          '--num_processes and --process_id.') in open(log).read()

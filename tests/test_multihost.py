@@ -1,8 +1,8 @@
 """Multi-process training: two train.py processes on localhost act as one run.
 
-Marked `multiprocess` (deselect with -m 'not multiprocess'): each test starts several
-Python processes joined by jax.distributed (CPU devices, gloo collectives), about
-a minute of wall time for the file on two idle cores.
+Marked `multiprocess` (deselect with -m 'not multiprocess'): the tests start two or
+three train.py processes each, joined by jax.distributed over CPU devices (gloo
+collectives), and wait for them to compile and train the tiny config.
 """
 
 import json

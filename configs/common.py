@@ -26,8 +26,59 @@ def mask(kind: str) -> ml_collections.ConfigDict:
   ))
 
 
-def attention(score: str = 'dot_product', qkv_bias: bool = False) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(score=score, qkv_bias=qkv_bias))
+def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft',
+                    pi_per_position: bool = False,
+                    learn_variance: bool = False) -> ml_collections.ConfigDict:
+  """The `attention.mixture` section of score 'mixture_of_keys' (SPEC section 3, MGK).
+
+  variant: 'mgk' (one key projection per component) or 'smgk' (one projection plus a
+    learned shift per component). e_step: 'soft' (sum over components) or 'hard' (max).
+  pi_per_position: mixing weights per head and key position instead of per head.
+  learn_variance: learn sigma_r^2 (per head and component) from its default sqrt(d_head).
+  """
+  return ml_collections.ConfigDict(dict(
+      num_keys=num_keys,
+      variant=variant,
+      e_step=e_step,
+      pi_per_position=pi_per_position,
+      learn_variance=learn_variance,
+  ))
+
+
+def attention(score: str = 'dot_product', qkv_bias: bool = False,
+              mixture: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """`score` is 'dot_product' or 'mixture_of_keys'; only the latter has a `mixture` section."""
+  config = ml_collections.ConfigDict(dict(score=score, qkv_bias=qkv_bias))
+  if score == 'mixture_of_keys':
+    config.mixture = mixture if mixture is not None else mixture_of_keys()
+  elif mixture is not None:
+    raise ValueError(f"attention(mixture=...) applies to score='mixture_of_keys', not {score!r}.")
+  return config
+
+
+def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sample',
+                    mode: str = 'drop', probability: float = 0.5,
+                    decay: float = 0.0) -> ml_collections.ConfigDict:
+  """Training-time patch selection (SPEC section 3; gmm_vit_jax/patches). Evaluation keeps all.
+
+  kind: patch score, 'none', 'contrast', 'entropy', 'variance' or 'random'.
+  keep: fraction of the tokens kept, K = round(keep * N).
+  selection: 'topk' (the K best) or 'sample' (K without replacement, probability
+    proportional to the min-max normalised score).
+  mode: 'drop' removes the other tokens from the sequence; 'zero' only zeroes their
+    pixels, as the reference did (no compute saved: for comparison).
+  probability, decay: a batch is filtered with probability p_e, where p_0 = probability
+    and p_e = p_(e-1) / (1 + decay * e) at epoch e.
+  selection, probability and decay default to the reference filter's own defaults.
+  """
+  return ml_collections.ConfigDict(dict(
+      kind=kind,
+      keep=keep,
+      selection=selection,
+      mode=mode,
+      probability=probability,
+      decay=decay,
+  ))
 
 
 def augment(dataset: str) -> ml_collections.ConfigDict:
@@ -71,6 +122,7 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
+  config.patch_selection = patch_selection('none')
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, keep_last=3, keep_best=True))
   config.log_every_steps = 100

@@ -10,6 +10,7 @@ and convolution in it:
   are left out, so a logit mask adds nothing;
 - full: every product that involves the image, the attention products included.
 A product is "with weights" when one operand depends on the image and the other does not.
+Depth is the number of attention layers.
 """
 
 import importlib.util
@@ -23,6 +24,7 @@ from absl import app, flags
 from flax import nnx
 from jax.extend import core as jex_core
 
+from gmm_vit_jax.attention import Attention
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model
 
@@ -90,15 +92,15 @@ def model_complexity(config: ml_collections.ConfigDict) -> dict:
   return dict(model=config.model.name, mask=config.model.mask.kind,
               params=sum(x.size for x in jax.tree.leaves(params)),
               macs_paper=totals['weights'], macs_full=totals['weights'] + totals['attention'],
-              depth=config.model.get('depth'))
+              depth=sum(isinstance(m, Attention) for _, m in nnx.iter_graph(model)))
 
 
 def markdown_table(rows: list[dict]) -> str:
-  lines = ['| config | params | MACs (paper-style) | MACs (full) |',
-           '|---|---:|---:|---:|']
+  lines = ['| config | params | MACs (paper-style) | MACs (full) | depth |',
+           '|---|---:|---:|---:|---:|']
   for r in rows:
     lines.append(f"| {r['config']} | {r['params']:,} | {r['macs_paper'] / 1e6:.1f}M | "
-                 f"{r['macs_full'] / 1e6:.1f}M |")
+                 f"{r['macs_full'] / 1e6:.1f}M | {r['depth']} |")
   return '\n'.join(lines)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from configs import vit_cifar10
+from configs import cait_cifar10, swin_cifar10, vit_cifar10
 
 
 def train_losses(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, steps: int,
@@ -51,6 +51,25 @@ def tiny_vit_config(mask_kind: str, dataset: str = 'cifar10', *, depth: int = 2)
   config = vit_cifar10.get_config(dataset)
   config.model = vit_cifar10.model(mask_kind)
   config.model.update(dict(depth=depth, dim=32, num_heads=4, head_dim=8))
+  return config
+
+
+def tiny_swin_config(mask_kind: str):
+  """The paper's Swin experiment shrunk to patch 4 and stage widths 8 and 16.
+
+  8x8 tokens in four 4x4 windows (shifted in odd blocks), then one 4x4 window.
+  """
+  config = swin_cifar10.get_config()
+  config.model = swin_cifar10.model(mask_kind, 'cifar10')
+  config.model.update(dict(patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(2, 4)))
+  return config
+
+
+def tiny_cait_config(mask_kind: str):
+  """The paper's CaiT experiment shrunk: 8x8 tokens, 2 patch and 2 class layers, dim 16."""
+  config = cait_cifar10.get_config()
+  config.model = cait_cifar10.model(mask_kind, 'cifar10')
+  config.model.update(dict(dim=16, depth=2, class_depth=2, num_heads=2, head_dim=8, mlp_dim=32))
   return config
 
 

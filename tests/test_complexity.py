@@ -21,7 +21,7 @@ def vit_hand_count(tokens: int, dim=192, depth=9, mlp=384, patch_dim=48, patches
 def test_gmm_vit_counts():
   counts = model_complexity(gmm_vit_cifar10.get_config())
   linear, attention = vit_hand_count(tokens=64)
-  assert counts['params'] == 2_693_122
+  assert counts['params'] == 2_693_122 and counts['depth'] == 9
   assert counts['macs_paper'] == linear
   assert counts['macs_full'] == linear + attention
 
@@ -37,4 +37,4 @@ def test_cli_prints_a_markdown_table():
   out = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.complexity',
                         '--config=configs/gmm_vit_cifar10.py', '--markdown'],
                        cwd=ROOT, capture_output=True, text=True, check=True).stdout
-  assert '| gmm_vit_cifar10.py | 2,693,122 | 170.5M | 184.6M |' in out
+  assert '| gmm_vit_cifar10.py | 2,693,122 | 170.5M | 184.6M | 9 |' in out

@@ -1,4 +1,4 @@
-"""Reference state_dict <-> Flax ViT: same logits both ways, clear errors, the CLI."""
+"""Reference state_dict <-> Flax ViT, Swin, CaiT: same logits both ways, clear errors, the CLI."""
 
 import os
 import subprocess
@@ -15,9 +15,21 @@ from gmm_vit_jax import export
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.torch_models import build_torch_model
-from tests.model_testing import tiny_vit_config
+from tests.model_testing import quick_compiles, tiny_cait_config, tiny_swin_config, tiny_vit_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every backbone and mask the reference code builds (its ELM Swin does not).
+REFERENCE_MODELS = [
+    *[pytest.param(tiny_vit_config, kind, id=f'vit-{kind}') for kind in ('none', 'gmm', 'elm')],
+    *[pytest.param(tiny_swin_config, kind, id=f'swin-{kind}') for kind in ('none', 'gmm')],
+    *[pytest.param(tiny_cait_config, kind, id=f'cait-{kind}') for kind in ('none', 'gmm', 'elm')],
+]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+  with quick_compiles():
+    yield
 
 
 def _twin(config, seed: int = 0) -> torch.nn.Module:
@@ -44,9 +56,9 @@ def _images(batch: int = 4, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).normal(size=(batch, 32, 32, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize('kind', ['none', 'gmm', 'elm'])
-def test_reference_weights_give_the_twins_logits(kind):
-  config = tiny_vit_config(kind)
+@pytest.mark.parametrize('tiny_config, kind', REFERENCE_MODELS)
+def test_reference_weights_give_the_twins_logits(tiny_config, kind):
+  config = tiny_config(kind)
   twin = _twin(config)
   model = convert.model_from_torch(_state_dict(twin), config)
   images = _images()
@@ -54,15 +66,18 @@ def test_reference_weights_give_the_twins_logits(kind):
                              rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize('kind', ['none', 'gmm', 'elm'])
-def test_flax_weights_load_into_the_twin(kind):
-  config = tiny_vit_config(kind)
+@pytest.mark.parametrize('tiny_config, kind', REFERENCE_MODELS)
+def test_flax_weights_load_into_the_twin(tiny_config, kind):
+  config = tiny_config(kind)
   model = build_model(config.model, num_classes=10, image_size=32, channels=3,
                       rngs=nnx.Rngs(1))
-  if kind == 'elm':
-    for block in model.blocks:
-      block.attention.mask.weight[...] = np.random.default_rng(2).normal(size=(64, 64))
   variables = export.flat_variables(model)
+  # ELM weights start at zero; random ones make the mask matter.
+  rng = np.random.default_rng(2)
+  for name, value in variables.items():
+    if name.endswith('mask.weight'):
+      variables[name] = rng.normal(size=value.shape).astype(np.float32)
+  export.set_flat_variables(model, variables)
   state_dict = convert.torch_from_variables(variables, config)
   twin = build_torch_model(config.model, num_classes=10, image_size=32, channels=3).eval()
   twin.load_state_dict({k: torch.tensor(v) for k, v in state_dict.items()}, strict=True)
@@ -87,6 +102,82 @@ def test_qkv_split_and_transposes():
                                 state_dict['transformer.layers.0.0.fn.mask.sigma'][:, :, 0, 0])
   np.testing.assert_array_equal(variables['pos_embed'], state_dict['pos_embedding'][0])
   np.testing.assert_array_equal(variables['head.kernel'], state_dict['mlp_head.1.weight'].T)
+
+
+def test_swin_conv_qkv_and_bias_table():
+  config = tiny_swin_config('gmm')
+  state_dict = _state_dict(_twin(config))
+  variables = export.flat_variables(convert.model_from_torch(state_dict, config))
+  np.testing.assert_array_equal(variables['patch_embed.kernel'],
+                                np.einsum('oihw->hwio', state_dict['patch_embed.proj.weight']))
+  np.testing.assert_array_equal(variables['patch_norm.scale'],
+                                state_dict['patch_embed.norm.weight'])
+  np.testing.assert_array_equal(variables['pos_embed'], state_dict['absolute_pos_embed'][0])
+  ours, theirs = 'stages.1.blocks.1.attention', 'layers.1.blocks.1.attn'
+  weight, bias = state_dict[f'{theirs}.qkv.weight'], state_dict[f'{theirs}.qkv.bias']
+  width = 16
+  for i, name in enumerate(['query', 'score.key', 'value']):
+    rows = slice(i * width, (i + 1) * width)
+    np.testing.assert_array_equal(variables[f'{ours}.mha.{name}.kernel'], weight[rows].T)
+    np.testing.assert_array_equal(variables[f'{ours}.mha.{name}.bias'], bias[rows])
+  np.testing.assert_array_equal(variables[f'{ours}.relative_position_bias'],
+                                state_dict[f'{theirs}.relative_position_bias_table'])
+  np.testing.assert_array_equal(variables[f'{ours}.mha.mask.alpha'],
+                                state_dict[f'{theirs}.mask.alpha'][:, :, 0, 0])
+  np.testing.assert_array_equal(variables['stages.0.downsample.reduction.kernel'],
+                                state_dict['layers.0.downsample.reduction.weight'].T)
+
+
+def test_cait_kv_split_talking_heads_and_layer_scale():
+  config = tiny_cait_config('gmm')
+  state_dict = _state_dict(_twin(config))
+  variables = export.flat_variables(convert.model_from_torch(state_dict, config))
+  for ours, theirs in [('patch_layers.1', 'patch_transformer.layers.1'),
+                       ('class_layers.0', 'cls_transformer.layers.0')]:
+    attention = f'{theirs}.0.fn.fn'
+    kv = state_dict[f'{attention}.to_kv.weight']
+    inner = 2 * 8
+    np.testing.assert_array_equal(variables[f'{ours}.attention.score.key.kernel'], kv[:inner].T)
+    np.testing.assert_array_equal(variables[f'{ours}.attention.value.kernel'], kv[inner:].T)
+    np.testing.assert_array_equal(variables[f'{ours}.attention.query.kernel'],
+                                  state_dict[f'{attention}.to_q.weight'].T)
+    # Both sides mix heads as out[g] = sum_h in[h] w[h, g]: no transpose.
+    np.testing.assert_array_equal(variables[f'{ours}.attention.pre_softmax.kernel'],
+                                  state_dict[f'{attention}.mix_heads_pre_attn'])
+    np.testing.assert_array_equal(variables[f'{ours}.attention.post_softmax.kernel'],
+                                  state_dict[f'{attention}.mix_heads_post_attn'])
+    np.testing.assert_array_equal(variables[f'{ours}.mlp_scale'],
+                                  state_dict[f'{theirs}.1.scale'][0, 0])
+    np.testing.assert_array_equal(variables[f'{ours}.mlp.fc2.kernel'],
+                                  state_dict[f'{theirs}.1.fn.fn.net.3.weight'].T)
+  np.testing.assert_array_equal(variables['cls_token'], state_dict['cls_token'][0, 0])
+  assert not any(name.startswith('class_layers') and '.mask.' in name for name in variables)
+
+
+@pytest.mark.parametrize('tiny_config, kind, qkv_bias', [
+    (tiny_swin_config, 'none', False), (tiny_swin_config, 'gmm', True),
+    (tiny_cait_config, 'none', False), (tiny_cait_config, 'elm', False),
+])
+def test_mapping_names_every_twin_key(tiny_config, kind, qkv_bias):
+  config = tiny_config(kind)
+  config.model.attention.qkv_bias = qkv_bias
+  twin = build_torch_model(config.model, num_classes=10, image_size=32, channels=3)
+  keys = convert.reference_mapping(config).torch_keys()
+  assert sorted(keys) == sorted(twin.state_dict())
+
+
+def test_swin_constants_are_checked():
+  config = tiny_swin_config('none')
+  state_dict = _state_dict(_twin(config))
+  state_dict['layers.0.blocks.1.attn_mask'] = np.zeros_like(
+      state_dict['layers.0.blocks.1.attn_mask'])
+  with pytest.raises(ValueError, match="torch 'layers.0.blocks.1.attn_mask'"):
+    convert.model_from_torch(state_dict, config)
+
+
+def test_swin_elm_has_no_reference_weights():
+  with pytest.raises(ValueError, match="model.mask.kind='elm'"):
+    convert.reference_mapping(tiny_swin_config('elm'))
 
 
 def test_full_size_cifar_gmm_vit():

@@ -1,24 +1,32 @@
-"""The PyTorch twin of the reference ViT: names, sizes, mask math and patch order."""
+"""PyTorch twins of the reference ViT, Swin and CaiT: names, sizes, mask math, geometry."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from configs import gmm_vit_cifar10, vit_cifar10
+from configs import (cait_cifar10, gmm_cait_cifar10, gmm_swin_cifar10, gmm_vit_cifar10,
+                     swin_cifar10, vit_cifar10)
+from gmm_vit_jax.models.swin import window_partition, window_reverse
 from gmm_vit_jax.models.tokens import patchify
 from gmm_vit_jax.torch_models import build_torch_model
+from gmm_vit_jax.torch_models import swin as torch_swin
 from gmm_vit_jax.torch_models import vit as torch_vit
-from tests.model_testing import tiny_vit_config
+from tests.model_testing import tiny_cait_config, tiny_swin_config, tiny_vit_config
 
 
 def _trainable(model: torch.nn.Module) -> int:
   return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# Trainable parameters of the reference code at 32x32, 10 classes, K=5 (SPEC section 2).
 @pytest.mark.parametrize('get_config, expected', [
     (vit_cifar10.get_config, 2_692_426),
     (gmm_vit_cifar10.get_config, 2_693_122),
+    (swin_cifar10.get_config, 7_073_188),
+    (gmm_swin_cifar10.get_config, 7_074_088),
+    (cait_cifar10.get_config, 9_020_618),
+    (gmm_cait_cifar10.get_config, 9_021_578),
 ])
 def test_parameter_counts_are_the_reference_counts(get_config, expected):
   model = build_torch_model(get_config().model, num_classes=10, image_size=32, channels=3)
@@ -107,4 +115,107 @@ def test_configs_without_a_reference_twin_are_rejected(field, value):
   section, _, name = field.rpartition('.')
   (config.model[section] if section else config.model)[name] = value
   with pytest.raises(ValueError, match=f'model.{field.split(".")[0]}'):
+    build_torch_model(config.model, num_classes=10, image_size=32, channels=3)
+
+
+def _shapes(model: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
+  return {k[len(prefix):]: tuple(v.shape) for k, v in model.state_dict().items()
+          if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize('kind', ['none', 'gmm'])
+def test_swin_state_dict_is_the_reference_layout(kind):
+  model = build_torch_model(tiny_swin_config(kind).model, num_classes=10, image_size=32,
+                            channels=3)
+  state = model.state_dict()
+  # Stage 0: 8x8 tokens, width 8, 2 heads, four 4x4 windows; block 1 is shifted.
+  gmm = {'attn.mask.sigma': (5, 2, 1, 1), 'attn.mask.alpha': (5, 2, 1, 1),
+         'attn.mask.mask': (1, 1, 16, 16)} if kind == 'gmm' else {}
+  block = {'norm1.weight': (8,), 'norm1.bias': (8,),
+           'attn.relative_position_bias_table': (49, 2), 'attn.relative_position_index': (16, 16),
+           'attn.qkv.weight': (24, 8), 'attn.qkv.bias': (24,),
+           'attn.proj.weight': (8, 8), 'attn.proj.bias': (8,),
+           'norm2.weight': (8,), 'norm2.bias': (8,),
+           'mlp.fc1.weight': (16, 8), 'mlp.fc1.bias': (16,),
+           'mlp.fc2.weight': (8, 16), 'mlp.fc2.bias': (8,), **gmm}
+  assert _shapes(model, 'layers.0.blocks.0.') == block
+  assert _shapes(model, 'layers.0.blocks.1.') == {**block, 'attn_mask': (4, 16, 16)}
+  assert _shapes(model, 'layers.0.downsample.') == {
+      'reduction.weight': (16, 32), 'norm.weight': (32,), 'norm.bias': (32,)}
+  # Stage 1: 4x4 tokens, one window, so no shift and no attn_mask in either block.
+  assert 'layers.1.blocks.1.attn_mask' not in state
+  assert not any(k.startswith('layers.1.downsample') for k in state)
+  top = {k: tuple(v.shape) for k, v in state.items() if not k.startswith('layers.')}
+  assert top == {'mask': (1, 1, 16, 16), 'absolute_pos_embed': (1, 64, 8),
+                 'patch_embed.proj.weight': (8, 3, 4, 4), 'patch_embed.proj.bias': (8,),
+                 'patch_embed.norm.weight': (8,), 'patch_embed.norm.bias': (8,),
+                 'norm.weight': (16,), 'norm.bias': (16,), 'head.weight': (10, 16),
+                 'head.bias': (10,)}
+  assert state['layers.0.blocks.0.attn.relative_position_index'].dtype == torch.int64
+  assert set(np.unique(state['layers.0.blocks.1.attn_mask'].numpy())) == {0.0, -100.0}
+
+
+@pytest.mark.parametrize('kind', ['none', 'gmm', 'elm'])
+def test_cait_state_dict_is_the_reference_layout(kind):
+  model = build_torch_model(tiny_cait_config(kind).model, num_classes=10, image_size=32,
+                            channels=3)
+  masks = {'gmm': {'0.fn.fn.mask.sigma': (5, 2, 1, 1), '0.fn.fn.mask.alpha': (5, 2, 1, 1),
+                   '0.fn.fn.mask.mask': (1, 1, 64, 64)},
+           'elm': {'0.fn.fn.mask.mask': (64, 64)}, 'none': {}}
+  layer = {'0.scale': (1, 1, 16), '0.fn.norm.weight': (16,), '0.fn.norm.bias': (16,),
+           '0.fn.fn.mix_heads_pre_attn': (2, 2), '0.fn.fn.mix_heads_post_attn': (2, 2),
+           '0.fn.fn.to_q.weight': (16, 16), '0.fn.fn.to_kv.weight': (32, 16),
+           '0.fn.fn.to_out.0.weight': (16, 16), '0.fn.fn.to_out.0.bias': (16,),
+           '1.scale': (1, 1, 16), '1.fn.norm.weight': (16,), '1.fn.norm.bias': (16,),
+           '1.fn.fn.net.0.weight': (32, 16), '1.fn.fn.net.0.bias': (32,),
+           '1.fn.fn.net.3.weight': (16, 32), '1.fn.fn.net.3.bias': (16,)}
+  for i in range(2):
+    assert _shapes(model, f'patch_transformer.layers.{i}.') == {**layer, **masks[kind]}
+    assert _shapes(model, f'cls_transformer.layers.{i}.') == layer
+  top = {k: tuple(v.shape) for k, v in model.state_dict().items()
+         if not k.startswith(('patch_transformer.', 'cls_transformer.'))}
+  assert top == {'pos_embedding': (1, 64, 16), 'cls_token': (1, 1, 16), 'mask': (1, 1, 64, 64),
+                 'to_patch_embedding.1.weight': (16, 48), 'to_patch_embedding.1.bias': (16,),
+                 'mlp_head.0.weight': (16,), 'mlp_head.0.bias': (16,),
+                 'mlp_head.1.weight': (10, 16), 'mlp_head.1.bias': (10,)}
+
+
+def test_cait_layer_scale_restarts_in_each_transformer():
+  model = build_torch_model(cait_cifar10.get_config().model, num_classes=10, image_size=32,
+                            channels=3)
+  patch = [layer[1].scale[0, 0, 0].item() for layer in model.patch_transformer.layers]
+  cls = [layer[0].scale[0, 0, 0].item() for layer in model.cls_transformer.layers]
+  np.testing.assert_allclose(patch, [0.1] * 18 + [1e-5] * 6)
+  np.testing.assert_allclose(cls, [0.1, 0.1])
+
+
+def test_swin_stochastic_depth_grows_linearly():
+  model = build_torch_model(swin_cifar10.get_config().model, num_classes=10, image_size=32,
+                            channels=3)
+  rates = [block.drop_path_rate for stage in model.layers for block in stage.blocks]
+  np.testing.assert_allclose(rates, np.arange(12) * 0.1 / 11, rtol=1e-6)
+
+
+def test_swin_windows_match_flax():
+  x = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
+  ours = np.asarray(window_partition(jnp.asarray(x), 4))
+  twin = torch_swin.window_partition(torch.from_numpy(x), 4)
+  np.testing.assert_array_equal(twin.numpy(), ours)
+  np.testing.assert_array_equal(torch_swin.window_reverse(twin, 4, 8, 12).numpy(), x)
+  np.testing.assert_array_equal(np.asarray(window_reverse(jnp.asarray(ours), 4, 8, 12)), x)
+
+
+@pytest.mark.parametrize('tiny_config, field, value, match', [
+    (tiny_swin_config, 'mask.kind', 'elm', "model.mask.kind='elm'"),
+    (tiny_swin_config, 'window_size', 8, 'model.window_size=8'),
+    (tiny_swin_config, 'attention.score', 'mixture', 'model.attention.score'),
+    (tiny_cait_config, 'attention.qkv_bias', True, 'model.attention'),
+    (tiny_cait_config, 'mask.mode', 'add', 'model.mask.mode'),
+])
+def test_swin_and_cait_configs_without_a_reference_twin_are_rejected(tiny_config, field, value,
+                                                                      match):
+  config = tiny_config('gmm')
+  section, _, name = field.rpartition('.')
+  (config.model[section] if section else config.model)[name] = value
+  with pytest.raises(ValueError, match=match):
     build_torch_model(config.model, num_classes=10, image_size=32, channels=3)

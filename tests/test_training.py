@@ -193,3 +193,45 @@ def test_weight_decay_of_the_mask_is_a_switch(decay_mask_params):
   new = optax.apply_updates(params, updates)
   assert new['kernel'][0] < 1.0
   assert (new['mask']['sigma'][0] < 1.0) == decay_mask_params
+
+
+def test_patch_selection_trains_and_really_drops_tokens(tmp_path):
+  from configs import common
+  config = tiny_config(epochs=1)
+  config.model.attention = common.attention('mixture_of_keys')
+  config.patch_selection = common.patch_selection('variance', keep=0.5, probability=1.0)
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  assert summary['completed'] and np.isfinite(summary['eval_loss'])
+  assert os.path.exists(os.path.join(str(tmp_path), 'kept_patches.png'))
+  assert all(loop._selects_patches(config, s, 22) for s in range(5))
+  config.patch_selection.probability = 0.5
+  draws = [loop._selects_patches(config, s, 22) for s in range(200)]
+  assert 70 < sum(draws) < 130
+  assert draws == [loop._selects_patches(config, s, 22) for s in range(200)]
+
+
+def test_selected_steps_compute_less():
+  import jax
+  from configs import common
+  from gmm_vit_jax.data.info import dataset_info
+  from gmm_vit_jax.training import sharding
+  from gmm_vit_jax.training.checkpoint import build_from_config
+  from gmm_vit_jax.training.state import Metrics, TrainState
+  from gmm_vit_jax.training.step import make_train_step
+  from flax import nnx
+  config = tiny_config()
+  config.model.update(dict(depth=2, patch_size=1))  # 64 tokens: attention cost shows.
+  config.patch_selection = common.patch_selection('variance', keep=0.5, probability=1.0)
+  info = dataset_info('digits')
+  tx = make_optimizer(config, 10)
+  graphdef, params, buffers = nnx.split(build_from_config(config), nnx.Param, ...)
+  params, buffers = nnx.to_pure_dict(params), nnx.to_pure_dict(buffers)
+  state = TrainState(step=np.int32(0), params=params, buffers=buffers, opt_state=tx.init(params))
+  step = make_train_step(graphdef, tx, config, info,
+                         out_sharding=sharding.replicated(sharding.make_mesh()))
+  images = np.zeros((100, 8, 8, 1), np.uint8)
+  labels = np.zeros(100, np.int32)
+  index = np.arange(64, dtype=np.int32)
+  flops = {select: step.lower(state, Metrics.zeros(), images, labels, index, select)
+           .compile().cost_analysis()['flops'] for select in (False, True)}
+  assert flops[True] < 0.6 * flops[False]

@@ -1,6 +1,6 @@
 """Multi-head attention with a pluggable score function and a pluggable logit mask.
 
-    logits = score(x, q)            (B, H, N, N), log space; keys from `context` (B, M, C)
+    logits = score(x, q, coords)    (B, H, N, M), log space; keys from `context` (B, M, C)
                                     instead of x for cross-attention (CaiT's class attention)
     logits = mask(logits, coords)   GMM / ELM, optional
     logits = logits + bias          additive terms a backbone owns (Swin's relative
@@ -63,7 +63,7 @@ class Attention(nnx.Module):
     if context is not None and self.mask is not None:
       raise ValueError('a grid mask needs self-attention; it cannot take a context.')
     q = split_heads(self.query(x), self.num_heads)
-    logits = self.score(x if context is None else context, q).astype(jnp.float32)
+    logits = self.score(x if context is None else context, q, coords).astype(jnp.float32)
     if self.mask is not None:
       logits = self.mask(logits, coords)
     if bias is not None:

@@ -5,15 +5,31 @@ import ml_collections
 
 from gmm_vit_jax.attention.attention import Attention
 from gmm_vit_jax.attention.masks import check_choice, make_mask
+from gmm_vit_jax.attention.mixture_keys import MixtureOfKeysScore
 from gmm_vit_jax.attention.scores import DotProductScore
 
-SCORE_KINDS = ('dot_product',)
+SCORE_KINDS = ('dot_product', 'mixture_of_keys')
 
 
 def make_score(attention: ml_collections.ConfigDict, *, dim: int, num_heads: int,
-               head_dim: int, dtype, rngs: nnx.Rngs, scale: float | None = None) -> nnx.Module:
-  """`scale` overrides the 1/sqrt(head_dim) logit scale (T2T's token transformer)."""
+               head_dim: int, dtype, rngs: nnx.Rngs, scale: float | None = None,
+               grid_shape: tuple[int, int] | None = None) -> nnx.Module:
+  """The score named by `attention.score`; 'mixture_of_keys' reads `attention.mixture`.
+
+  `scale` overrides the 1/sqrt(head_dim) dot-product logit scale (T2T's token
+  transformer); mixture-of-keys scores have their own variances instead.
+  """
   check_choice('model.attention.score', attention.score, SCORE_KINDS)
+  if attention.score == 'mixture_of_keys':
+    if 'mixture' not in attention:
+      raise ValueError("model.attention.score='mixture_of_keys' needs a model.attention.mixture "
+                       "section (configs/common.py: attention('mixture_of_keys')).")
+    mixture = attention.mixture
+    return MixtureOfKeysScore(
+        dim, num_heads=num_heads, head_dim=head_dim, num_keys=mixture.num_keys,
+        variant=mixture.variant, e_step=mixture.e_step,
+        pi_per_position=mixture.pi_per_position, learn_variance=mixture.learn_variance,
+        use_bias=attention.qkv_bias, grid_shape=grid_shape, dtype=dtype, rngs=rngs)
   return DotProductScore(dim, num_heads=num_heads, head_dim=head_dim,
                          use_bias=attention.qkv_bias, scale=scale, dtype=dtype, rngs=rngs)
 
@@ -26,7 +42,7 @@ def make_attention(attention: ml_collections.ConfigDict, mask: ml_collections.Co
   return Attention(
       dim, num_heads=num_heads, head_dim=head_dim,
       score=make_score(attention, dim=dim, num_heads=num_heads, head_dim=head_dim,
-                       dtype=dtype, rngs=rngs, scale=scale),
+                       dtype=dtype, rngs=rngs, scale=scale, grid_shape=grid_shape),
       mask=make_mask(mask.kind, num_heads=num_heads, grid_shape=grid_shape,
                      num_kernels=mask.num_kernels, mode=mask.mode, cutoff=mask.cutoff,
                      rngs=rngs),

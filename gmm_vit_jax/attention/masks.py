@@ -66,10 +66,17 @@ def apply_mask(logits: jax.Array, values: jax.Array, valid: jax.Array,
 
 
 class GaussianMixtureMask(nnx.Module):
-  """K Gaussian kernels per head over grid distance, with learnable width and weight."""
+  """K Gaussian kernels per head over grid distance, with learnable width and weight.
+
+  Given the grid shape, the kernels are evaluated once per integer squared distance
+  and looked up per token pair, with the same values. After patch selection every
+  example has its own coordinates, and evaluating the kernels per example and pair
+  costs more than the rest of a ViT train step (benchmarks/patch_and_keys.py).
+  """
 
   def __init__(self, num_heads: int, *, num_kernels: int = 5, mode: MaskMode = 'multiply',
-               cutoff: bool = True, rngs: nnx.Rngs):
+               cutoff: bool = True, grid_shape: tuple[int, int] | None = None,
+               rngs: nnx.Rngs):
     check_choice('model.mask.mode', mode, MASK_MODES)
     if num_kernels < 1:
       raise ValueError(f'model.mask.num_kernels must be >= 1, got {num_kernels}.')
@@ -78,11 +85,19 @@ class GaussianMixtureMask(nnx.Module):
     self.alpha = nnx.Param(2.0 * jax.random.normal(rngs.params(), shape))
     self.mode = mode
     self.cutoff = cutoff
+    self.max_sq_dist = (None if grid_shape is None
+                        else (grid_shape[0] - 1) ** 2 + (grid_shape[1] - 1) ** 2)
 
   def values(self, coords: jax.Array) -> jax.Array:
     """(..., N, 2) coords -> (..., H, N, N) mask values."""
-    return gaussian_mixture(grid.pairwise_sq_dist(coords), self.sigma[...], self.alpha[...],
-                            self.cutoff)
+    sq_dist = grid.pairwise_sq_dist(coords)
+    if self.max_sq_dist is None:
+      return gaussian_mixture(sq_dist, self.sigma[...], self.alpha[...], self.cutoff)
+    all_sq_dist = jnp.arange(self.max_sq_dist + 1, dtype=jnp.float32)[None]
+    table = gaussian_mixture(all_sq_dist, self.sigma[...], self.alpha[...], self.cutoff)[:, 0]
+    # Pairs with an off-grid token fall outside the table; apply_mask ignores their values.
+    index = jnp.clip(sq_dist.astype(jnp.int32), 0, self.max_sq_dist)
+    return jnp.moveaxis(table[:, index], 0, -3)
 
   def __call__(self, logits: jax.Array, coords: jax.Array) -> jax.Array:
     return apply_mask(logits, self.values(coords), grid.pair_on_grid(coords), self.mode)
@@ -113,7 +128,7 @@ def make_mask(kind: str, *, num_heads: int, grid_shape: tuple[int, int], num_ker
   check_choice('model.mask.kind', kind, MASK_KINDS)
   if kind == 'gmm':
     return GaussianMixtureMask(num_heads, num_kernels=num_kernels, mode=mode, cutoff=cutoff,
-                               rngs=rngs)
+                               grid_shape=grid_shape, rngs=rngs)
   if kind == 'elm':
     return ElementwiseMask(grid_shape, mode=mode)
   return None

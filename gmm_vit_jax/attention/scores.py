@@ -1,9 +1,10 @@
 """Score functions: how a head turns queries and tokens into attention logits.
 
-A score function owns the key side of attention. It maps tokens x (B, M, C) and
-queries q (B, H, N, D) to log-space scores (B, H, N, M); M = N in self-attention,
-x is the context in cross-attention. The attention module applies the mask and
-the softmax. Mixture-of-keys attention is a second score
+A score function owns the key side of attention. It maps tokens x (B, M, C),
+queries q (B, H, N, D) and the tokens' grid coordinates ((N, 2) or (B, N, 2), see
+attention/grid.py) to log-space scores (B, H, N, M); M = N in self-attention, x is
+the context in cross-attention. The attention module applies the mask and the
+softmax. Mixture-of-keys attention (attention/mixture_keys.py) is a second score
 function with the same signature, so no backbone changes to use it.
 """
 
@@ -40,5 +41,6 @@ class DotProductScore(nnx.Module):
     """(B, N, C) -> (B, H, N, D)."""
     return split_heads(self.key(x), self.num_heads)
 
-  def __call__(self, x: jax.Array, q: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None) -> jax.Array:
+    """The dot product does not depend on token position: `coords` is not read."""
     return jnp.einsum('bhid,bhjd->bhij', q, self.keys(x)) * jnp.asarray(self.scale, q.dtype)

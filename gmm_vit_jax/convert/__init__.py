@@ -17,13 +17,17 @@ from flax import nnx
 
 from gmm_vit_jax import export
 from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.convert import cait
 from gmm_vit_jax.convert import core
+from gmm_vit_jax.convert import swin
 from gmm_vit_jax.convert import vit
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model
 
 MAPPINGS = {
     'vit': vit.mapping,
+    'swin': swin.mapping,
+    'cait': cait.mapping,
 }
 
 

@@ -66,6 +66,20 @@ def fused_linear(flax_kernels: tuple[str, ...], torch_weight: str) -> Rule:
               lambda *kernels: (np.concatenate([k.T for k in kernels], axis=0),))
 
 
+def fused_bias(flax_biases: tuple[str, ...], torch_bias: str) -> Rule:
+  """One torch bias (n * out,) stacking n Linears' biases <-> n Flax biases (out,)."""
+  return Rule(flax_biases, (torch_bias,),
+              lambda b: tuple(np.split(b, len(flax_biases))),
+              lambda *biases: (np.concatenate(biases),))
+
+
+def conv2d(flax: str, torch: str) -> list[Rule]:
+  """nnx.Conv kernel (kh, kw, in, out) <-> torch Conv2d weight (out, in, kh, kw), and bias."""
+  return [Rule((f'{flax}.kernel',), (f'{torch}.weight',),
+               lambda w: (w.transpose(2, 3, 1, 0),), lambda k: (k.transpose(3, 2, 0, 1),)),
+          copy(f'{flax}.bias', f'{torch}.bias')]
+
+
 def _apply(rule: Rule, inputs: tuple[np.ndarray, ...], to_flax: bool) -> tuple[np.ndarray, ...]:
   source, target = (rule.torch, rule.flax) if to_flax else (rule.flax, rule.torch)
   try:

@@ -6,10 +6,26 @@ buffer stored at the top and in every GMM layer.
 """
 
 import ml_collections
+import numpy as np
 
 from gmm_vit_jax.convert import core
 from gmm_vit_jax.models.tokens import check_patch_size
 from gmm_vit_jax.torch_models.vit import base_mask, check_reference_config
+
+
+def mask_rules(kind: str, flax: str, torch: str, base: np.ndarray,
+               constants: dict[str, np.ndarray]) -> list[core.Rule]:
+  """Rules for the mask of the attention layers `flax` and `torch`, kind 'none', 'gmm' or 'elm'.
+
+  The GMM's sigma and alpha gain two unit axes; its base mask is added to `constants`.
+  """
+  if kind == 'gmm':
+    constants[f'{torch}.mask.mask'] = base
+    return [core.expand(f'{flax}.mask.{name}', f'{torch}.mask.{name}', (2, 3))
+            for name in ('sigma', 'alpha')]
+  if kind == 'elm':
+    return [core.copy(f'{flax}.mask.weight', f'{torch}.mask.mask')]
+  return []
 
 
 def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mapping:
@@ -29,12 +45,7 @@ def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mappin
         tuple(f'{ours}.attention.{name}.kernel' for name in ('query', 'score.key', 'value')),
         f'{attention}.to_qkv.weight'))
     rules += core.linear(f'{ours}.attention.out', f'{attention}.to_out.0')
-    if model.mask.kind == 'gmm':
-      rules += [core.expand(f'{ours}.attention.mask.{name}', f'{attention}.mask.{name}', (2, 3))
-                for name in ('sigma', 'alpha')]
-      constants[f'{attention}.mask.mask'] = mask
-    elif model.mask.kind == 'elm':
-      rules.append(core.copy(f'{ours}.attention.mask.weight', f'{attention}.mask.mask'))
+    rules += mask_rules(model.mask.kind, f'{ours}.attention', attention, mask, constants)
     rules += core.layer_norm(f'{ours}.norm2', f'{theirs}.1.norm')
     rules += core.linear(f'{ours}.mlp.fc1', f'{mlp}.net.0')
     rules += core.linear(f'{ours}.mlp.fc2', f'{mlp}.net.3')

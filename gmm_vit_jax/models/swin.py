@@ -73,6 +73,28 @@ def shift_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
   return np.where(same, 0.0, SHIFT_MASK_VALUE).astype(np.float32)
 
 
+def stage_grids(image_size: int, patch_size: int, num_stages: int) -> list[int]:
+  """Token grid side of each stage: the patch grid, halved by every patch merging."""
+  side = check_patch_size(image_size, patch_size)
+  if side % 2 ** (num_stages - 1):
+    raise ValueError(f'the {side}x{side} token grid cannot be halved {num_stages - 1} '
+                     'times; change model.patch_size or model.depths.')
+  return [side // 2 ** s for s in range(num_stages)]
+
+
+def stage_window(grid_shape: tuple[int, int], window_size: int) -> tuple[int, int]:
+  """(window side, shift of the odd blocks) of a stage at `grid_shape` tokens.
+
+  As the reference: a grid no larger than the window is one unshifted window.
+  """
+  h, w = grid_shape
+  window = min(h, w) if min(h, w) <= window_size else window_size
+  if h % window or w % window:
+    raise ValueError(f'model.window_size={window_size} does not tile the {h}x{w} token '
+                     'grid of a stage; choose a divisor of the grid side.')
+  return window, window // 2 if min(h, w) > window_size else 0
+
+
 class WindowAttention(nnx.Module):
   """(Shifted) window multi-head self-attention over a (h, w) token grid.
 
@@ -154,15 +176,9 @@ class SwinStage(nnx.Module):
                window_size: int, mlp_ratio: float, dropout: float, drop_path_rates: list[float],
                downsample: bool, attention: ml_collections.ConfigDict,
                mask: ml_collections.ConfigDict, dtype, rngs: nnx.Rngs):
-    h, w = grid_shape
-    # As the reference: a grid no larger than the window is one unshifted window.
-    window = min(h, w) if min(h, w) <= window_size else window_size
-    if h % window or w % window:
-      raise ValueError(f'model.window_size={window_size} does not tile the {h}x{w} token '
-                       'grid of a stage; choose a divisor of the grid side.')
+    window, shift = stage_window(grid_shape, window_size)
     if dim % num_heads:
       raise ValueError(f'model.num_heads={num_heads} does not divide the stage width {dim}.')
-    shift = window // 2 if min(h, w) > window_size else 0
     self.coords = grid.grid_coords(window, window)
     self.blocks = nnx.List([
         EncoderBlock(
@@ -198,15 +214,12 @@ class Swin(nnx.Module):
     if len(depths) != len(num_heads):
       raise ValueError(f'model.depths={tuple(depths)} and model.num_heads={tuple(num_heads)} '
                        'must name the same number of stages.')
-    side = check_patch_size(image_size, patch_size)
-    if side % 2 ** (len(depths) - 1):
-      raise ValueError(f'the {side}x{side} token grid cannot be halved {len(depths) - 1} '
-                       'times; change model.patch_size or model.depths.')
+    grids = stage_grids(image_size, patch_size, len(depths))
     self.patch_embed = nnx.Conv(channels, embed_dim, (patch_size, patch_size),
                                 strides=(patch_size, patch_size), padding='VALID', dtype=dtype,
                                 rngs=rngs)
     self.patch_norm = nnx.LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.pos_embed = nnx.Param(position_init(rngs.params(), (side * side, embed_dim)))
+    self.pos_embed = nnx.Param(position_init(rngs.params(), (grids[0] ** 2, embed_dim)))
     self.dropout = nnx.Dropout(dropout)
     # Stochastic depth grows linearly from 0 at the first block to the rate at the last.
     rates = np.linspace(0.0, stochastic_depth, sum(depths)).tolist()
@@ -214,7 +227,7 @@ class Swin(nnx.Module):
     for s, (depth, heads) in enumerate(zip(depths, num_heads)):
       first = sum(depths[:s])
       stages.append(SwinStage(
-          embed_dim * 2 ** s, grid_shape=(side // 2 ** s,) * 2, depth=depth, num_heads=heads,
+          embed_dim * 2 ** s, grid_shape=(grids[s],) * 2, depth=depth, num_heads=heads,
           window_size=window_size, mlp_ratio=mlp_ratio, dropout=dropout,
           drop_path_rates=rates[first:first + depth], downsample=s < len(depths) - 1,
           attention=attention, mask=mask, dtype=dtype, rngs=rngs))

@@ -55,15 +55,16 @@ class ViT(nnx.Module):
     token_index: (B, K) indices of the patches to keep (row-major grid order); the
       others are removed from the sequence before the encoder.
     """
-    x = self.patch_embed(patchify(images.astype(self.dtype), self.patch_size))
+    patches = patchify(images.astype(self.dtype), self.patch_size)
     pos = self.pos_embed[...]
     patch_pos = pos[1:] if self.pool == 'cls' else pos
     coords = jnp.asarray(grid.grid_coords(self.grid_side, self.grid_side))
-    if token_index is None:
-      x = x + patch_pos.astype(x.dtype)
-    else:
-      x = take_tokens(x, token_index) + patch_pos[token_index].astype(x.dtype)
+    if token_index is not None:
+      # Gathering pixels before the embedding spares the dropped tokens' projection too.
+      patches = take_tokens(patches, token_index)
+      patch_pos = patch_pos[token_index]
       coords = coords[token_index]
+    x = self.patch_embed(patches) + patch_pos.astype(self.dtype)
     if self.pool == 'cls':
       cls = jnp.broadcast_to(self.cls_token[...] + pos[0], (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)

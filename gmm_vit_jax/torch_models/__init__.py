@@ -8,10 +8,14 @@ import ml_collections
 from torch import nn
 
 from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.torch_models.cait import CaiT
+from gmm_vit_jax.torch_models.swin import Swin
 from gmm_vit_jax.torch_models.vit import ViT
 
 TORCH_BACKBONES = {
     'vit': ViT,
+    'swin': Swin,
+    'cait': CaiT,
 }
 
 

@@ -26,19 +26,25 @@ from torch import nn
 from gmm_vit_jax.attention.masks import MASK_KINDS, SIGMA_EPS, check_choice
 
 
+def check_reference_mask(mask: ml_collections.ConfigDict,
+                         kinds: tuple[str, ...] = MASK_KINDS) -> None:
+  """Raises ValueError when `model.mask` is no mask of the reference code."""
+  check_choice('model.mask.kind', mask.kind, kinds)
+  if mask.kind != 'none' and mask.mode != 'multiply':
+    raise ValueError(f'model.mask.mode={mask.mode!r}: the reference multiplies its '
+                     "mask into the logits; use 'multiply'.")
+  if mask.kind == 'gmm' and not mask.cutoff:
+    raise ValueError('model.mask.cutoff=False: the float32 reference zeroes pairs with '
+                     'd2 >= 104; use True.')
+
+
 def check_reference_config(model: ml_collections.ConfigDict) -> None:
   """Raises ValueError when `model` (a ViT config) describes no reference ViT."""
-  check_choice('model.mask.kind', model.mask.kind, MASK_KINDS)
+  check_reference_mask(model.mask)
   pool = 'cls' if model.mask.kind == 'none' else 'mean'
   if model.pool != pool:
     raise ValueError(f'model.pool={model.pool!r}: the reference ViT with mask.kind='
                      f'{model.mask.kind!r} pools {pool!r}.')
-  if model.mask.kind != 'none' and model.mask.mode != 'multiply':
-    raise ValueError(f'model.mask.mode={model.mask.mode!r}: the reference multiplies its '
-                     "mask into the logits; use 'multiply'.")
-  if model.mask.kind == 'gmm' and not model.mask.cutoff:
-    raise ValueError('model.mask.cutoff=False: the float32 reference zeroes pairs with '
-                     'd2 >= 104; use True.')
   if model.attention.score != 'dot_product' or model.attention.qkv_bias:
     raise ValueError(f'model.attention={model.attention.to_dict()}: the reference ViT has '
                      "score='dot_product' and qkv_bias=False.")
@@ -147,18 +153,22 @@ class FeedForward(nn.Module):
 
 
 class PreNorm(nn.Module):
+  """fn(norm(x), **kwargs): keyword inputs (CaiT's context) pass through unnormalised."""
 
   def __init__(self, dim: int, fn: nn.Module):
     super().__init__()
     self.norm = nn.LayerNorm(dim)
     self.fn = fn
 
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self.fn(self.norm(x))
+  def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    return self.fn(self.norm(x), **kwargs)
 
 
 class Transformer(nn.Module):
-  """Pre-norm blocks; every residual branch shares one stochastic-depth rate."""
+  """Pre-norm blocks; every residual branch shares one stochastic-depth rate.
+
+  Keyword inputs of `forward` go to every attention branch (CaiT's context).
+  """
 
   def __init__(self, blocks: list[tuple[nn.Module, nn.Module]], stochastic_depth: float):
     super().__init__()
@@ -166,9 +176,9 @@ class Transformer(nn.Module):
         nn.ModuleList([attention, feed_forward]) for attention, feed_forward in blocks)
     self.stochastic_depth = stochastic_depth
 
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
+  def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
     for attention, feed_forward in self.layers:
-      x = x + drop_path(attention(x), self.stochastic_depth, self.training)
+      x = x + drop_path(attention(x, **kwargs), self.stochastic_depth, self.training)
       x = x + drop_path(feed_forward(x), self.stochastic_depth, self.training)
     return x
 

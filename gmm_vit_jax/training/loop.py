@@ -15,6 +15,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from PIL import Image
 
+from gmm_vit_jax import patches
 from gmm_vit_jax.augment import augmentation_grid
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.data.info import dataset_info
@@ -28,6 +29,7 @@ from gmm_vit_jax.training.step import make_eval_step, make_train_step
 SUMMARY_FILE = 'summary.json'
 PICTURE_EXAMPLES = 8
 PICTURE_MIN_SIDE = 64
+KEPT_PATCHES_SCALE = 4  # Upscaling that lets the hatching of dropped patches show.
 
 
 def write_picture(writer, workdir: str, name: str, grid: np.ndarray, *, step: int,
@@ -73,6 +75,24 @@ class _StopRequest:
   def restore(self):
     if not self._multiprocess:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _selects_patches(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int) -> bool:
+  """Whether training step `step` filters its batch: a draw from (seed, step), so a resumed
+  run makes the same choices."""
+  if config.patch_selection.kind == 'none':
+    return False
+  p = patches.application_probability(config.patch_selection, step // steps_per_epoch)
+  return np.random.default_rng([config.seed, step]).random() < p
+
+
+def _kept_patches_picture(config, images: np.ndarray, info: dict) -> np.ndarray:
+  """Which patches the heuristic keeps for a few training images (no augmentation)."""
+  token_index = patches.select_tokens(images.astype(np.float32) / 255.0,
+                                      jax.random.key(config.seed), config.patch_selection,
+                                      patch_size=config.model.patch_size)
+  return patches.draw_kept_patches(images, token_index, patch_size=config.model.patch_size,
+                                   scale=KEPT_PATCHES_SCALE)
 
 
 def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> None:
@@ -147,6 +167,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     write_picture(writer, workdir, 'augmentation', augmentation_grid(
         host_images['train'], jax.random.key(config.seed), config.augment, mean=info['mean'],
         std=info['std']), step=0, image_size=info['image_size'])
+    if config.patch_selection.kind != 'none':
+      write_picture(writer, workdir, 'kept_patches',
+                    _kept_patches_picture(config, host_images['train'], info), step=0,
+                    image_size=info['image_size'] * KEPT_PATCHES_SCALE)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
@@ -159,8 +183,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       while step < total_steps and not stop.check(step):
         t0 = time.perf_counter()
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, metrics = train_step(state, metrics, train_images, train_labels,
-                                      sharding.global_batch(sampler.batch(step), mesh))
+          state, metrics = train_step(
+              state, metrics, train_images, train_labels,
+              sharding.global_batch(sampler.batch(step), mesh),
+              _selects_patches(config, step, sampler.steps_per_epoch))
         step += 1
         progress(step)
         epoch_end = step % sampler.steps_per_epoch == 0

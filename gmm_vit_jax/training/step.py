@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from gmm_vit_jax import augment
+from gmm_vit_jax import augment, patches
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.training.state import Metrics, TrainState
 
@@ -28,23 +28,35 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float)
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, info: dict, *,
                     out_sharding) -> Callable:
-  """Returns step(state, metrics, images, labels, index) -> (state, metrics).
+  """Returns step(state, metrics, images, labels, index, select_patches) -> (state, metrics).
 
   images: (N, H, W, C) uint8 and labels (N,) int32, the whole training split on the
   device; index: (B,) int32 rows of this step's batch, sharded over 'data'.
+  select_patches (static): filter this batch with the configured patch heuristic; the
+  host draws it per batch (patches.application_probability), so each choice compiles once.
   """
   seed_key = jax.random.key(config.seed)
 
-  def step(state: TrainState, metrics: Metrics, images, labels, index):
-    aug_key, dropout_key = jax.random.split(jax.random.fold_in(seed_key, state.step))
+  def step(state: TrainState, metrics: Metrics, images, labels, index, select_patches: bool):
+    aug_key, dropout_key, select_key = jax.random.split(jax.random.fold_in(seed_key, state.step), 3)
     x, targets = augment.augment_batch(
         images[index], labels[index], aug_key, config.augment,
         num_classes=info['num_classes'], mean=info['mean'], std=info['std'])
+    selected = {}
+    if select_patches:
+      cfg = config.patch_selection
+      # The heuristics score pixels in [0, 1], so they see the augmented image un-normalised.
+      token_index = patches.select_tokens(x * jnp.asarray(info['std']) + jnp.asarray(info['mean']),
+                                          select_key, cfg, patch_size=config.model.patch_size)
+      if cfg.mode == 'drop':
+        selected['token_index'] = token_index
+      else:
+        x = patches.zero_dropped_patches(x, token_index, patch_size=config.model.patch_size)
 
     def loss_fn(params):
       # The Rngs live inside the differentiated function: NNX state must not cross traces.
       logits = nnx.merge(graphdef, params, state.buffers)(
-          x, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
+          x, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key), **selected)
       return cross_entropy(logits, targets, config.label_smoothing).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -57,7 +69,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                                     count=batch,
                                     nonfinite=(~jnp.isfinite(loss)).astype(jnp.float32))
 
-  return jax.jit(step, donate_argnums=(0, 1), out_shardings=out_sharding)
+  return jax.jit(step, donate_argnums=(0, 1), static_argnums=(5,), out_shardings=out_sharding)
 
 
 def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding) -> Callable:

@@ -1,0 +1,1 @@
+"""Cost measurements, each runnable as `python -m gmm_vit_jax.benchmarks.NAME`."""

@@ -1,0 +1,284 @@
+"""Mixture-of-Gaussian-keys scores against a NumPy evaluation of the SPEC formula."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import common, gmm_hvit_cifar10, vit_cifar10
+from gmm_vit_jax.attention import grid, make_score
+from gmm_vit_jax.attention.attention import Attention
+from gmm_vit_jax.attention.masks import ElementwiseMask, GaussianMixtureMask
+from gmm_vit_jax.attention.mixture_keys import MixtureOfKeysScore
+from gmm_vit_jax.attention.scores import DotProductScore
+from gmm_vit_jax.models import build_model
+from tests import model_testing
+
+DIM, HEADS, HEAD_DIM, SIDE = 8, 2, 4, 3
+N = SIDE * SIDE
+
+
+def np_softmax(z, axis=-1):
+  z = z - z.max(axis=axis, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_logsumexp(z, axis):
+  top = z.max(axis=axis, keepdims=True)
+  return np.squeeze(top, axis) + np.log(np.exp(z - top).sum(axis=axis))
+
+
+def np_heads(t):
+  """(B, N, H*D) -> (B, H, N, D)."""
+  b, n, _ = t.shape
+  return t.reshape(b, n, HEADS, -1).transpose(0, 2, 1, 3)
+
+
+def np_gmm_values(coords, sigma, alpha):
+  """SPEC section 1: sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))), zero from d2 = 104."""
+  c = coords.astype(np.float64)
+  d2 = ((c[..., :, None, :] - c[..., None, :, :]) ** 2).sum(-1)
+  kern = np.exp(-d2[..., None, None, :, :] / (2 * (sigma[:, :, None, None] ** 2 + 1e-5)))
+  kern = np.where(d2[..., None, None, :, :] < 104, kern, 0.0)
+  g = (alpha[:, :, None, None] * kern).sum(axis=-4)
+  return g if g.ndim == 4 else g[None]
+
+
+class Reference:
+  """The SPEC formula, with |q_i|^2 kept, from the modules' own weights."""
+
+  def __init__(self, attn: Attention):
+    score = attn.score
+    self.wq = np.asarray(attn.query.kernel[...], np.float64)
+    if score.variant == 'mgk':
+      self.wk = [np.asarray(k.kernel[...], np.float64) for k in score.key]
+      self.shift = None
+    else:
+      self.wk = [np.asarray(score.key.kernel[...], np.float64)]
+      self.shift = np.asarray(score.shift[...], np.float64)  # (H, M, D)
+    logits = np.asarray(score.pi_logits[...], np.float64)
+    self.log_pi = np.log(np_softmax(logits, axis=1))  # (H, M) or (H, M, P)
+    m = logits.shape[1]
+    self.var = (np.exp(np.asarray(score.log_var[...], np.float64)) if score.log_var is not None
+                else np.full((HEADS, m), np.sqrt(HEAD_DIM)))
+    self.hard = score.e_step == 'hard'
+    self.width = None if score.grid_shape is None else score.grid_shape[1]
+
+  def log_scores(self, x, coords):
+    """L_ij = log sum_r pi_jr exp(-|q_i - k_jr|^2 / (2 s_r^2)) (max for the hard E-step)."""
+    x = np.asarray(x, np.float64)
+    q = np_heads(x @ self.wq)  # (B, H, N, D)
+    if self.shift is None:
+      k = np.stack([np_heads(x @ w) for w in self.wk], axis=2)  # (B, H, M, N, D)
+    else:
+      k = np_heads(x @ self.wk[0])[:, :, None] + self.shift[None, :, :, None, :]
+    sq = ((q[:, :, None, :, None, :] - k[:, :, :, None, :, :]) ** 2).sum(-1)  # (B,H,M,I,J)
+    log_pi = self.log_pi
+    if log_pi.ndim == 2:
+      log_pi = log_pi[None, :, :, None, None]
+    else:
+      c = np.asarray(coords)
+      slot = np.where((c >= 0).all(-1), c[..., 0] * self.width + c[..., 1], log_pi.shape[-1] - 1)
+      slot = np.broadcast_to(slot, (x.shape[0], x.shape[1]))
+      log_pi = np.stack([log_pi[:, :, s] for s in slot])[:, :, :, None, :]
+    terms = log_pi - sq / (2 * self.var[None, :, :, None, None])
+    scores = terms.max(axis=2) if self.hard else np_logsumexp(terms, axis=2)
+    return scores, q
+
+  def dropped_query_term(self, q):
+    """|q_i|^2 / 2 * mean_r 1 / s_r^2, the per-query constant the module leaves out."""
+    mean_inv_var = (1.0 / self.var).mean(axis=1)
+    return 0.5 * (q ** 2).sum(-1) * mean_inv_var[None, :, None]
+
+
+def make_attention_layer(*, variant='mgk', e_step='soft', pi_per_position=False,
+                         learn_variance=False, num_keys=2, mask=None, seed=0):
+  rngs = nnx.Rngs(seed)
+  score = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=num_keys,
+                             variant=variant, e_step=e_step, pi_per_position=pi_per_position,
+                             learn_variance=learn_variance, use_bias=False,
+                             grid_shape=(SIDE, SIDE), rngs=rngs)
+  # Learned values away from their initial ones, so every parameter matters.
+  rng = np.random.default_rng(seed)
+  score.pi_logits[...] = jnp.asarray(rng.normal(size=score.pi_logits.shape), jnp.float32)
+  if learn_variance:
+    score.log_var[...] = jnp.asarray(rng.normal(0.7, 0.5, score.log_var.shape), jnp.float32)
+  if variant == 'smgk':
+    score.shift[...] = jnp.asarray(rng.normal(0, 0.5, score.shift.shape), jnp.float32)
+  return Attention(DIM, num_heads=HEADS, head_dim=HEAD_DIM, score=score, mask=mask, rngs=rngs)
+
+
+def tokens(batch=2, seed=1):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, N, DIM)), jnp.float32)
+
+
+@pytest.mark.parametrize('variant', ['mgk', 'smgk'])
+@pytest.mark.parametrize('e_step', ['soft', 'hard'])
+@pytest.mark.parametrize('pi_per_position', [False, True])
+@pytest.mark.parametrize('learn_variance', [False, True])
+def test_weights_match_spec_formula(variant, e_step, pi_per_position, learn_variance):
+  attn = make_attention_layer(variant=variant, e_step=e_step, pi_per_position=pi_per_position,
+                              learn_variance=learn_variance)
+  x = tokens()
+  coords = grid.grid_coords(SIDE, SIDE)
+  got = attn.attention_weights(x, jnp.asarray(coords))
+  scores, _ = Reference(attn).log_scores(x, coords)
+  np.testing.assert_allclose(got, np_softmax(scores), rtol=1e-4, atol=1e-6)
+
+
+def test_per_position_pi_follows_kept_tokens_and_cls():
+  """After selection each key keeps its cell's weights; off-grid tokens share the last slot."""
+  attn = make_attention_layer(pi_per_position=True, num_keys=3)
+  full = grid.grid_coords(SIDE, SIDE)
+  kept = np.stack([full[[0, 2, 4, 7, 8]], full[[1, 3, 5, 6, 8]]])  # (B, K, 2)
+  coords = np.asarray(grid.with_leading_tokens(jnp.asarray(kept)))
+  x = tokens()[:, :coords.shape[1]]
+  got = attn.attention_weights(x, jnp.asarray(coords))
+  scores, _ = Reference(attn).log_scores(x, coords)
+  np.testing.assert_allclose(got, np_softmax(scores), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['multiply', 'add'])
+@pytest.mark.parametrize('learn_variance', [False, True])
+def test_gmm_mask_on_log_scores(mode, learn_variance):
+  mask = GaussianMixtureMask(HEADS, num_kernels=3, mode=mode, rngs=nnx.Rngs(5))
+  attn = make_attention_layer(variant='smgk', mask=mask, learn_variance=learn_variance)
+  x = tokens()
+  coords = grid.grid_coords(SIDE, SIDE)
+  ref = Reference(attn)
+  scores, q = ref.log_scores(x, coords)
+  g = np_gmm_values(coords, np.asarray(mask.sigma[...], np.float64),
+                    np.asarray(mask.alpha[...], np.float64))
+  if mode == 'add':
+    # An additive mask leaves the softmax invariant to per-query constants.
+    expected = np_softmax(scores + g)
+  else:
+    # A multiplicative mask scales the score the module defines: the log numerator
+    # plus the per-query term it leaves out.
+    expected = np_softmax((scores + ref.dropped_query_term(q)[..., None]) * g)
+  got = attn.attention_weights(x, jnp.asarray(coords))
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['multiply', 'add'])
+def test_elm_mask_on_log_scores(mode):
+  mask = ElementwiseMask((SIDE, SIDE), mode=mode)
+  weight = np.random.default_rng(3).normal(size=(N, N))
+  mask.weight[...] = jnp.asarray(weight, jnp.float32)
+  attn = make_attention_layer(e_step='hard', mask=mask)
+  x = tokens()
+  coords = grid.grid_coords(SIDE, SIDE)
+  ref = Reference(attn)
+  scores, q = ref.log_scores(x, coords)
+  if mode == 'add':
+    expected = np_softmax(scores + weight)
+  else:
+    expected = np_softmax((scores + ref.dropped_query_term(q)[..., None]) * weight)
+  np.testing.assert_allclose(attn.attention_weights(x, jnp.asarray(coords)), expected,
+                             rtol=1e-4, atol=1e-6)
+
+
+def one_key_pair(variant):
+  """M = 1 score and a dot-product score sharing one key projection."""
+  mgk = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=1, variant=variant,
+                           e_step='soft', pi_per_position=False, learn_variance=False,
+                           use_bias=False, rngs=nnx.Rngs(0))
+  dot = DotProductScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, use_bias=False,
+                        rngs=nnx.Rngs(1))
+  # pi is irrelevant with one key: its log_softmax over one component is 0.
+  mgk.pi_logits[...] = jnp.full(mgk.pi_logits.shape, 3.0)
+  return mgk, dot
+
+
+def set_kernel(mgk, dot, kernel):
+  dot.key.kernel[...] = kernel
+  if mgk.variant == 'mgk':
+    mgk.key[0].kernel[...] = kernel
+  else:
+    mgk.key.kernel[...] = kernel
+
+
+@pytest.mark.parametrize('variant', ['mgk', 'smgk'])
+def test_one_key_with_equal_key_norms_is_softmax_attention(variant):
+  """MGK paper: one key, equal key norms, sigma^2 = sqrt(D) -> softmax(q . k / sqrt(D))."""
+  mgk, dot = one_key_pair(variant)
+  assert DIM == HEADS * HEAD_DIM
+  set_kernel(mgk, dot, jnp.eye(DIM))
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, N, HEADS, HEAD_DIM))
+  x = 1.7 * x / np.linalg.norm(x, axis=-1, keepdims=True)  # every head's key has norm 1.7
+  x = jnp.asarray(x.reshape(2, N, DIM), jnp.float32)
+  q = jnp.asarray(rng.normal(size=(2, HEADS, N, HEAD_DIM)), jnp.float32)
+  np.testing.assert_allclose(jax.nn.softmax(mgk(x, q)), jax.nn.softmax(dot(x, q)),
+                             rtol=1e-5, atol=1e-7)
+
+
+def test_one_key_general_norms_adds_key_norm_bias():
+  """With unequal norms: softmax(q . k / s^2 - |k|^2 / (2 s^2)), s^2 = sqrt(D)."""
+  mgk, dot = one_key_pair('mgk')
+  kernel = jnp.asarray(np.random.default_rng(4).normal(size=(DIM, DIM)) / 3, jnp.float32)
+  set_kernel(mgk, dot, kernel)
+  x = tokens()
+  q = jnp.asarray(np.random.default_rng(5).normal(size=(2, HEADS, N, HEAD_DIM)), jnp.float32)
+  k = np_heads(np.asarray(x) @ np.asarray(kernel))
+  bias = -0.5 * (k ** 2).sum(-1)[:, :, None, :] / np.sqrt(HEAD_DIM)
+  np.testing.assert_allclose(jax.nn.softmax(mgk(x, q)), np_softmax(np.asarray(dot(x, q)) + bias),
+                             rtol=1e-5, atol=1e-7)
+  assert not np.allclose(jax.nn.softmax(mgk(x, q)), jax.nn.softmax(dot(x, q)), atol=1e-3)
+
+
+def test_config_errors_name_the_field():
+  config = common.attention('mixture_of_keys')
+  config.mixture.variant = 'kmeans'
+  with pytest.raises(ValueError, match='attention.mixture.variant'):
+    make_score(config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
+               rngs=nnx.Rngs(0))
+  bare = ml_collections.ConfigDict(dict(score='mixture_of_keys', qkv_bias=False))
+  with pytest.raises(ValueError, match='attention.mixture section'):
+    make_score(bare, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
+               rngs=nnx.Rngs(0))
+  assert 'mixture' not in common.attention()
+
+
+def tiny_vit(score: str, num_heads: int, **mixture):
+  model = vit_cifar10.model('gmm')
+  model.update(dict(patch_size=2, dim=16, depth=1, num_heads=num_heads, head_dim=4,
+                    stochastic_depth=0.0))
+  model.attention = common.attention(
+      score, mixture=common.mixture_of_keys(**mixture) if mixture else None)
+  return build_model(model, num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
+
+
+def test_vit_with_half_the_heads_trains():
+  images, labels = model_testing.random_batch(8, 8)
+  mgk = tiny_vit('mixture_of_keys', 2, pi_per_position=True)
+  losses = model_testing.train_losses(mgk, images, labels, steps=8, learning_rate=3e-3)
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < losses[0] - 0.1
+  # Half the heads at the same head dim: queries, values and the output projection
+  # halve, the two key projections together match the one of the full-head model.
+  softmax = tiny_vit('dot_product', 4)
+  assert model_testing.count_params(mgk) < model_testing.count_params(softmax)
+
+
+def test_gmm_hvit_config_halves_heads_and_saves_parameters():
+  """CIFAR-size counts: the GMM-ViT's 2,693,122 (SPEC) less, per layer, the softmax
+  attention (4 C x 12*16 maps, output bias, 5x12x2 mask) plus the mixture's (q, two
+  keys, v and output at 6*16, output bias, 6x2 pi, 5x6x2 mask)."""
+  config = gmm_hvit_cifar10.get_config()
+  assert config.model.num_heads == 6 and config.model.head_dim == 16
+  assert config.patch_selection.kind == 'variance' and config.patch_selection.keep == 0.7
+
+  def count(model_cfg):
+    abstract = nnx.eval_shape(lambda: build_model(model_cfg, num_classes=10, image_size=32,
+                                                  channels=3, rngs=nnx.Rngs(0)))
+    return model_testing.count_params(abstract)
+
+  c, depth = 192, 9
+  softmax_layer = 4 * c * 12 * 16 + c + 5 * 12 * 2
+  mixture_layer = 5 * c * 6 * 16 + c + 6 * 2 + 5 * 6 * 2
+  assert count(vit_cifar10.model('gmm')) == 2_693_122
+  assert count(config.model) == 2_693_122 - depth * (softmax_layer - mixture_layer)

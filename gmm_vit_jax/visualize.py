@@ -15,46 +15,36 @@ from gmm_vit_jax.attention import grid
 from gmm_vit_jax.attention.masks import GaussianMixtureMask
 
 
-def _grid_shape(model: nnx.Module, grid_shape: tuple[int, int] | None) -> tuple[int, int]:
-  if grid_shape is not None:
-    return tuple(grid_shape)
-  side = getattr(model, 'grid_side', None)
-  if side is None:
-    raise ValueError(f'{type(model).__name__} has no single patch grid (grid_side); pass '
-                     'grid_shape=(rows, cols), the token grid its masks act on.')
-  return side, side
+def gmm_centre_masks(model: nnx.Module) -> list[tuple[str, np.ndarray]]:
+  """The mask values every GMM layer gives the centre query of its grid, in layer order.
 
-
-def gmm_centre_masks(model: nnx.Module, grid_shape: tuple[int, int] | None = None
-                     ) -> list[tuple[str, np.ndarray]]:
-  """The mask values every GMM layer gives the centre query, in layer order.
-
-  grid_shape: (rows, cols) of the token grid; default the ViT's patch grid. The centre
-  is the token at (rows // 2, cols // 2).
+  Each layer uses the token grid it was built for (a ViT's patch grid, a Swin window, a
+  PiT stage); the centre is the token at (rows // 2, cols // 2).
 
   Returns:
     [(layer name, (H, rows, cols) float32)], the name being the module path of the
     layer's attention, e.g. 'blocks.0.attention'.
   """
-  rows, cols = _grid_shape(model, grid_shape)
-  coords = jnp.asarray(grid.grid_coords(rows, cols))
-  centre = (rows // 2) * cols + cols // 2
   masks = []
   for path, node in nnx.iter_graph(model):
-    if isinstance(node, GaussianMixtureMask):
-      values = np.asarray(node.values(coords))[:, centre]
-      masks.append(('.'.join(map(str, path[:-1])), values.reshape(-1, rows, cols)))
+    if not isinstance(node, GaussianMixtureMask):
+      continue
+    name = '.'.join(map(str, path[:-1]))
+    if node.grid_shape is None:
+      raise ValueError(f'The mask of {name} was built without a grid_shape.')
+    rows, cols = node.grid_shape
+    values = np.asarray(node.values(jnp.asarray(grid.grid_coords(rows, cols))))
+    masks.append((name, values[:, (rows // 2) * cols + cols // 2].reshape(-1, rows, cols)))
   if not masks:
     raise ValueError(f'{type(model).__name__} has no Gaussian mixture mask '
                      "(model.mask.kind='gmm').")
   return masks
 
 
-def plot_gmm_masks(model: nnx.Module, grid_shape: tuple[int, int] | None = None,
-                   panel_size: float = 1.3):
+def plot_gmm_masks(model: nnx.Module, panel_size: float = 1.3):
   """A matplotlib Figure: one row per GMM layer, one heatmap per head, the centre query
   marked with a dot; each row shares a colour scale symmetric about zero."""
-  masks = gmm_centre_masks(model, grid_shape)
+  masks = gmm_centre_masks(model)
   heads = max(values.shape[0] for _, values in masks)
   fig, axes = plt.subplots(len(masks), heads, squeeze=False, constrained_layout=True,
                            figsize=(panel_size * heads + 1.0, panel_size * len(masks)))

@@ -4,12 +4,24 @@
     python train.py --config=configs/gmm_vit_cifar10.py:cifar100 --config.batch_size=256
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
+
+Several processes (hosts) train one model when each runs the same command with
+--distributed; jax.distributed.initialize then finds the coordinator, the process count
+and the process id itself on Cloud TPU pods, SLURM, Open MPI and Kubernetes. Elsewhere
+name them (any of these flags implies --distributed):
+
+    python train.py --config=... --workdir=SHARED_DIR --coordinator_address=HOST0:1234 \
+        --num_processes=2 --process_id=0    # and --process_id=1 on the other host
+
+The workdir must be one directory every process sees (a shared file system or a
+gs:// bucket). Single-process runs need none of this.
 """
 
 import json
 import logging as py_logging
 import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,7 +30,16 @@ from gmm_vit_jax.training.loop import train_and_evaluate
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and the summary go '
                     '(default: runs/<config file name>).')
+flags.DEFINE_bool('distributed', False, 'Join a multi-process run through '
+                  'jax.distributed.initialize(), which detects the cluster.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a multi-process '
+                    'run (implies --distributed).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run '
+                     '(implies --distributed).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to num_processes - 1 '
+                     '(implies --distributed).')
 flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -28,13 +49,35 @@ class _QuietLibraries(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def initialize_processes(distributed: bool, **explicit) -> None:
+  """Connects the processes of a multi-process run before JAX touches a device.
+
+  explicit: coordinator_address, num_processes, process_id; those left None are
+  detected from the cluster environment. Nothing happens unless `distributed` or one
+  of them is set, so a single-process run never starts the distributed service.
+  """
+  explicit = {k: v for k, v in explicit.items() if v is not None}
+  if not (distributed or explicit):
+    return
+  try:
+    jax.distributed.initialize(**explicit)
+  except ValueError as e:
+    raise ValueError(f'jax.distributed.initialize failed: {e} Outside Cloud TPU pods, SLURM, '
+                     'Open MPI and Kubernetes pass --coordinator_address, --num_processes and '
+                     '--process_id.') from e
+  logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  workdir = flags.FLAGS.workdir or os.path.join(
-      'runs', os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0])
-  summary = train_and_evaluate(flags.FLAGS.config, workdir)
+  initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  workdir = FLAGS.workdir or os.path.join(
+      'runs', os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config'])))[0])
+  summary = train_and_evaluate(FLAGS.config, workdir)
   print(json.dumps(summary, indent=2))
 
 

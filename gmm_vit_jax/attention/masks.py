@@ -85,6 +85,7 @@ class GaussianMixtureMask(nnx.Module):
     self.alpha = nnx.Param(2.0 * jax.random.normal(rngs.params(), shape))
     self.mode = mode
     self.cutoff = cutoff
+    self.grid_shape = None if grid_shape is None else tuple(grid_shape)
     self.max_sq_dist = (None if grid_shape is None
                         else (grid_shape[0] - 1) ** 2 + (grid_shape[1] - 1) ** 2)
 

@@ -98,8 +98,12 @@ def restore_model(workdir: str, which: str = 'best') -> tuple[nnx.Module, ml_col
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints.')
+  # Onto this process's first device, whatever devices and processes wrote the checkpoint.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        {'params': nnx.to_pure_dict(params), 'buffers': nnx.to_pure_dict(buffers)})
   restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      item={'params': nnx.to_pure_dict(params), 'buffers': nnx.to_pure_dict(buffers)},
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
   logging.info('Restored the step %d weights from %s.', step, workdir)
   model = nnx.merge(graphdef, restored['params'], restored['buffers'])

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from gmm_vit_jax import patches
@@ -47,18 +48,33 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopRequest:
-  """Turns SIGTERM into a flag the loop checks between steps, so it can save and stop."""
+  """Turns SIGTERM into a stop between steps, where the loop saves a checkpoint and returns.
+
+  With several processes, JAX's preemption service (started by jax.distributed.initialize)
+  catches SIGTERM on any of them and all agree on the step to stop at, so every process
+  takes part in the same last save.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._multiprocess = jax.process_count() > 1
+    if not self._multiprocess:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     logging.warning('SIGTERM received: saving a checkpoint and stopping.')
     self.requested = True
 
+  def check(self, step: int) -> bool:
+    """Whether to stop before training step `step`; called once per step."""
+    if self._multiprocess and multihost_utils.reached_preemption_sync_point(step):
+      logging.warning('SIGTERM received by a process: all stop at step %d to save.', step)
+      self.requested = True
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multiprocess:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _selects_patches(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int) -> bool:
@@ -88,7 +104,7 @@ def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> No
 
 
 def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh) -> dict:
-  metrics = jax.device_put(Metrics.zeros(), sharding.replicated(mesh))
+  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   for index, weight in eval_batches(labels.shape[0], batch_size):
     metrics = eval_step(state.params, state.buffers, metrics, images, labels,
                         sharding.global_batch(index, mesh), sharding.global_batch(weight, mesh))
@@ -114,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         data_dir=config.dataset.data_dir,
                                         download=config.dataset.download)
     host_images[split] = images[:PICTURE_EXAMPLES]
-    splits[split] = (jax.device_put(images, replicated), jax.device_put(labels, replicated))
+    splits[split] = sharding.put_replicated((images, labels), mesh)
     logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
                  images.shape[1:])
   train_images, train_labels = splits['train']
@@ -157,14 +173,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     image_size=info['image_size'] * KEPT_PATCHES_SCALE)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()
-  metrics = jax.device_put(Metrics.zeros(), replicated)
+  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best_metrics() or {}
   eval_results = {}
   train_time = 0.0
   step = start_step
   try:
     with metric_writers.ensure_flushes(writer):
-      while step < total_steps and not stop.requested:
+      while step < total_steps and not stop.check(step):
         t0 = time.perf_counter()
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, metrics = train_step(
@@ -180,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
           writer.write_scalars(step, scalars)
-          metrics = jax.device_put(Metrics.zeros(), replicated)
+          metrics = sharding.put_replicated(Metrics.zeros(), mesh)
         else:
           train_time += time.perf_counter() - t0
         epoch = step // sampler.steps_per_epoch

@@ -33,14 +33,22 @@ def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> None:
                      f'use a multiple of {devices}, e.g. {max(devices, batch_size // devices * devices)}.')
 
 
+def put_replicated(tree, mesh: Mesh):
+  """A pytree of host arrays, identical on every process -> copies on every device.
+
+  Each process places its own copy on its own devices; jax.device_put would first
+  gather every process's copy to check they agree, the whole dataset included.
+  """
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
+
+
 def global_batch(rows: np.ndarray, mesh: Mesh) -> jax.Array:
   """Places a global batch computed identically on every process, split on 'data'.
 
-  rows: (B, ...) the whole global batch; each process contributes the rows of its
-  own devices, so no process needs to hold another's data on device.
+  rows: (B, ...) the whole global batch. Each process transfers only the slices of its
+  own devices, wherever the mesh puts them, so the rows reach the same devices as in
+  a single-process run over the same mesh.
   """
-  sharding = batch_sharded(mesh)
-  per_process = rows.shape[0] // jax.process_count()
-  start = jax.process_index() * per_process
-  return jax.make_array_from_process_local_data(sharding, rows[start:start + per_process],
-                                                rows.shape)
+  return jax.make_array_from_callback(rows.shape, batch_sharded(mesh), lambda index: rows[index])

@@ -1,0 +1,146 @@
+"""Multi-process training: two train.py processes on localhost act as one run.
+
+Marked `multiprocess` (deselect with -m 'not multiprocess'): the tests start two or
+three train.py processes each, joined by jax.distributed over CPU devices (gloo
+collectives), and wait for them to compile and train the tiny config.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from gmm_vit_jax.training.checkpoint import restore_model
+
+pytestmark = pytest.mark.multiprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Launchers' variables would make JAX detect a cluster these tests do not run in.
+CLUSTER_PREFIXES = ('SLURM_', 'OMPI_', 'PMI_', 'JAX_COORDINATOR', 'JAX_LOCAL_DEVICE_IDS',
+                    'KUBERNETES_')
+TIMEOUT_S = 300
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, log_path, *flags, devices, env=None):
+  """Starts train.py on the tiny config with `devices` local CPU devices; output to log_path."""
+  base = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_PREFIXES)}
+  base.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  log = open(log_path, 'w')
+  proc = subprocess.Popen(
+      [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}', *flags],
+      cwd=ROOT, env={**base, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+  log.close()
+  return proc
+
+
+def wait_all(procs) -> list[int]:
+  """The exit codes; a process still running after TIMEOUT_S is killed (and fails)."""
+  try:
+    return [p.wait(timeout=TIMEOUT_S) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def finish(procs, logs) -> list[str]:
+  """Waits for every process; returns their output, failing with it on a bad exit."""
+  codes = wait_all(procs)
+  outputs = [open(path).read() for path in logs]
+  for code, out in zip(codes, outputs):
+    assert code == 0, out[-4000:]
+  return outputs
+
+
+def printed_summary(output: str) -> dict:
+  """The summary train.py prints last (an indented JSON object)."""
+  summary, _ = json.JSONDecoder().raw_decode(output, output.rindex('\n{\n') + 1)
+  return summary
+
+
+def last_train_log(output: str) -> str:
+  return re.findall(r'\] (learning_rate=.*train_loss=\S+)', output)[-1]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+  port = free_port()
+  multi, single = tmp_path / 'two_processes', tmp_path / 'one_process'
+  logs = [tmp_path / f'process_{i}.log' for i in range(2)] + [tmp_path / 'single.log']
+  procs = [launch(multi, logs[i], '--config.epochs=1', f'--coordinator_address=localhost:{port}',
+                  '--num_processes=2', f'--process_id={i}', devices=2) for i in range(2)]
+  procs.append(launch(single, logs[2], '--config.epochs=1', devices=4))
+  outputs = finish(procs, logs)
+
+  for i in range(2):
+    assert f'Process {i} of 2; 2 local and 4 global devices.' in outputs[i]
+  assert 'Process 0 of' not in outputs[2]
+  first, second, alone = (printed_summary(out) for out in outputs)
+  timing = ('train_wall_time_s', 'train_steps_per_s', 'train_images_per_s')
+  strip = lambda s: {k: v for k, v in s.items() if k not in timing}
+  assert strip(first) == strip(second)
+  assert first['step'] == 22 and first['completed'] and first['devices'] == 4
+  assert last_train_log(outputs[0]) == last_train_log(outputs[1])
+
+  # Written once, by process 0 or through orbax's coordination: one config, one summary,
+  # one event file, one directory per checkpointed step.
+  assert json.load(open(multi / 'summary.json'))['step'] == 22
+  assert len([f for f in os.listdir(multi) if f.startswith('events.out')]) == 1
+  steps = sorted(int(d) for d in os.listdir(multi / 'checkpoints'))
+  assert steps == sorted(int(d) for d in os.listdir(single / 'checkpoints')) == [10, 20, 22]
+
+  np.testing.assert_allclose(first['eval_loss'], alone['eval_loss'], rtol=1e-5)
+  assert first['eval_accuracy'] == alone['eval_accuracy']
+  trained = [jax.tree.leaves(restore_model(str(d), 'latest')[0]) for d in (multi, single)]
+  assert len(trained[0]) == len(trained[1])
+  for a, b in zip(*trained):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
+  """Cluster detection (here SLURM's variables) with --distributed; JAX's preemption
+  service makes both processes stop and save at the same step."""
+  port = free_port()
+  logs = [tmp_path / f'process_{i}.log' for i in range(2)]
+  procs = [launch(tmp_path / 'run', logs[i], '--distributed', '--config.epochs=200',
+                  '--config.checkpoint.every_steps=100000', devices=1,
+                  env=dict(SLURM_JOB_ID='1', SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='2',
+                           SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
+                           JAX_COORDINATOR_PORT=str(port)))
+           for i in range(2)]
+  deadline = time.time() + TIMEOUT_S
+  while '[10] learning_rate' not in open(logs[1]).read():
+    assert time.time() < deadline and procs[1].poll() is None, open(logs[1]).read()[-4000:]
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = finish(procs, logs)
+
+  for i in range(2):
+    assert f'Process {i} of 2; 1 local and 2 global devices.' in outputs[i]
+  summaries = [printed_summary(out) for out in outputs]
+  assert summaries[0]['step'] == summaries[1]['step']
+  assert not summaries[0]['completed'] and summaries[0]['step'] < 200 * 22
+  saved = [int(d) for d in os.listdir(tmp_path / 'run' / 'checkpoints')]
+  assert summaries[0]['step'] == max(saved)
+
+
+def test_distributed_without_a_cluster_names_the_flags(tmp_path):
+  log = tmp_path / 'process.log'
+  proc = launch(tmp_path / 'run', log, '--distributed', devices=1)
+  assert wait_all([proc]) != [0]
+  assert ('Outside Cloud TPU pods, SLURM, Open MPI and Kubernetes pass --coordinator_address, '
+          '--num_processes and --process_id.') in open(log).read()

@@ -139,8 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = config.epochs * sampler.steps_per_epoch
 
   tx = make_optimizer(config, sampler.steps_per_epoch)
-  graphdef, abstract_params, abstract_buffers = nnx.split(
-      nnx.eval_shape(lambda: build_from_config(config, config.seed)), nnx.Param, ...)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_from_config(config, config.seed)))
 
   def init() -> TrainState:
     _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
@@ -176,55 +175,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best_metrics() or {}
   eval_results = {}
-  train_time = 0.0
+  eval_time = 0.0
+  timed_from = None  # (time, step) once the first step has compiled and run.
   step = start_step
   try:
     with metric_writers.ensure_flushes(writer):
       while step < total_steps and not stop.check(step):
-        t0 = time.perf_counter()
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, metrics = train_step(
               state, metrics, train_images, train_labels,
               sharding.global_batch(sampler.batch(step), mesh),
               _selects_patches(config, step, sampler.steps_per_epoch))
         step += 1
+        if timed_from is None:
+          jax.block_until_ready(state)
+          timed_from = (time.perf_counter(), step)
         progress(step)
         epoch_end = step % sampler.steps_per_epoch == 0
         if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
           _check_finite(metrics, step, checkpointer)
-          train_time += time.perf_counter() - t0
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
           writer.write_scalars(step, scalars)
           metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-        else:
-          train_time += time.perf_counter() - t0
         epoch = step // sampler.steps_per_epoch
         if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
+          eval_started = time.perf_counter()
           with progress.timed('eval'):
             eval_results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
+          eval_time += time.perf_counter() - eval_started
           writer.write_scalars(step, {**eval_results, 'epoch': epoch})
           if eval_results['eval_accuracy'] >= best.get('eval_accuracy', -1.0):
             best = dict(eval_results, step=step)
           checkpointer.save(state, metrics=eval_results)
         elif step % config.checkpoint.every_steps == 0:
+          _check_finite(metrics, step, checkpointer)
           checkpointer.save(state)
       if stop.requested:
         _check_finite(metrics, step, checkpointer)
         checkpointer.save(state, force=True)
         logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
                         total_steps)
+    jax.block_until_ready(state)
   finally:
     stop.restore()
     checkpointer.close()
+  timed_steps = step - timed_from[1] if timed_from else 0
+  train_time = time.perf_counter() - timed_from[0] - eval_time if timed_steps else float('nan')
 
   summary = dict(eval_results, step=step, total_steps=total_steps,
                  completed=step == total_steps,
                  best_eval_accuracy=best.get('eval_accuracy'),
                  best_step=best.get('step'),
                  train_wall_time_s=time.time() - started,
-                 train_steps_per_s=(step - start_step) / max(train_time, 1e-9),
-                 train_images_per_s=(step - start_step) * config.batch_size / max(train_time, 1e-9),
+                 train_steps_per_s=timed_steps / train_time,
+                 train_images_per_s=timed_steps * config.batch_size / train_time,
                  devices=jax.device_count(), platform=jax.devices()[0].platform)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:

@@ -13,7 +13,6 @@ from gmm_vit_jax import patches
 from gmm_vit_jax.attention import grid
 from gmm_vit_jax.attention.masks import GaussianMixtureMask
 from gmm_vit_jax.models import build_model
-from gmm_vit_jax.patches import scores as patch_score_fns
 from gmm_vit_jax.patches import selection
 
 PATCH = 2

@@ -1,13 +1,11 @@
 """The attention module and the small-dataset ViT against NumPy and the reference's counts."""
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, vit_cifar10
+from configs import vit_cifar10
 from gmm_vit_jax.attention import grid
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.tokens import patchify

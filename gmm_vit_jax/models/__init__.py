@@ -5,6 +5,7 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models.cait import CaiT
 from gmm_vit_jax.models.hatnet import HATNet
 from gmm_vit_jax.models.pit import PiT
@@ -38,3 +39,11 @@ def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_siz
                                  channels=channels, rngs=rngs, **kwargs)
   except TypeError as e:
     raise ValueError(f'model config does not fit backbone {model.name!r}: {e}') from e
+
+
+def build_from_config(config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
+  """The model of an experiment config, sized for its dataset."""
+  info = dataset_info(config.dataset.name)
+  return build_model(config.model, num_classes=info['num_classes'],
+                     image_size=info['image_size'], channels=info['channels'],
+                     rngs=nnx.Rngs(seed))

@@ -15,8 +15,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from gmm_vit_jax.data.info import dataset_info
-from gmm_vit_jax.models import build_model
+from gmm_vit_jax.models import build_from_config
 from gmm_vit_jax.training.state import TrainState
 
 BEST_METRIC = 'eval_accuracy'
@@ -76,13 +75,6 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     return ml_collections.ConfigDict(json.load(f))
-
-
-def build_from_config(config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
-  info = dataset_info(config.dataset.name)
-  return build_model(config.model, num_classes=info['num_classes'],
-                     image_size=info['image_size'], channels=info['channels'],
-                     rngs=nnx.Rngs(seed))
 
 
 def restore_model(workdir: str, which: str = 'best') -> tuple[nnx.Module, ml_collections.ConfigDict]:

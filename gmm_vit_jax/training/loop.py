@@ -7,11 +7,9 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
-from flax import nnx
 from jax.experimental import multihost_utils
 from PIL import Image
 
@@ -21,9 +19,9 @@ from gmm_vit_jax.data import sources
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.training import sharding
-from gmm_vit_jax.training.checkpoint import Checkpointer, build_from_config, write_config
+from gmm_vit_jax.training.checkpoint import Checkpointer, write_config
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from gmm_vit_jax.training.state import Metrics, TrainState
+from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
 
 SUMMARY_FILE = 'summary.json'
@@ -139,15 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = config.epochs * sampler.steps_per_epoch
 
   tx = make_optimizer(config, sampler.steps_per_epoch)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_from_config(config, config.seed)))
-
-  def init() -> TrainState:
-    _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
-    params = nnx.to_pure_dict(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params))
-
-  state = jax.jit(init, out_shardings=replicated)()
+  graphdef, state = create_train_state(config, tx, replicated)
   logging.info('Parameters of %s:\n%s', config.model.name,
                parameter_overview.get_parameter_overview(state.params))
 

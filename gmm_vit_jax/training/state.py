@@ -4,6 +4,12 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from gmm_vit_jax.models import build_from_config
 
 
 @flax.struct.dataclass
@@ -37,3 +43,18 @@ class Metrics:
     count = max(float(self.count), 1.0)
     return {f'{prefix}_loss': float(self.loss) / count,
             f'{prefix}_accuracy': float(self.correct) / count}
+
+
+def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                       sharding) -> tuple[nnx.GraphDef, TrainState]:
+  """The model's graph definition and its initial train state, created under jit directly
+  with `sharding`, so every process of a multi-host run computes the same state in place."""
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_from_config(config, config.seed)))
+
+  def init() -> TrainState:
+    _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params))
+
+  return graphdef, jax.jit(init, out_shardings=sharding)()

@@ -1,0 +1,120 @@
+"""Training speed of the Flax model against a PyTorch model of the same architecture.
+
+    python -m gmm_vit_jax.benchmarks.torch_compare --config=configs/gmm_vit_cifar10.py \
+        [--batch_size=128] [--steps=10] [--repeats=3] [--torch_compile]
+
+Both sides run a full training step (forward, backward, AdamW, label-smoothed cross
+entropy) on the same batch size, float32, on this machine, back to back. The PyTorch
+model is the reference-layout twin of gmm_vit_jax/torch_models (the same weights
+load into the reference code), the Flax side is the trainer's own jitted step
+(gmm_vit_jax/training/step.py) with augmentation off. Each side reports the median of
+`repeats` timed windows of `steps` steps after warm-up.
+"""
+
+import statistics
+import time
+
+import jax
+import numpy as np
+import torch
+from absl import app, flags
+from ml_collections import config_flags
+
+from gmm_vit_jax.benchmark import NO_AUGMENTATION, time_steps
+from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.data.sampling import EpochSampler
+from gmm_vit_jax.torch_models import build_torch_model
+from gmm_vit_jax.training import sharding
+from gmm_vit_jax.training.optimizer import make_optimizer
+from gmm_vit_jax.training.state import Metrics, create_train_state
+from gmm_vit_jax.training.step import make_train_step
+
+config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
+flags.DEFINE_integer('batch_size', 128, 'Batch size of both sides.')
+flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
+flags.DEFINE_integer('repeats', 3, 'Timed windows; the median is reported.')
+flags.DEFINE_bool('torch_compile', False, 'Also time the PyTorch model under torch.compile.')
+flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
+
+
+def torch_rate(config, batch_size: int, steps: int, repeats: int, compile_model: bool) -> float:
+  info = dataset_info(config.dataset.name)
+  torch.manual_seed(config.seed)
+  model = build_torch_model(config.model, num_classes=info['num_classes'],
+                            image_size=info['image_size'], channels=info['channels'])
+  model.train()
+  o = config.optimizer
+  optimizer = torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2),
+                                eps=o.eps, weight_decay=o.weight_decay)
+  loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+  forward = torch.compile(model) if compile_model else model
+  images = torch.randn(batch_size, info['channels'], info['image_size'], info['image_size'])
+  labels = torch.randint(0, info['num_classes'], (batch_size,))
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(forward(images), labels).backward()
+    optimizer.step()
+
+  for _ in range(3):
+    step()
+  windows = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      step()
+    windows.append(time.perf_counter() - start)
+  return steps * batch_size / statistics.median(windows)
+
+
+def flax_rate(config, batch_size: int, steps: int, repeats: int) -> float:
+  config = config.copy_and_resolve_references()
+  config.batch_size = batch_size
+  config.augment.update(NO_AUGMENTATION)
+  info = dataset_info(config.dataset.name)
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(config.seed)
+  num = 4 * batch_size
+  images = sharding.put_replicated(rng.integers(
+      0, 256, (num, info['image_size'], info['image_size'], info['channels']), dtype=np.uint8),
+                                   mesh)
+  labels = sharding.put_replicated(rng.integers(0, info['num_classes'], num).astype(np.int32),
+                                   mesh)
+  tx = make_optimizer(config, steps_per_epoch=1000)
+  graphdef, state = create_train_state(config, tx, sharding.replicated(mesh))
+  train_step = make_train_step(graphdef, tx, config, info,
+                               out_sharding=sharding.replicated(mesh))
+  sampler = EpochSampler(num, batch_size, 1, config.seed)
+  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
+  state, metrics, _, _ = time_steps(train_step, state, metrics, images, labels,
+                                     [sampler.batch(i) for i in range(3)], False, mesh)
+  windows = []
+  for r in range(repeats):
+    state, metrics, seconds, _ = time_steps(
+        train_step, state, metrics, images, labels,
+        [sampler.batch(3 + r * steps + i) for i in range(steps)], False, mesh)
+    windows.append(seconds)
+  return steps * batch_size / statistics.median(windows)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  rows = [('jax (jit)', flax_rate(config, FLAGS.batch_size, FLAGS.steps, FLAGS.repeats))]
+  rows.append(('pytorch (eager)', torch_rate(config, FLAGS.batch_size, FLAGS.steps,
+                                             FLAGS.repeats, False)))
+  if FLAGS.torch_compile:
+    rows.append(('pytorch (torch.compile)', torch_rate(config, FLAGS.batch_size, FLAGS.steps,
+                                                       FLAGS.repeats, True)))
+  device = jax.devices()[0]
+  print(f'{config.model.name} (mask {config.model.mask.kind}), batch {FLAGS.batch_size}, '
+        f'float32, {device.platform} ({device.device_kind}), torch {torch.__version__}, '
+        f'{torch.get_num_threads()} torch threads')
+  print(f"{'':26s}{'train images/s':>16s}{'jax / this':>12s}")
+  for name, rate in rows:
+    print(f'{name:26s}{rate:16,.1f}{rows[0][1] / rate:12.2f}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -127,6 +127,10 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
       every_steps=1000, keep_last=3, keep_best=True))
   config.log_every_steps = 100
   config.eval_every_epochs = 1
+  # A jax.profiler trace of profile_steps steps from profile_start_step into
+  # WORKDIR/profile (TensorBoard's profile tab, or Perfetto); 0 steps: no trace.
+  config.profile_steps = 0
+  config.profile_start_step = 10
   return config
 
 

@@ -234,3 +234,12 @@ def test_selected_steps_compute_less():
   flops = {select: step.lower(state, Metrics.zeros(), images, labels, index, select)
            .compile().cost_analysis()['flops'] for select in (False, True)}
   assert flops[True] < 0.6 * flops[False]
+
+
+def test_profile_option_writes_a_trace(tmp_path):
+  config = tiny_config(epochs=1)
+  config.profile_steps = 2
+  config.profile_start_step = 3
+  loop.train_and_evaluate(config, str(tmp_path))
+  traces = [f for _, _, files in os.walk(tmp_path / 'profile') for f in files]
+  assert any(f.endswith(('.xplane.pb', '.trace.json.gz')) for f in traces), traces

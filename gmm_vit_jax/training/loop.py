@@ -171,12 +171,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     with metric_writers.ensure_flushes(writer):
       while step < total_steps and not stop.check(step):
+        if config.profile_steps and step == config.profile_start_step:
+          jax.profiler.start_trace(os.path.join(workdir, 'profile'))
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, metrics = train_step(
               state, metrics, train_images, train_labels,
               sharding.global_batch(sampler.batch(step), mesh),
               _selects_patches(config, step, sampler.steps_per_epoch))
         step += 1
+        if config.profile_steps and step == config.profile_start_step + config.profile_steps:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          logging.info('Wrote a profile of steps %d-%d to %s/profile.', config.profile_start_step,
+                       step - 1, workdir)
         if timed_from is None:
           jax.block_until_ready(state)
           timed_from = (time.perf_counter(), step)

@@ -21,7 +21,7 @@ from configs import vit_cifar10
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:
   config = common.paper_recipe(arg)
-  config.model = vit_cifar10.model('gmm')
+  config.model = vit_cifar10.model('gmm', arg)
   config.model.num_heads = 6
   config.model.attention = common.attention('mixture_of_keys')
   config.patch_selection = common.patch_selection('variance', keep=0.7)

@@ -12,5 +12,5 @@ from configs import vit_cifar10
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:
   config = common.paper_recipe(arg)
-  config.model = vit_cifar10.model('gmm')
+  config.model = vit_cifar10.model('gmm', arg)
   return config

@@ -1,7 +1,8 @@
 """Plain ViT (CLS token) on CIFAR-10 with the paper's recipe.
 
     python train.py --config=configs/vit_cifar10.py --workdir=runs/vit_cifar10
-Other datasets by argument: --config=configs/vit_cifar10.py:cifar100 (or svhn_cropped).
+Other datasets by argument: --config=configs/vit_cifar10.py:cifar100 (or svhn_cropped,
+tiny_imagenet with --config.dataset.data_dir=tiny-imagenet-200).
 """
 
 import ml_collections
@@ -9,11 +10,11 @@ import ml_collections
 from configs import common
 
 
-def model(mask_kind: str) -> ml_collections.ConfigDict:
+def model(mask_kind: str, dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   """The small-dataset ViT; the masked variants drop CLS and pool the token mean."""
   return ml_collections.ConfigDict(dict(
       name='vit',
-      patch_size=4,
+      patch_size=common.patch_size(dataset, 4),
       dim=192,
       depth=9,
       num_heads=12,
@@ -31,5 +32,5 @@ def model(mask_kind: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:
   config = common.paper_recipe(arg)
-  config.model = model('none')
+  config.model = model('none', arg)
   return config

@@ -97,3 +97,18 @@ def test_unknown_split_and_class(folder):
 def test_normalisation_constants():
   assert tiny_imagenet.MEAN == (0.4802, 0.4481, 0.3975)
   assert tiny_imagenet.STD == (0.2770, 0.2691, 0.2821)
+
+
+def test_the_paper_config_trains_from_the_folder(folder, tmp_path):
+  from configs import gmm_vit_cifar10
+  from gmm_vit_jax.training import loop
+  config = gmm_vit_cifar10.get_config('tiny_imagenet')
+  assert config.model.patch_size == 8  # 64x64 images keep the 8x8 token grid.
+  config.model.update(dict(dim=16, depth=1, num_heads=2, head_dim=8))
+  config.update(dict(batch_size=3, eval_batch_size=5, epochs=1, passes_per_epoch=1))
+  config.schedule.warmup_epochs = 0
+  config.augment.autoaugment = 'none'  # The policies have tests of their own; compiling is slow.
+  config.dataset.data_dir = folder[0]
+  summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert summary['completed'] and summary['step'] == 3  # 9 training images, batch 3.
+  assert np.isfinite(summary['eval_loss'])

@@ -6,6 +6,7 @@ CIFAR-size datasets fit in accelerator memory, so a split is read once into
 
 import numpy as np
 
+from gmm_vit_jax.data import tiny_imagenet
 from gmm_vit_jax.data.info import dataset_info, digits_to_uint8
 
 TFDS_SPLITS = {'train': 'train', 'test': 'test'}
@@ -25,6 +26,12 @@ def load_split(name: str, split: str, *, data_dir: str | None,
     raise ValueError(f'split={split!r} is not supported; choose one of {tuple(TFDS_SPLITS)}.')
   if name == 'digits':
     return _digits(split)
+  if name == 'tiny_imagenet':
+    if data_dir is None:
+      raise ValueError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder '
+                       '(Tiny-ImageNet is not in the tfds catalogue).')
+    # Its labelled test set is the 'val' folder.
+    return tiny_imagenet.load(data_dir, 'train' if split == 'train' else 'val')
   return _tfds(name, split, data_dir, download)
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from gmm_vit_jax.attention.masks import MASK_KINDS, check_choice
 from gmm_vit_jax.models.t2t import (UNFOLD_KERNEL, UNFOLD_PADDING, UNFOLD_STRIDE,
                                     sinusoid_position_embedding, unfolded_side)
+from gmm_vit_jax.torch_models.swin import Mlp
 from gmm_vit_jax.torch_models.vit import (ElementwiseMask, GaussianMixtureMask, base_mask,
                                           check_reference_mask, drop_path)
 
@@ -59,20 +60,6 @@ def check_reference_config(model: ml_collections.ConfigDict, *, image_size: int)
   if model.embed_dim % model.num_heads:
     raise ValueError(f'model.num_heads={model.num_heads} does not divide '
                      f'model.embed_dim={model.embed_dim}.')
-
-
-class Mlp(nn.Module):
-  """fc1 -> GELU -> dropout -> fc2 -> dropout."""
-
-  def __init__(self, dim: int, hidden: int, dropout: float):
-    super().__init__()
-    self.fc1 = nn.Linear(dim, hidden)
-    self.act = nn.GELU()
-    self.fc2 = nn.Linear(hidden, dim)
-    self.drop = nn.Dropout(dropout)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Attention(nn.Module):

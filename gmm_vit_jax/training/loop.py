@@ -42,7 +42,7 @@ def write_picture(writer, workdir: str, name: str, grid: np.ndarray, *, step: in
 
 
 class NonFiniteLossError(FloatingPointError):
-  pass
+  """The training loss became NaN or infinite; the run stopped without saving."""
 
 
 class _StopRequest:

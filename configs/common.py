@@ -46,9 +46,16 @@ def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft
 
 
 def attention(score: str = 'dot_product', qkv_bias: bool = False,
-              mixture: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
-  """`score` is 'dot_product' or 'mixture_of_keys'; only the latter has a `mixture` section."""
-  config = ml_collections.ConfigDict(dict(score=score, qkv_bias=qkv_bias))
+              mixture: ml_collections.ConfigDict | None = None,
+              implementation: str = 'auto') -> ml_collections.ConfigDict:
+  """`score` is 'dot_product' or 'mixture_of_keys'; only the latter has a `mixture` section.
+
+  implementation: how the attention core runs (gmm_vit_jax/attention/core.py): 'xla',
+    'blockwise', 'cudnn', or 'auto', the fastest that fits the layer and the platform.
+  max_slices: the most batch slices 'blockwise' runs in turn.
+  """
+  config = ml_collections.ConfigDict(dict(score=score, qkv_bias=qkv_bias,
+                                          implementation=implementation, max_slices=16))
   if score == 'mixture_of_keys':
     config.mixture = mixture if mixture is not None else mixture_of_keys()
   elif mixture is not None:

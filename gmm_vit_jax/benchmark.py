@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
+from gmm_vit_jax.models import compute_dtype
 from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.optimizer import make_optimizer
 from gmm_vit_jax.training.state import Metrics, create_train_state
@@ -137,11 +138,12 @@ def benchmark(config: ml_collections.ConfigDict, *, batch_size: int | None, step
   synthetic_config.augment.update(NO_AUGMENTATION)
   synthetic = train_rate(synthetic_config, config.batch_size, steps, warmup, images, labels, mesh)
   device = jax.devices()[0]
-  peak = peak_flops(device.device_kind, config.model.dtype)
+  dtype = compute_dtype(config.model.dtype)
+  peak = peak_flops(device.device_kind, dtype)
   memory = (device.memory_stats() or {}) if hasattr(device, 'memory_stats') else {}
   flops = augmented['flops_per_step']
   return dict(
-      model=config.model.name, mask=config.model.mask.kind, dtype=config.model.dtype,
+      model=config.model.name, mask=config.model.mask.kind, dtype=dtype,
       batch_size=config.batch_size, devices=jax.device_count(),
       device=device.device_kind, platform=device.platform,
       train_images_per_s=augmented['images_per_s'],

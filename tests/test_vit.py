@@ -80,13 +80,17 @@ def test_dropped_tokens_leave_the_sequence_and_keep_their_coordinates():
   keep = jnp.asarray([[0, 3, 5, 10, 15], [1, 2, 7, 8, 9]])
   attn = model.blocks[0].attention
   seen = {}
-  original = attn.attention_weights
+  source, grid_mask = attn.key_source, attn.grid_mask
 
-  def spy(x, coords, bias=None, context=None):
-    seen['tokens'], seen['coords'] = x.shape, np.asarray(coords)
-    return original(x, coords, bias, context)
+  def spy_source(x, context):
+    seen['tokens'] = x.shape
+    return source(x, context)
 
-  attn.attention_weights = spy
+  def spy_mask(coords):
+    seen['coords'] = np.asarray(coords)
+    return grid_mask(coords)
+
+  attn.key_source, attn.grid_mask = spy_source, spy_mask
   model(images, token_index=keep)
   assert seen['tokens'] == (2, 5, 16)
   np.testing.assert_array_equal(seen['coords'], grid.grid_coords(4, 4)[np.asarray(keep)])

@@ -11,6 +11,9 @@
     out = proj(weights @ v)         optional; out_dim sets its width (default C)
     out = out + skip                optional: the attention's input ('input') or the
                                     values merged over heads ('values'), T2T's two skips
+
+From the score to `weights @ v` is the attention core, which runs in the implementation
+`model.attention.implementation` names (attention/core.py).
 """
 
 from typing import Callable
@@ -19,8 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gmm_vit_jax.attention import core
 from gmm_vit_jax.attention.masks import check_choice
-from gmm_vit_jax.attention.scores import merge_heads, split_heads
+from gmm_vit_jax.attention.scores import DotProductScore, merge_heads, split_heads
 from gmm_vit_jax.initializers import dense_init
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -34,10 +38,17 @@ class Attention(nnx.Module):
                project_out: bool = True, out_dim: int | None = None, skip: str = 'none',
                dropout: float = 0.0,
                pre_softmax: LogitsFn | None = None, post_softmax: LogitsFn | None = None,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               implementation: str = 'xla', max_slices: int = 1, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     check_choice('attention skip', skip, SKIPS)
+    check_choice('model.attention.implementation', implementation, core.IMPLEMENTATIONS)
+    if max_slices < 1:
+      raise ValueError(f'model.attention.max_slices must be >= 1, got {max_slices}.')
     inner = num_heads * head_dim
     self.num_heads = num_heads
+    self.head_dim = head_dim
+    self.implementation = implementation
+    self.max_slices = max_slices
     self.skip = skip
     self.query = nnx.Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
                             kernel_init=dense_init, rngs=rngs)
@@ -60,20 +71,34 @@ class Attention(nnx.Module):
 
     context: (B, M, C) tokens the keys come from; None for self-attention (M = N).
     """
-    if context is not None and self.mask is not None:
-      raise ValueError('a grid mask needs self-attention; it cannot take a context.')
     q = split_heads(self.query(x), self.num_heads)
-    logits = self.score(x if context is None else context, q, coords).astype(jnp.float32)
-    if self.mask is not None:
-      logits = self.mask(logits, coords)
-    if bias is not None:
-      logits = logits + bias
+    logits = self.score(self.key_source(x, context), q, coords)
+    logits = core.masked_logits(logits, self.grid_mask(coords), bias)
     if self.pre_softmax is not None:
       logits = self.pre_softmax(logits)
     weights = jax.nn.softmax(logits, axis=-1)
     if self.post_softmax is not None:
       weights = self.post_softmax(weights)
     return weights
+
+  def key_source(self, x: jax.Array, context: jax.Array | None) -> jax.Array:
+    """The tokens keys and values come from: `context` in cross-attention, else x."""
+    if context is None:
+      return x
+    if self.mask is not None:
+      raise ValueError('a grid mask needs self-attention; it cannot take a context.')
+    return context
+
+  def grid_mask(self, coords: jax.Array | None) -> core.MaskValues | None:
+    return None if self.mask is None else self.mask.evaluate(coords)
+
+  def resolved_implementation(self) -> str:
+    """The core implementation this layer runs on this platform (attention/core.py)."""
+    fused_ok = (isinstance(self.score, DotProductScore) and self.pre_softmax is None
+                and self.post_softmax is None)
+    return core.resolve_implementation(
+        self.implementation, fused_ok=fused_ok, dtype=self.dtype, head_dim=self.head_dim,
+        mask_mode=None if self.mask is None else self.mask.mode)
 
   def __call__(self, x: jax.Array, coords: jax.Array | None, *,
                bias: jax.Array | None = None, context: jax.Array | None = None,
@@ -82,9 +107,17 @@ class Attention(nnx.Module):
 
     Keys and values come from `context` (B, M, C) when given.
     """
-    weights = self.attention_weights(x, coords, bias, context)
-    v = split_heads(self.value(x if context is None else context), self.num_heads)
-    out = merge_heads(jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v))
+    source = self.key_source(x, context)
+    v = split_heads(self.value(source), self.num_heads)
+    implementation = self.resolved_implementation()
+    if implementation == 'xla':
+      weights = self.attention_weights(x, coords, bias, context)
+      out = jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v)
+    else:
+      out = core.attend(split_heads(self.query(x), self.num_heads), self.score.keys(source), v,
+                        implementation=implementation, scale=self.score.scale,
+                        mask=self.grid_mask(coords), bias=bias, max_slices=self.max_slices)
+    out = merge_heads(out)
     if self.out is not None:
       out = self.dropout(self.out(out), deterministic=deterministic, rngs=rngs)
     if self.skip == 'input':

@@ -46,4 +46,6 @@ def make_attention(attention: ml_collections.ConfigDict, mask: ml_collections.Co
       mask=make_mask(mask.kind, num_heads=num_heads, grid_shape=grid_shape,
                      num_kernels=mask.num_kernels, mode=mask.mode, cutoff=mask.cutoff,
                      rngs=rngs),
-      qkv_bias=attention.qkv_bias, dropout=dropout, dtype=dtype, rngs=rngs, **kwargs)
+      qkv_bias=attention.qkv_bias, dropout=dropout,
+      implementation=attention.implementation, max_slices=attention.max_slices, dtype=dtype,
+      rngs=rngs, **kwargs)

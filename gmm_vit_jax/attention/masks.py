@@ -6,7 +6,7 @@ per-example patch selection. Pairs that touch an off-grid token (CLS) are left a
 they are whatever the mode.
 """
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,17 @@ REFERENCE_CUTOFF_SQ_DIST = 104.0
 SIGMA_EPS = 1e-5
 
 MaskMode = Literal['multiply', 'add']
+
+
+class MaskValues(NamedTuple):
+  """A grid mask evaluated for a layer's tokens: what apply_mask takes.
+
+  values: (H, N, N) or (1, N, N), or per example (B, H, N, N) / (B, 1, N, N).
+  valid: (N, N) or (B, N, N), the pairs the mask applies to.
+  """
+  values: jax.Array
+  valid: jax.Array
+  mode: MaskMode
 
 
 def check_choice(field: str, value, allowed) -> None:
@@ -65,7 +76,17 @@ def apply_mask(logits: jax.Array, values: jax.Array, valid: jax.Array,
   return logits + jnp.where(valid, values, 0).astype(logits.dtype)
 
 
-class GaussianMixtureMask(nnx.Module):
+class GridMask(nnx.Module):
+  """A mask whose `values(coords)` apply to the pairs of on-grid tokens in `mode`."""
+
+  def evaluate(self, coords: jax.Array) -> MaskValues:
+    return MaskValues(self.values(coords), grid.pair_on_grid(coords), self.mode)
+
+  def __call__(self, logits: jax.Array, coords: jax.Array) -> jax.Array:
+    return apply_mask(logits, *self.evaluate(coords))
+
+
+class GaussianMixtureMask(GridMask):
   """K Gaussian kernels per head over grid distance, with learnable width and weight.
 
   Given the grid shape, the kernels are evaluated once per integer squared distance
@@ -100,11 +121,8 @@ class GaussianMixtureMask(nnx.Module):
     index = jnp.clip(sq_dist.astype(jnp.int32), 0, self.max_sq_dist)
     return jnp.moveaxis(table[:, index], 0, -3)
 
-  def __call__(self, logits: jax.Array, coords: jax.Array) -> jax.Array:
-    return apply_mask(logits, self.values(coords), grid.pair_on_grid(coords), self.mode)
 
-
-class ElementwiseMask(nnx.Module):
+class ElementwiseMask(GridMask):
   """ELM: one learnable (N, N) matrix over the full grid, shared by heads, zero-initialised."""
 
   def __init__(self, grid_shape: tuple[int, int], *, mode: MaskMode = 'multiply'):
@@ -118,9 +136,6 @@ class ElementwiseMask(nnx.Module):
     """(..., N, 2) coords -> (..., 1, N, N): the entries of the kept tokens' pairs."""
     index = jnp.maximum(grid.flat_index(coords, self.grid_width), 0)
     return self.weight[...][index[..., :, None], index[..., None, :]][..., None, :, :]
-
-  def __call__(self, logits: jax.Array, coords: jax.Array) -> jax.Array:
-    return apply_mask(logits, self.values(coords), grid.pair_on_grid(coords), self.mode)
 
 
 def make_mask(kind: str, *, num_heads: int, grid_shape: tuple[int, int], num_kernels: int,

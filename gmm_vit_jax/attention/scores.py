@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gmm_vit_jax.attention.core import dot_product_logits
 from gmm_vit_jax.initializers import dense_init
 
 
@@ -43,4 +44,4 @@ class DotProductScore(nnx.Module):
 
   def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None) -> jax.Array:
     """The dot product does not depend on token position: `coords` is not read."""
-    return jnp.einsum('bhid,bhjd->bhij', q, self.keys(x)) * jnp.asarray(self.scale, q.dtype)
+    return dot_product_logits(q, self.keys(x), self.scale)

@@ -1,5 +1,6 @@
 """Backbones, built by name from a config's `model` section."""
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 import ml_collections
@@ -22,6 +23,20 @@ BACKBONES = {
     'hatnet': HATNet,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# Accelerators run bfloat16 matrix units at many times their float32 rate; a CPU does not.
+ACCELERATORS = ('gpu', 'tpu')
+
+
+def compute_dtype(name: str) -> str:
+  """`model.dtype` resolved: 'auto' is bfloat16 on a GPU or TPU and float32 on a CPU.
+
+  Parameters and optimizer state stay float32 whatever this is; it sets what layers
+  compute in. Softmax, normalisation statistics and the loss run in float32.
+  """
+  check_choice('model.dtype', name, tuple(DTYPES) + ('auto',))
+  if name == 'auto':
+    return 'bfloat16' if jax.default_backend() in ACCELERATORS else 'float32'
+  return name
 
 
 def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
@@ -31,9 +46,8 @@ def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_siz
   The dataset supplies num_classes, image_size and channels.
   """
   check_choice('model.name', model.name, tuple(BACKBONES))
-  check_choice('model.dtype', model.dtype, tuple(DTYPES))
   kwargs = {k: v for k, v in model.items() if k != 'name'}
-  kwargs['dtype'] = DTYPES[model.dtype]
+  kwargs['dtype'] = DTYPES[compute_dtype(model.dtype)]
   try:
     return BACKBONES[model.name](num_classes=num_classes, image_size=image_size,
                                  channels=channels, rngs=rngs, **kwargs)

@@ -1,0 +1,168 @@
+"""The attention core, softmax(mask(q . k * scale) + bias) @ v, in three implementations.
+
+Shapes: B batch, H heads, N queries, M keys, D head width. q (B, H, N, D), k and v
+(B, H, M, D); the result is (B, H, N, D).
+
+- 'xla' writes every (B, H, N, M) array out and keeps the softmax for the backward
+  pass; it runs any score function and any logit hook (attention/attention.py).
+- 'blockwise' runs the batch in slices under jax.checkpoint: the (B, H, N, M) logits
+  and weights exist one slice at a time and the backward pass recomputes them instead
+  of storing them. The multiplicative GMM mask cannot be an attention bias, so this is
+  its fused path; on a CPU the slice stays in cache (benchmarks/levers.py).
+- 'cudnn' is jax.nn.dot_product_attention's fused cuDNN kernel: GPU only, bfloat16 or
+  float16, head width a multiple of 8, and the mask, if any, additive (a bias).
+
+'auto' takes the fastest one that supports the layer on this platform.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from gmm_vit_jax.attention.masks import MaskMode, MaskValues, apply_mask, check_choice
+
+IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn')
+
+
+def dot_product_logits(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
+  """(B, H, N, D), (B, H, M, D) -> (B, H, N, M) logits q . k * scale."""
+  return jnp.einsum('bhid,bhjd->bhij', q, k) * jnp.asarray(scale, q.dtype)
+
+
+def masked_logits(logits: jax.Array, mask: MaskValues | None,
+                  bias: jax.Array | None) -> jax.Array:
+  """(B, H, N, M) logits -> float32 logits with the mask applied and the bias added."""
+  logits = logits.astype(jnp.float32)
+  if mask is not None:
+    logits = apply_mask(logits, mask.values, mask.valid, mask.mode)
+  if bias is not None:
+    logits = logits + bias
+  return logits
+
+
+def reference_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
+                        bias: jax.Array | None = None) -> jax.Array:
+  """The 'xla' core: every (B, H, N, M) array materialised."""
+  weights = jax.nn.softmax(masked_logits(dot_product_logits(q, k, scale), mask, bias), axis=-1)
+  return jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v)
+
+
+def num_slices(batch: int, max_slices: int) -> int:
+  """The largest divisor of `batch` that is at most `max_slices`."""
+  return max(n for n in range(1, min(batch, max_slices) + 1) if batch % n == 0)
+
+
+def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
+                        bias: jax.Array | None = None, max_slices: int) -> jax.Array:
+  """The 'blockwise' core: `num_slices(B, max_slices)` sequential batch slices.
+
+  Slice s holds examples s, s + S, s + 2S, ... (S slices), so that under a batch-sharded
+  mesh every device works on its own examples in every slice. Per-example mask values,
+  valid pairs and biases (leading dimension B) are sliced with the tokens; shared ones
+  are closed over, and their gradients summed over slices.
+  """
+  batch = q.shape[0]
+  slices = num_slices(batch, max_slices)
+
+  def per_example(x):
+    return x is not None and x.ndim == 4 and x.shape[0] == batch and batch > 1
+
+  def split(x):
+    """(B, ...) -> (S, B / S, ...), slice s holding examples s, s + S, ..."""
+    return jnp.swapaxes(x.reshape(batch // slices, slices, *x.shape[1:]), 0, 1)
+
+  mask_sliced = mask is not None and per_example(mask.values)
+  bias_sliced = per_example(bias)
+  sliced = dict(q=q, k=k, v=v)
+  if mask_sliced:
+    sliced['values'] = mask.values
+    sliced['valid'] = mask.valid if mask.valid.ndim == 3 else jnp.broadcast_to(
+        mask.valid, (batch,) + mask.valid.shape)
+  if bias_sliced:
+    sliced['bias'] = bias
+
+  @jax.checkpoint
+  def one_slice(part):
+    part_mask = mask
+    if mask_sliced:
+      part_mask = MaskValues(part['values'], part['valid'], mask.mode)
+    return reference_attention(part['q'], part['k'], part['v'], scale=scale, mask=part_mask,
+                               bias=part['bias'] if bias_sliced else bias)
+
+  out = jax.lax.map(one_slice, jax.tree.map(split, sliced))
+  return jnp.swapaxes(out, 0, 1).reshape(q.shape)
+
+
+def cudnn_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
+                    bias: jax.Array | None = None, implementation: str = 'cudnn') -> jax.Array:
+  """The 'cudnn' core through jax.nn.dot_product_attention; an additive mask joins the bias.
+
+  `implementation` is that function's own argument: tests pass 'xla' to check this
+  wrapper's layout and bias handling on a CPU.
+  """
+  if mask is not None:
+    if mask.mode != 'add':
+      raise ValueError("model.attention.implementation='cudnn' takes an additive mask only "
+                       "(model.mask.mode='add'); use 'blockwise' for 'multiply'.")
+    valid = mask.valid if mask.valid.ndim == 2 else mask.valid[:, None]
+    mask_bias = jnp.where(valid, mask.values.astype(jnp.float32), 0.0)
+    bias = mask_bias if bias is None else bias + mask_bias
+  if bias is not None:
+    bias = jnp.broadcast_to(bias, (bias.shape[0] if bias.ndim == 4 else 1,)
+                            + q.shape[1:3] + k.shape[2:3]).astype(q.dtype)
+  to_bnhd = lambda x: jnp.swapaxes(x, 1, 2)
+  out = jax.nn.dot_product_attention(to_bnhd(q), to_bnhd(k), to_bnhd(v), bias=bias,
+                                     scale=scale, implementation=implementation)
+  return to_bnhd(out)
+
+
+def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None) -> str | None:
+  """None when the cuDNN kernel can run the layer, else why not."""
+  if jax.default_backend() != 'gpu':
+    return f'it needs a GPU, and the backend is {jax.default_backend()!r}'
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f'it needs bfloat16 or float16, and model.dtype is {jnp.dtype(dtype).name}'
+  if head_dim % 8:
+    return f'it needs a head width that is a multiple of 8, and it is {head_dim}'
+  if mask_mode not in (None, 'add'):
+    return f"it takes an additive mask only, and model.mask.mode is {mask_mode!r}"
+  return None
+
+
+def resolve_implementation(requested: str, *, fused_ok: bool, dtype, head_dim: int,
+                           mask_mode: MaskMode | None) -> str:
+  """The implementation a layer runs: `requested`, or for 'auto' this platform's best.
+
+  fused_ok: the layer is a plain dot-product softmax attention (no mixture of keys, no
+    logit hooks), which 'blockwise' and 'cudnn' require.
+  'auto' is 'cudnn' on a GPU where it applies, 'blockwise' on a CPU, and 'xla'
+  otherwise: on TPUs XLA fuses the softmax itself.
+  """
+  check_choice('model.attention.implementation', requested, IMPLEMENTATIONS)
+  cudnn_problem = cudnn_supports(dtype=dtype, head_dim=head_dim, mask_mode=mask_mode)
+  if requested == 'auto':
+    if not fused_ok:
+      return 'xla'
+    if cudnn_problem is None:
+      return 'cudnn'
+    return 'blockwise' if jax.default_backend() == 'cpu' else 'xla'
+  if requested != 'xla' and not fused_ok:
+    raise ValueError(f'model.attention.implementation={requested!r} needs dot-product scores '
+                     "without talking heads; use 'xla' or 'auto' for this layer.")
+  if requested == 'cudnn' and cudnn_problem is not None:
+    raise ValueError(f"model.attention.implementation='cudnn' cannot run here: {cudnn_problem}.")
+  return requested
+
+
+def attend(q, k, v, *, implementation: str, scale: float, mask: MaskValues | None,
+           bias: jax.Array | None, max_slices: int) -> jax.Array:
+  """Runs a resolved implementation (resolve_implementation) of the core.
+
+  A symbolic batch (jax.export) cannot be sliced: 'blockwise' then runs as 'xla'.
+  """
+  if implementation == 'blockwise' and isinstance(q.shape[0], int):
+    return blockwise_attention(q, k, v, scale=scale, mask=mask, bias=bias,
+                               max_slices=max_slices)
+  if implementation == 'cudnn':
+    return cudnn_attention(q, k, v, scale=scale, mask=mask, bias=bias)
+  return reference_attention(q, k, v, scale=scale, mask=mask, bias=bias)
+

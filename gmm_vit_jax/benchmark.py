@@ -23,6 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import xla_flags
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.models import compute_dtype
@@ -67,8 +68,13 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
-def time_steps(train_step, state, metrics, images, labels, batches, select: bool, mesh):
-  """Runs every batch; returns (state, metrics, seconds, seconds spent in Python calls)."""
+def time_steps(train_step, state, metrics, images, labels, batches, select: bool, mesh,
+               host_sync: bool = False):
+  """Runs every batch; returns (state, metrics, seconds, seconds spent in Python calls).
+
+  host_sync: fetch the metrics after every step, as a loop that logs each step would;
+    the trainer fetches them only at log time.
+  """
   dispatch = 0.0
   start = time.perf_counter()
   for index in batches:
@@ -76,17 +82,21 @@ def time_steps(train_step, state, metrics, images, labels, batches, select: bool
     state, metrics = train_step(state, metrics, images, labels, sharding.global_batch(index, mesh),
                                 select)
     dispatch += time.perf_counter() - t
+    if host_sync:
+      jax.device_get(metrics)
   jax.block_until_ready(metrics)
   return state, metrics, time.perf_counter() - start, dispatch
 
 
 def train_rate(config: ml_collections.ConfigDict, batch_size: int, steps: int, warmup: int,
-               images, labels, mesh) -> dict:
+               images, labels, mesh, *, donate: bool = True, host_sync: bool = False) -> dict:
+  """The trainer's step timed; `donate` and `host_sync` switch levers off for comparison."""
   info = dataset_info(config.dataset.name)
   replicated = sharding.replicated(mesh)
   tx = make_optimizer(config, steps_per_epoch=1000)
   graphdef, state = create_train_state(config, tx, replicated)
-  train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
+  train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated,
+                               donate=donate)
   sampler = EpochSampler(labels.shape[0], batch_size, 1, config.seed)
   select = config.patch_selection.kind != 'none'
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
@@ -95,14 +105,24 @@ def train_rate(config: ml_collections.ConfigDict, batch_size: int, steps: int, w
   compiled = train_step.lower(state, metrics, images, labels, first, select).compile()
   compile_s = time.perf_counter() - start
   flops = (compiled.cost_analysis() or {}).get('flops')
+  memory = compiled.memory_analysis()
   state, metrics, _, _ = time_steps(train_step, state, metrics, images, labels,
                                      [sampler.batch(i) for i in range(warmup)], select, mesh)
   state, metrics, seconds, dispatch = time_steps(
       train_step, state, metrics, images, labels,
-      [sampler.batch(warmup + i) for i in range(steps)], select, mesh)
+      [sampler.batch(warmup + i) for i in range(steps)], select, mesh, host_sync)
   return dict(state=state, graphdef=graphdef, images_per_s=steps * batch_size / seconds,
               step_ms=1e3 * seconds / steps, compile_s=compile_s, flops_per_step=flops,
-              dispatch_fraction=dispatch / seconds)
+              dispatch_fraction=dispatch / seconds, step_memory_bytes=step_memory(memory))
+
+
+def step_memory(memory) -> int | None:
+  """Bytes the compiled step holds at once: its inputs, outputs and temporaries, less the
+  outputs written into donated inputs; None where the backend does not say."""
+  if memory is None:
+    return None
+  return (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
 
 
 def eval_rate(graphdef, state, config, images, labels, mesh, repeats: int = 3) -> float:
@@ -153,6 +173,7 @@ def benchmark(config: ml_collections.ConfigDict, *, batch_size: int | None, step
                                   labels, mesh),
       step_ms=augmented['step_ms'], compile_s=augmented['compile_s'],
       dispatch_fraction=augmented['dispatch_fraction'],
+      step_memory_bytes=augmented['step_memory_bytes'],
       flops_per_step=flops,
       mfu=(flops * augmented['images_per_s'] / config.batch_size / (peak * jax.device_count())
            if peak and flops else None),
@@ -161,6 +182,7 @@ def benchmark(config: ml_collections.ConfigDict, *, batch_size: int | None, step
 
 def main(argv):
   del argv
+  xla_flags.set_cpu_flags()
   FLAGS = flags.FLAGS
   result = benchmark(FLAGS.config, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
                      warmup=FLAGS.warmup)

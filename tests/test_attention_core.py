@@ -159,6 +159,21 @@ def test_unrunnable_implementations_say_why():
     core.resolve_implementation('flash', fused_ok=True, **kw)
 
 
+def test_cudnn_conditions_name_the_failing_one(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  ok = dict(dtype=jnp.bfloat16, head_dim=16, mask_mode='add', biased=True, lengths=(64, 64))
+  assert core.cudnn_supports(**ok) is None
+  assert core.resolve_implementation('auto', fused_ok=True, **ok) == 'cudnn'
+  for change, words in [(dict(dtype=jnp.float32), 'bfloat16 or float16'),
+                        (dict(head_dim=12), 'multiple of 8'),
+                        (dict(mask_mode='multiply'), 'additive mask only'),
+                        (dict(lengths=(65, 65)), 'even sequence lengths')]:
+    assert words in core.cudnn_supports(**{**ok, **change})
+    assert core.resolve_implementation('auto', fused_ok=True, **{**ok, **change}) == 'xla'
+  assert core.cudnn_supports(**{**ok, 'biased': False, 'mask_mode': None,
+                                'lengths': (65, 65)}) is None
+
+
 @pytest.mark.parametrize('tiny_config,mask_kind', [(tiny_vit_config, 'gmm'),
                                                    (tiny_vit_config, 'elm'),
                                                    (tiny_vit_config, 'none'),

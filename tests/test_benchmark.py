@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from gmm_vit_jax import xla_flags
 from gmm_vit_jax.benchmark import peak_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,9 +28,11 @@ def test_benchmark_prints_one_json_line():
   assert result['mfu'] is None  # No peak is known for a CPU.
 
 
-def test_torch_comparison_reports_both_sides():
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_torch_comparison_reports_both_sides(dtype):
   out = run('gmm_vit_jax.benchmarks.torch_compare', '--config=tests/tiny_config.py',
-            '--batch_size=16', '--steps=2', '--repeats=1')
+            '--batch_size=16', '--steps=2', '--repeats=1', f'--dtype={dtype}')
+  assert f'batch 16, {dtype}' in out
   lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(('jax', 'py'))}
   assert set(lines) == {'jax', 'pytorch'}
   assert float(lines['pytorch'].split()[-2].replace(',', '')) > 0
@@ -38,3 +43,28 @@ def test_peak_table_matches_device_kinds():
   assert peak_flops('NVIDIA H100 PCIe', 'float32') == 51e12
   assert peak_flops('TPU v5 lite', 'bfloat16') == 197e12
   assert peak_flops('cpu', 'float32') is None
+
+
+def test_levers_table_has_every_variant_and_donation_saves_memory():
+  from gmm_vit_jax.benchmarks.levers import VARIANTS
+  out = run('gmm_vit_jax.benchmarks.levers', '--config=tests/tiny_config.py', '--batch_size=8',
+            '--steps=1', '--warmup=0')
+  rows = {}
+  for line in out.splitlines():
+    name = next((v for v in VARIANTS if line.startswith(v)), None)
+    if name:
+      rate, _, _, memory = line[len(name):].split()
+      rows[name] = (float(rate), float(memory))
+  assert set(rows) == set(VARIANTS)
+  assert all(rate > 0 for rate, _ in rows.values())
+  assert rows['no donation'][1] > rows['all on'][1]
+
+
+def test_cpu_flags_are_added_once_and_never_override(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  flags = xla_flags.set_cpu_flags()
+  assert flags == ('--xla_force_host_platform_device_count=2 '
+                   '--xla_cpu_experimental_ynn_fusion_type=dot')
+  assert xla_flags.set_cpu_flags() == flags
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot,reduce')
+  assert xla_flags.set_cpu_flags() == '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'

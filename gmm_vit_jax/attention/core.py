@@ -115,8 +115,13 @@ def cudnn_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
   return to_bnhd(out)
 
 
-def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None) -> str | None:
-  """None when the cuDNN kernel can run the layer, else why not."""
+def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None,
+                   biased: bool = False, lengths: tuple[int, ...] = ()) -> str | None:
+  """None when the cuDNN kernel can run the layer, else why not.
+
+  biased: the layer adds a bias or a mask; cuDNN then trains on even lengths only.
+  lengths: the query and key sequence lengths.
+  """
   if jax.default_backend() != 'gpu':
     return f'it needs a GPU, and the backend is {jax.default_backend()!r}'
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
@@ -125,20 +130,25 @@ def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None) -> str |
     return f'it needs a head width that is a multiple of 8, and it is {head_dim}'
   if mask_mode not in (None, 'add'):
     return f"it takes an additive mask only, and model.mask.mode is {mask_mode!r}"
+  if biased and any(n % 2 for n in lengths):
+    return f'with a bias or mask it needs even sequence lengths, and they are {lengths}'
   return None
 
 
 def resolve_implementation(requested: str, *, fused_ok: bool, dtype, head_dim: int,
-                           mask_mode: MaskMode | None) -> str:
+                           mask_mode: MaskMode | None, biased: bool = False,
+                           lengths: tuple[int, ...] = ()) -> str:
   """The implementation a layer runs: `requested`, or for 'auto' this platform's best.
 
   fused_ok: the layer is a plain dot-product softmax attention (no mixture of keys, no
     logit hooks), which 'blockwise' and 'cudnn' require.
+  biased, lengths: see cudnn_supports.
   'auto' is 'cudnn' on a GPU where it applies, 'blockwise' on a CPU, and 'xla'
   otherwise: on TPUs XLA fuses the softmax itself.
   """
   check_choice('model.attention.implementation', requested, IMPLEMENTATIONS)
-  cudnn_problem = cudnn_supports(dtype=dtype, head_dim=head_dim, mask_mode=mask_mode)
+  cudnn_problem = cudnn_supports(dtype=dtype, head_dim=head_dim, mask_mode=mask_mode,
+                                 biased=biased, lengths=lengths)
   if requested == 'auto':
     if not fused_ok:
       return 'xla'

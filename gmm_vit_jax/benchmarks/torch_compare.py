@@ -1,10 +1,14 @@
 """Training speed of the Flax model against a PyTorch model of the same architecture.
 
     python -m gmm_vit_jax.benchmarks.torch_compare --config=configs/gmm_vit_cifar10.py \
-        [--batch_size=128] [--steps=10] [--repeats=3] [--torch_compile]
+        [--batch_size=128] [--steps=10] [--repeats=3] [--dtype=float32] [--torch_compile]
 
 Both sides run a full training step (forward, backward, AdamW, label-smoothed cross
-entropy) on the same batch size, float32, on this machine, back to back. The PyTorch
+entropy) on the same batch size and precision, on this machine's first accelerator
+(CUDA for PyTorch) or its CPU, back to back. --dtype=bfloat16 runs the Flax model with
+model.dtype='bfloat16' and the PyTorch one under torch.autocast; both keep float32
+parameters. In float32 on a GPU, XLA lets matrix products use TF32, and PyTorch is set
+to do the same (torch.backends.cuda.matmul.allow_tf32). The PyTorch
 model is the reference-layout twin of gmm_vit_jax/torch_models (the same weights
 load into the reference code), the Flax side is the trainer's own jitted step
 (gmm_vit_jax/training/step.py) with augmentation off. Each side reports the median of
@@ -20,6 +24,7 @@ import torch
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import xla_flags
 from gmm_vit_jax.benchmark import NO_AUGMENTATION, time_steps
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler
@@ -33,44 +38,65 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
 flags.DEFINE_integer('batch_size', 128, 'Batch size of both sides.')
 flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
 flags.DEFINE_integer('repeats', 3, 'Timed windows; the median is reported.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute precision of both.')
 flags.DEFINE_bool('torch_compile', False, 'Also time the PyTorch model under torch.compile.')
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 
-def torch_rate(config, batch_size: int, steps: int, repeats: int, compile_model: bool) -> float:
+def torch_device() -> torch.device:
+  return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def synchronize(device: torch.device) -> None:
+  if device.type == 'cuda':
+    torch.cuda.synchronize(device)
+
+
+def torch_rate(config, batch_size: int, steps: int, repeats: int, compile_model: bool,
+               dtype: str) -> float:
   info = dataset_info(config.dataset.name)
   torch.manual_seed(config.seed)
+  device = torch_device()
+  torch.backends.cuda.matmul.allow_tf32 = True
+  torch.backends.cudnn.allow_tf32 = True
   model = build_torch_model(config.model, num_classes=info['num_classes'],
-                            image_size=info['image_size'], channels=info['channels'])
+                            image_size=info['image_size'], channels=info['channels']).to(device)
   model.train()
   o = config.optimizer
   optimizer = torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2),
                                 eps=o.eps, weight_decay=o.weight_decay)
   loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
   forward = torch.compile(model) if compile_model else model
-  images = torch.randn(batch_size, info['channels'], info['image_size'], info['image_size'])
-  labels = torch.randint(0, info['num_classes'], (batch_size,))
+  images = torch.randn(batch_size, info['channels'], info['image_size'], info['image_size'],
+                       device=device)
+  labels = torch.randint(0, info['num_classes'], (batch_size,), device=device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    loss_fn(forward(images), labels).backward()
+    with autocast:
+      loss = loss_fn(forward(images), labels)
+    loss.backward()
     optimizer.step()
 
   for _ in range(3):
     step()
+  synchronize(device)
   windows = []
   for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(steps):
       step()
+    synchronize(device)
     windows.append(time.perf_counter() - start)
   return steps * batch_size / statistics.median(windows)
 
 
-def flax_rate(config, batch_size: int, steps: int, repeats: int) -> float:
+def flax_rate(config, batch_size: int, steps: int, repeats: int, dtype: str) -> float:
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
+  config.model.dtype = dtype
   config.augment.update(NO_AUGMENTATION)
   info = dataset_info(config.dataset.name)
   mesh = sharding.make_mesh()
@@ -100,17 +126,21 @@ def flax_rate(config, batch_size: int, steps: int, repeats: int) -> float:
 
 def main(argv):
   del argv
+  xla_flags.set_cpu_flags()
   config = FLAGS.config
-  rows = [('jax (jit)', flax_rate(config, FLAGS.batch_size, FLAGS.steps, FLAGS.repeats))]
-  rows.append(('pytorch (eager)', torch_rate(config, FLAGS.batch_size, FLAGS.steps,
-                                             FLAGS.repeats, False)))
+  run = dict(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
+             dtype=FLAGS.dtype)
+  rows = [('jax (jit)', flax_rate(config, **run))]
+  rows.append(('pytorch (eager)', torch_rate(config, compile_model=False, **run)))
   if FLAGS.torch_compile:
-    rows.append(('pytorch (torch.compile)', torch_rate(config, FLAGS.batch_size, FLAGS.steps,
-                                                       FLAGS.repeats, True)))
+    rows.append(('pytorch (torch.compile)', torch_rate(config, compile_model=True, **run)))
   device = jax.devices()[0]
-  print(f'{config.model.name} (mask {config.model.mask.kind}), batch {FLAGS.batch_size}, '
-        f'float32, {device.platform} ({device.device_kind}), torch {torch.__version__}, '
-        f'{torch.get_num_threads()} torch threads')
+  where = (torch.cuda.get_device_name() if torch_device().type == 'cuda'
+           else f'cpu, {torch.get_num_threads()} threads')
+  print(f'{config.model.name} (mask {config.model.mask.kind}, attention core '
+        f'{config.model.attention.implementation}), batch {FLAGS.batch_size}, {FLAGS.dtype}; '
+        f'jax {jax.__version__} on {device.platform} ({device.device_kind}), '
+        f'torch {torch.__version__} on {where}')
   print(f"{'':26s}{'train images/s':>16s}{'jax / this':>12s}")
   for name, rate in rows:
     print(f'{name:26s}{rate:16,.1f}{rows[0][1] / rate:12.2f}')

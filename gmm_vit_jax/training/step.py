@@ -27,8 +27,11 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float)
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, info: dict, *,
-                    out_sharding) -> Callable:
+                    out_sharding, donate: bool = True) -> Callable:
   """Returns step(state, metrics, images, labels, index, select_patches) -> (state, metrics).
+
+  donate: the step reuses the buffers of the state and metrics it is given for the ones
+  it returns (benchmarks/levers.py measures the memory this saves).
 
   images: (N, H, W, C) uint8 and labels (N,) int32, the whole training split on the
   device; index: (B,) int32 rows of this step's batch, sharded over 'data'.
@@ -69,7 +72,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                                     count=batch,
                                     nonfinite=(~jnp.isfinite(loss)).astype(jnp.float32))
 
-  return jax.jit(step, donate_argnums=(0, 1), static_argnums=(5,), out_shardings=out_sharding)
+  return jax.jit(step, donate_argnums=(0, 1) if donate else (), static_argnums=(5,),
+                 out_shardings=out_sharding)
 
 
 def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding) -> Callable:

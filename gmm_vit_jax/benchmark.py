@@ -88,6 +88,17 @@ def time_steps(train_step, state, metrics, images, labels, batches, select: bool
   return state, metrics, time.perf_counter() - start, dispatch
 
 
+def random_dataset(config: ml_collections.ConfigDict, num: int, mesh):
+  """`num` random uint8 images of the config's dataset shape and random int32 labels,
+  replicated over the mesh: a stand-in dataset that needs no download."""
+  info = dataset_info(config.dataset.name)
+  rng = np.random.default_rng(config.seed)
+  shape = (num, info['image_size'], info['image_size'], info['channels'])
+  images = rng.integers(0, 256, shape, dtype=np.uint8)
+  labels = rng.integers(0, info['num_classes'], num).astype(np.int32)
+  return sharding.put_replicated(images, mesh), sharding.put_replicated(labels, mesh)
+
+
 def train_rate(config: ml_collections.ConfigDict, batch_size: int, steps: int, warmup: int,
                images, labels, mesh, *, donate: bool = True, host_sync: bool = False) -> dict:
   """The trainer's step timed; `donate` and `host_sync` switch levers off for comparison."""
@@ -146,13 +157,8 @@ def benchmark(config: ml_collections.ConfigDict, *, batch_size: int | None, step
     config.batch_size = batch_size
   mesh = sharding.make_mesh()
   sharding.check_batch_size('batch_size', config.batch_size, mesh)
-  info = dataset_info(config.dataset.name)
-  rng = np.random.default_rng(config.seed)
-  num = max(4 * config.batch_size, config.eval_batch_size)
-  shape = (num, info['image_size'], info['image_size'], info['channels'])
-  images = sharding.put_replicated(rng.integers(0, 256, shape, dtype=np.uint8), mesh)
-  labels = sharding.put_replicated(rng.integers(0, info['num_classes'], num).astype(np.int32),
-                                   mesh)
+  images, labels = random_dataset(config, max(4 * config.batch_size, config.eval_batch_size),
+                                  mesh)
   augmented = train_rate(config, config.batch_size, steps, warmup, images, labels, mesh)
   synthetic_config = config.copy_and_resolve_references()
   synthetic_config.augment.update(NO_AUGMENTATION)

@@ -21,7 +21,6 @@ where a variant equals 'all on' (the core 'auto' resolves to) it is still run an
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -53,9 +52,7 @@ def run_variant(name: str) -> dict:
   from gmm_vit_jax import xla_flags
   if lever.get('cpu_flags', True):
     xla_flags.set_cpu_flags()
-  import numpy as np
-  from gmm_vit_jax.benchmark import train_rate
-  from gmm_vit_jax.data.info import dataset_info
+  from gmm_vit_jax.benchmark import random_dataset, train_rate
   from gmm_vit_jax.training import sharding
 
   config = FLAGS.config.copy_and_resolve_references()
@@ -65,13 +62,7 @@ def run_variant(name: str) -> dict:
   if 'dtype' in lever:
     config.model.dtype = lever['dtype']
   mesh = sharding.make_mesh()
-  info = dataset_info(config.dataset.name)
-  rng = np.random.default_rng(config.seed)
-  num = 4 * config.batch_size
-  images = sharding.put_replicated(rng.integers(
-      0, 256, (num, info['image_size'], info['image_size'], info['channels']), np.uint8), mesh)
-  labels = sharding.put_replicated(
-      rng.integers(0, info['num_classes'], num).astype(np.int32), mesh)
+  images, labels = random_dataset(config, 4 * config.batch_size, mesh)
   result = train_rate(config, config.batch_size, FLAGS.steps, FLAGS.warmup, images, labels,
                       mesh, donate=lever.get('donate', True),
                       host_sync=lever.get('host_sync', False))
@@ -89,8 +80,7 @@ def main(argv):
   for name in VARIANTS:
     print(f'running: {name}', file=sys.stderr, flush=True)
     done = subprocess.run([sys.executable, '-m', __spec__.name, *sys.argv[1:],
-                           f'--variant={name}'], capture_output=True, text=True,
-                          env=dict(os.environ), check=False)
+                           f'--variant={name}'], capture_output=True, text=True, check=False)
     if done.returncode:
       raise RuntimeError(f'variant {name!r} failed:\n{done.stderr[-3000:]}')
     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -19,13 +19,12 @@ import statistics
 import time
 
 import jax
-import numpy as np
 import torch
 from absl import app, flags
 from ml_collections import config_flags
 
 from gmm_vit_jax import xla_flags
-from gmm_vit_jax.benchmark import NO_AUGMENTATION, time_steps
+from gmm_vit_jax.benchmark import NO_AUGMENTATION, random_dataset, time_steps
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler
 from gmm_vit_jax.torch_models import build_torch_model
@@ -100,13 +99,8 @@ def flax_rate(config, batch_size: int, steps: int, repeats: int, dtype: str) -> 
   config.augment.update(NO_AUGMENTATION)
   info = dataset_info(config.dataset.name)
   mesh = sharding.make_mesh()
-  rng = np.random.default_rng(config.seed)
   num = 4 * batch_size
-  images = sharding.put_replicated(rng.integers(
-      0, 256, (num, info['image_size'], info['image_size'], info['channels']), dtype=np.uint8),
-                                   mesh)
-  labels = sharding.put_replicated(rng.integers(0, info['num_classes'], num).astype(np.int32),
-                                   mesh)
+  images, labels = random_dataset(config, num, mesh)
   tx = make_optimizer(config, steps_per_epoch=1000)
   graphdef, state = create_train_state(config, tx, sharding.replicated(mesh))
   train_step = make_train_step(graphdef, tx, config, info,

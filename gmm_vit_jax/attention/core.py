@@ -53,26 +53,45 @@ def num_slices(batch: int, max_slices: int) -> int:
 
 def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
                         bias: jax.Array | None = None, max_slices: int) -> jax.Array:
-  """The 'blockwise' core: `num_slices(B, max_slices)` sequential batch slices.
+  """The 'blockwise' core: `num_slices(B / G, max_slices)` sequential batch slices.
 
-  Slice s holds examples s, s + S, s + 2S, ... (S slices), so that under a batch-sharded
-  mesh every device works on its own examples in every slice. Per-example mask values,
-  valid pairs and biases (leading dimension B) are sliced with the tokens; shared ones
-  are closed over, and their gradients summed over slices.
+  The batch is G = jax.device_count() groups of consecutive examples (one group per
+  device under the trainer's batch-sharded mesh; one group if G does not divide B),
+  and slice s takes the s-th run of B / (G S) examples from every group. Splitting so
+  costs no copy: on one device a slice is a contiguous run, and on G devices every
+  device works on its own examples in every slice. Heads stay where the projections
+  put them, (B, N, H, D), until inside a slice, so the only head transposes are of
+  slices that sit in cache. Per-example mask values, valid pairs and biases (leading
+  dimension B) are sliced with the tokens; shared ones are closed over, and their
+  gradients summed over slices.
   """
   batch = q.shape[0]
-  slices = num_slices(batch, max_slices)
+  groups = jax.device_count() if batch % jax.device_count() == 0 else 1
+  slices = num_slices(batch // groups, max_slices)
+  run = batch // (groups * slices)
 
   def per_example(x):
     return x is not None and x.ndim == 4 and x.shape[0] == batch and batch > 1
 
+  # With one group the swaps below are of a size-1 axis, which XLA:CPU still copies.
   def split(x):
-    """(B, ...) -> (S, B / S, ...), slice s holding examples s, s + S, ..."""
-    return jnp.swapaxes(x.reshape(batch // slices, slices, *x.shape[1:]), 0, 1)
+    """(B, ...) -> (S, B / S, ...)."""
+    if groups == 1:
+      return x.reshape(slices, run, *x.shape[1:])
+    x = x.reshape(groups, slices, run, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape(slices, groups * run, *x.shape[3:])
 
+  def merge(x):
+    """(S, B / S, ...) -> (B, ...)."""
+    if groups == 1:
+      return x.reshape(batch, *x.shape[2:])
+    x = x.reshape(slices, groups, run, *x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape(batch, *x.shape[3:])
+
+  heads_last = lambda x: jnp.swapaxes(x, 1, 2)
   mask_sliced = mask is not None and per_example(mask.values)
   bias_sliced = per_example(bias)
-  sliced = dict(q=q, k=k, v=v)
+  sliced = dict(q=heads_last(q), k=heads_last(k), v=heads_last(v))
   if mask_sliced:
     sliced['values'] = mask.values
     sliced['valid'] = mask.valid if mask.valid.ndim == 3 else jnp.broadcast_to(
@@ -85,11 +104,12 @@ def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None
     part_mask = mask
     if mask_sliced:
       part_mask = MaskValues(part['values'], part['valid'], mask.mode)
-    return reference_attention(part['q'], part['k'], part['v'], scale=scale, mask=part_mask,
-                               bias=part['bias'] if bias_sliced else bias)
+    out = reference_attention(heads_last(part['q']), heads_last(part['k']),
+                              heads_last(part['v']), scale=scale, mask=part_mask,
+                              bias=part['bias'] if bias_sliced else bias)
+    return heads_last(out)
 
-  out = jax.lax.map(one_slice, jax.tree.map(split, sliced))
-  return jnp.swapaxes(out, 0, 1).reshape(q.shape)
+  return heads_last(merge(jax.lax.map(one_slice, jax.tree.map(split, sliced))))
 
 
 def cudnn_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,

@@ -5,8 +5,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
-from gmm_vit_jax.models.layers import gelu
+from gmm_vit_jax.models.layers import DepthwiseConv, depthwise_conv, gelu
 
 
 def test_gelu_is_the_exact_erf_gelu():
@@ -22,3 +24,58 @@ def test_gelu_gradient_is_phi_plus_x_times_the_normal_density():
                    for v in x.astype(np.float64)])
   got = jax.vmap(jax.grad(gelu))(jnp.asarray(x))
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def numpy_depthwise(x, kernel, stride, pad):
+  """Direct loops: output channel o reads input channel o // m."""
+  kh, kw, _, out_channels = kernel.shape
+  m = out_channels // x.shape[-1]
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out_h = (xp.shape[1] - kh) // stride + 1
+  out_w = (xp.shape[2] - kw) // stride + 1
+  out = np.zeros((x.shape[0], out_h, out_w, out_channels))
+  for o in range(out_channels):
+    for y in range(out_h):
+      for z in range(out_w):
+        patch = xp[:, y * stride:y * stride + kh, z * stride:z * stride + kw, o // m]
+        out[:, y, z, o] = np.sum(patch * kernel[:, :, 0, o], axis=(1, 2))
+  return out
+
+
+@pytest.mark.parametrize('multiplier, stride, pad, side', [(1, 1, 1, 5), (2, 2, 1, 5),
+                                                           (2, 2, 1, 4), (1, 2, 0, 7)])
+def test_depthwise_conv_matches_numpy(multiplier, stride, pad, side):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, side, side, 3)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 1, 3 * multiplier)).astype(np.float32)
+  got = depthwise_conv(jnp.asarray(x), jnp.asarray(kernel), (stride, stride),
+                       ((pad, pad), (pad, pad)))
+  np.testing.assert_allclose(np.asarray(got), numpy_depthwise(x, kernel, stride, pad),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_module_equals_the_grouped_nnx_conv_and_its_gradients():
+  rngs = nnx.Rngs(0)
+  ours = DepthwiseConv(4, 8, (3, 3), strides=2, padding=((1, 1), (1, 1)), rngs=rngs)
+  theirs = nnx.Conv(4, 8, (3, 3), strides=2, padding=((1, 1), (1, 1)), feature_group_count=4,
+                    rngs=nnx.Rngs(1))
+  assert ours.kernel.shape == theirs.kernel.shape and ours.bias.shape == theirs.bias.shape
+  theirs.kernel = nnx.Param(ours.kernel[...])
+  theirs.bias = nnx.Param(jax.random.normal(jax.random.key(2), (8,)))
+  ours.bias = nnx.Param(theirs.bias[...])
+  x = jax.random.normal(jax.random.key(3), (2, 9, 9, 4))
+
+  def grads(conv):
+    loss = lambda c, x: jnp.sum(jnp.sin(c(x)))
+    return nnx.grad(loss, argnums=(0, 1))(conv, x)
+
+  np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+  (g_ours, gx_ours), (g_theirs, gx_theirs) = grads(ours), grads(theirs)
+  np.testing.assert_allclose(gx_ours, gx_theirs, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(g_ours.kernel[...], g_theirs.kernel[...], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g_ours.bias[...], g_theirs.bias[...], rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_module_rejects_a_width_that_is_no_multiple():
+  with pytest.raises(ValueError, match='multiple of in_features'):
+    DepthwiseConv(4, 6, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))

@@ -48,7 +48,7 @@ import numpy as np
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import reinit_kernels, small_normal_init
-from gmm_vit_jax.models.layers import drop_path
+from gmm_vit_jax.models.layers import DepthwiseConv, drop_path
 
 STEM_WIDTH = 16
 GROUP_NORM_EPS = 1e-6
@@ -141,9 +141,9 @@ class InvertedResidual(nnx.Module):
     pad = (kernel_size - 1) // 2
     self.norm_in = group_norm(dim, dtype=dtype, rngs=rngs)
     self.expand = nnx.Linear(dim, hidden, use_bias=False, dtype=dtype, rngs=rngs)
-    self.depthwise = nnx.Conv(hidden, hidden, (kernel_size, kernel_size),
-                              padding=((pad, pad), (pad, pad)), feature_group_count=hidden,
-                              use_bias=False, dtype=dtype, rngs=rngs)
+    self.depthwise = DepthwiseConv(hidden, hidden, (kernel_size, kernel_size),
+                                   padding=((pad, pad), (pad, pad)), use_bias=False,
+                                   dtype=dtype, rngs=rngs)
     self.reduce = nnx.Linear(hidden, dim, use_bias=False, dtype=dtype, rngs=rngs)
     self.norm_out = group_norm(dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout, broadcast_dims=(1, 2))

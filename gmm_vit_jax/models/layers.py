@@ -1,4 +1,5 @@
-"""Building blocks shared by the backbones: MLP, stochastic depth, pre-norm encoder block."""
+"""Building blocks shared by the backbones: MLP, depthwise convolution, stochastic depth,
+pre-norm encoder block."""
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,56 @@ class Mlp(nnx.Module):
     x = gelu(self.fc1(x))
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     return self.dropout(self.fc2(x), deterministic=deterministic, rngs=rngs)
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                   padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """Depthwise 2-D convolution as a sum of shifted, strided slices; no bias.
+
+  x: (B, H, W, C); kernel: (kh, kw, 1, C * m), m output channels per input channel;
+  padding: ((top, bottom), (left, right)). Returns (B, H', W', C * m), output channel
+  c * m + j reading input channel c: lax.conv_general_dilated with feature_group_count=C.
+  """
+  kh, kw, _, out_channels = kernel.shape
+  multiplier = out_channels // x.shape[-1]
+  if multiplier > 1:
+    x = jnp.repeat(x, multiplier, axis=-1)
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  (sh, sw), (_, h, w, _) = strides, x.shape
+  out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
+  taps = [jax.lax.slice(x, (0, i, j, 0),
+                        (x.shape[0], i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1,
+                         out_channels), (1, sh, sw, 1)) * kernel[i, j, 0]
+          for i in range(kh) for j in range(kw)]
+  return sum(taps[1:], taps[0])
+
+
+class DepthwiseConv(nnx.Conv):
+  """nnx.Conv with one group per input channel, computed by depthwise_conv.
+
+  Same parameters as nnx.Conv(feature_group_count=in_features), so checkpoints and
+  initialisers treat it as one. XLA:CPU's kernel gradient of a grouped convolution took
+  2.5 s of a 3.4 s PiT train step at batch 32; the slices' gradients are elementwise.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int], *,
+               strides: int = 1, padding: tuple[tuple[int, int], tuple[int, int]],
+               use_bias: bool = True, dtype=jnp.float32, rngs: nnx.Rngs, **kwargs):
+    if out_features % in_features:
+      raise ValueError(f'a depthwise convolution needs out_features ({out_features}) to be a '
+                       f'multiple of in_features ({in_features}).')
+    super().__init__(in_features, out_features, kernel_size, strides=strides,
+                     padding=padding, feature_group_count=in_features, use_bias=use_bias,
+                     dtype=dtype, rngs=rngs, **kwargs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H', W', out_features)."""
+    kernel = self.kernel[...]
+    bias = self.bias[...] if self.bias is not None else None
+    x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+    y = depthwise_conv(x, kernel, strides, tuple(map(tuple, self.padding)))
+    return y if bias is None else y + bias
 
 
 def drop_path(x: jax.Array, rate: float, *, deterministic: bool,

@@ -39,7 +39,7 @@ import ml_collections
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import dense_init, embedding_init
-from gmm_vit_jax.models.layers import EncoderBlock, Mlp
+from gmm_vit_jax.models.layers import DepthwiseConv, EncoderBlock, Mlp
 from gmm_vit_jax.models.tokens import check_patch_size
 
 
@@ -52,9 +52,8 @@ class Pool(nnx.Module):
   """(B, 1 + S*S, C) CLS and patch tokens -> (B, 1 + S'*S', 2C), S' = ceil(S / 2)."""
 
   def __init__(self, dim: int, *, dtype, rngs: nnx.Rngs):
-    self.depthwise = nnx.Conv(dim, 2 * dim, (3, 3), strides=2, padding=((1, 1), (1, 1)),
-                              feature_group_count=dim, dtype=dtype, kernel_init=dense_init,
-                              rngs=rngs)
+    self.depthwise = DepthwiseConv(dim, 2 * dim, (3, 3), strides=2, padding=((1, 1), (1, 1)),
+                                   dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.pointwise = nnx.Linear(2 * dim, 2 * dim, dtype=dtype, kernel_init=dense_init,
                                 rngs=rngs)
     self.cls = nnx.Linear(dim, 2 * dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)

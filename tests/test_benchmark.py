@@ -68,3 +68,12 @@ def test_cpu_flags_are_added_once_and_never_override(monkeypatch):
   assert xla_flags.set_cpu_flags() == flags
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot,reduce')
   assert xla_flags.set_cpu_flags() == '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
+
+
+def test_op_benchmark_prints_a_row_per_op_with_positive_times():
+  out = run('gmm_vit_jax.benchmarks.ops', '--batch_size=2', '--repeats=1')
+  rows = [line for line in out.splitlines() if line.startswith(('GELU', 'depthwise'))]
+  assert len(rows) == 3
+  for row in rows:
+    library_ms, ours_ms, speedup = row.split()[-3:]
+    assert float(library_ms) > 0 and float(ours_ms) > 0 and speedup.endswith('x')

@@ -12,7 +12,7 @@ def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x * Phi(x), as torch.nn.GELU computes it by default.
 
   Written with erf: jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU
-  evaluates about five times slower (benchmarks/levers.py).
+  evaluates several times slower (benchmarks/ops.py).
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2.0 ** -0.5, x.dtype)))
 
@@ -59,7 +59,8 @@ class DepthwiseConv(nnx.Conv):
 
   Same parameters as nnx.Conv(feature_group_count=in_features), so checkpoints and
   initialisers treat it as one. XLA:CPU's kernel gradient of a grouped convolution took
-  2.5 s of a 3.4 s PiT train step at batch 32; the slices' gradients are elementwise.
+  2.5 s of a 3.4 s PiT train step at batch 32; the slices' gradients are elementwise
+  (benchmarks/ops.py).
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int], *,

@@ -1,0 +1,106 @@
+"""Forward and backward time of the ops whose formulation the models choose for speed.
+
+    python -m gmm_vit_jax.benchmarks.ops [--batch_size=128] [--repeats=20]
+
+Each row times one jitted forward and backward pass (the gradient with respect to every
+input) of two formulations of the same function, on the shapes of the CIFAR-size models,
+and checks that they agree:
+- exact GELU on the GMM-ViT's MLP activations, (B, 64, 384): jax.nn.gelu(approximate=False),
+  which goes through erfc, against models/layers.gelu, which uses erf;
+- the depthwise 3x3 stride-2 convolutions of PiT's two pooling layers, (B, 16, 16, 96)
+  and (B, 8, 8, 192) with channel multiplier 2: lax.conv_general_dilated with
+  feature_group_count against models/layers.depthwise_conv.
+Times are the median of --repeats calls after a warm-up, in milliseconds.
+"""
+
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from gmm_vit_jax import xla_flags
+from gmm_vit_jax.models.layers import depthwise_conv, gelu
+
+flags.DEFINE_integer('batch_size', 128, 'Leading dimension of every input.')
+flags.DEFINE_integer('repeats', 20, 'Timed calls per formulation; the median is reported.')
+FLAGS = flags.FLAGS
+
+PADDING = ((1, 1), (1, 1))
+
+
+def grouped_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (2, 2), PADDING,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      feature_group_count=x.shape[-1])
+
+
+def slices_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return depthwise_conv(x, kernel, (2, 2), PADDING)
+
+
+def forward_backward(fn: Callable) -> Callable:
+  """fn(*inputs) -> jitted (inputs, cotangent) -> (output, gradients of the inputs)."""
+
+  def run(inputs, cotangent):
+    out, vjp = jax.vjp(fn, *inputs)
+    return out, vjp(cotangent)
+
+  return jax.jit(run)
+
+
+def median_ms(fn: Callable, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def cases(batch_size: int) -> list[tuple[str, list[np.ndarray], Callable, Callable]]:
+  """(name, inputs, the library formulation, the one the models use)."""
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  rows = [('GELU (B, 64, 384)', [normal(batch_size, 64, 384)],
+           lambda x: jax.nn.gelu(x, approximate=False), gelu)]
+  for side, dim in ((16, 96), (8, 192)):
+    rows.append((f'depthwise conv (B, {side}, {side}, {dim}), x2 stride 2',
+                 [normal(batch_size, side, side, dim), 0.1 * normal(3, 3, 1, 2 * dim)],
+                 grouped_conv, slices_conv))
+  return rows
+
+
+def compare(batch_size: int, repeats: int) -> list[dict]:
+  results = []
+  rng = np.random.default_rng(1)
+  for name, inputs, library, ours in cases(batch_size):
+    inputs = [jnp.asarray(x) for x in inputs]
+    out_shape = jax.eval_shape(library, *inputs).shape
+    args = (inputs, jnp.asarray(rng.normal(size=out_shape).astype(np.float32)))
+    library_fn, our_fn = forward_backward(library), forward_backward(ours)
+    for want, got in zip(jax.tree.leaves(library_fn(*args)), jax.tree.leaves(our_fn(*args))):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-3)
+    results.append(dict(op=name, library_ms=median_ms(library_fn, args, repeats),
+                        ours_ms=median_ms(our_fn, args, repeats)))
+  return results
+
+
+def main(argv):
+  del argv
+  xla_flags.set_cpu_flags()
+  device = jax.devices()[0]
+  print(f'forward + backward, batch {FLAGS.batch_size}, float32, on {device.platform} '
+        f'({device.device_kind}), jax {jax.__version__}')
+  print(f"{'op':44s}{'library ms':>12s}{'ours ms':>10s}{'speed-up':>10s}")
+  for row in compare(FLAGS.batch_size, FLAGS.repeats):
+    print(f"{row['op']:44s}{row['library_ms']:12.2f}{row['ours_ms']:10.2f}"
+          f"{row['library_ms'] / row['ours_ms']:9.1f}x")
+
+
+if __name__ == '__main__':
+  app.run(main)

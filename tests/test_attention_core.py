@@ -14,7 +14,7 @@ from flax import nnx
 from gmm_vit_jax.attention import core
 from gmm_vit_jax.attention.masks import MaskValues
 from gmm_vit_jax.models import build_model
-from tests.model_testing import random_batch, tiny_swin_config, tiny_vit_config
+from tests.model_testing import random_batch, tiny_cait_config, tiny_swin_config, tiny_vit_config
 
 B, H, N, D = 6, 3, 8, 8
 
@@ -88,6 +88,21 @@ def test_blockwise_gradients_equal_the_references(mask_case, bias_case):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_logit_maps_act_around_the_softmax_in_both_cores():
+  q, k, v, rng = arrays(3)
+  pre, post = (rng.normal(size=(H, H)).astype(np.float32) for _ in range(2))
+  logits = np.einsum('bhid,bhjd->bhij', q.astype(np.float64), k) * 0.3
+  logits = np.einsum('bhij,hg->bgij', logits, pre)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights = np.einsum('bhij,hg->bgij', weights / weights.sum(-1, keepdims=True), post)
+  want = np.einsum('bhij,bhjd->bhid', weights, v)
+  maps = dict(pre_softmax=lambda x: jnp.einsum('bhij,hg->bgij', x, pre),
+              post_softmax=lambda x: jnp.einsum('bhij,hg->bgij', x, post))
+  for got in (core.reference_attention(q, k, v, scale=0.3, **maps),
+              core.blockwise_attention(q, k, v, scale=0.3, max_slices=3, **maps)):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('batch,max_slices,expected', [(128, 16, 16), (500, 16, 10), (6, 4, 3),
                                                        (7, 16, 7), (13, 4, 1), (1, 16, 1)])
 def test_num_slices_is_the_largest_divisor_allowed(batch, max_slices, expected):
@@ -141,45 +156,58 @@ def test_cudnn_refuses_a_multiplicative_mask():
                          implementation='xla')
 
 
+def resolve(requested, dot_product=True, logit_maps=False, **kw):
+  return core.resolve_implementation(requested, dot_product=dot_product,
+                                     logit_maps=logit_maps, **kw)
+
+
 def test_auto_picks_blockwise_on_a_cpu_and_xla_for_other_scores():
   assert jax.default_backend() == 'cpu'
   kw = dict(dtype=jnp.float32, head_dim=16, mask_mode='multiply')
-  assert core.resolve_implementation('auto', fused_ok=True, **kw) == 'blockwise'
-  assert core.resolve_implementation('auto', fused_ok=False, **kw) == 'xla'
-  assert core.resolve_implementation('xla', fused_ok=True, **kw) == 'xla'
+  assert resolve('auto', **kw) == 'blockwise'
+  assert resolve('auto', logit_maps=True, **kw) == 'blockwise'
+  assert resolve('auto', dot_product=False, **kw) == 'xla'
+  assert resolve('xla', **kw) == 'xla'
 
 
 def test_unrunnable_implementations_say_why():
   kw = dict(dtype=jnp.bfloat16, head_dim=16, mask_mode='add')
   with pytest.raises(ValueError, match="'cudnn' cannot run here: it needs a GPU"):
-    core.resolve_implementation('cudnn', fused_ok=True, **kw)
+    resolve('cudnn', **kw)
   with pytest.raises(ValueError, match='needs dot-product scores'):
-    core.resolve_implementation('blockwise', fused_ok=False, **kw)
+    resolve('blockwise', dot_product=False, **kw)
   with pytest.raises(ValueError, match='model.attention.implementation'):
-    core.resolve_implementation('flash', fused_ok=True, **kw)
+    resolve('flash', **kw)
 
 
 def test_cudnn_conditions_name_the_failing_one(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   ok = dict(dtype=jnp.bfloat16, head_dim=16, mask_mode='add', biased=True, lengths=(64, 64))
   assert core.cudnn_supports(**ok) is None
-  assert core.resolve_implementation('auto', fused_ok=True, **ok) == 'cudnn'
+  assert resolve('auto', **ok) == 'cudnn'
   for change, words in [(dict(dtype=jnp.float32), 'bfloat16 or float16'),
                         (dict(head_dim=12), 'multiple of 8'),
                         (dict(mask_mode='multiply'), 'additive mask only'),
                         (dict(lengths=(65, 65)), 'even sequence lengths')]:
     assert words in core.cudnn_supports(**{**ok, **change})
-    assert core.resolve_implementation('auto', fused_ok=True, **{**ok, **change}) == 'xla'
+    assert resolve('auto', **{**ok, **change}) == 'xla'
   assert core.cudnn_supports(**{**ok, 'biased': False, 'mask_mode': None,
                                 'lengths': (65, 65)}) is None
+  assert resolve('auto', logit_maps=True, **ok) == 'xla'
+  with pytest.raises(ValueError, match='no place for talking heads'):
+    resolve('cudnn', logit_maps=True, **ok)
 
 
 @pytest.mark.parametrize('tiny_config,mask_kind', [(tiny_vit_config, 'gmm'),
                                                    (tiny_vit_config, 'elm'),
                                                    (tiny_vit_config, 'none'),
-                                                   (tiny_swin_config, 'gmm')])
+                                                   (tiny_swin_config, 'gmm'),
+                                                   (tiny_cait_config, 'gmm')])
 def test_models_train_the_same_with_either_core(tiny_config, mask_kind):
-  """Logits and parameter gradients do not depend on the implementation (Swin: per-window bias)."""
+  """Logits and parameter gradients do not depend on the implementation.
+
+  Swin adds a per-window bias; CaiT mixes heads around the softmax (talking heads).
+  """
   images, labels = random_batch(4, 32)
   results = []
   for implementation in ('xla', 'blockwise'):

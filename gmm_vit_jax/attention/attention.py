@@ -94,10 +94,10 @@ class Attention(nnx.Module):
 
   def resolved_implementation(self, query_len: int, key_len: int, biased: bool) -> str:
     """The core implementation this layer runs on this platform (attention/core.py)."""
-    fused_ok = (isinstance(self.score, DotProductScore) and self.pre_softmax is None
-                and self.post_softmax is None)
     return core.resolve_implementation(
-        self.implementation, fused_ok=fused_ok, dtype=self.dtype, head_dim=self.head_dim,
+        self.implementation, dot_product=isinstance(self.score, DotProductScore),
+        logit_maps=self.pre_softmax is not None or self.post_softmax is not None,
+        dtype=self.dtype, head_dim=self.head_dim,
         mask_mode=None if self.mask is None else self.mask.mode,
         biased=biased or self.mask is not None, lengths=(query_len, key_len))
 
@@ -117,7 +117,8 @@ class Attention(nnx.Module):
     else:
       out = core.attend(split_heads(self.query(x), self.num_heads), self.score.keys(source), v,
                         implementation=implementation, scale=self.score.scale,
-                        mask=self.grid_mask(coords), bias=bias, max_slices=self.max_slices)
+                        mask=self.grid_mask(coords), bias=bias, pre_softmax=self.pre_softmax,
+                        post_softmax=self.post_softmax, max_slices=self.max_slices)
     out = merge_heads(out)
     if self.out is not None:
       out = self.dropout(self.out(out), deterministic=deterministic, rngs=rngs)

@@ -15,12 +15,16 @@ Shapes: B batch, H heads, N queries, M keys, D head width. q (B, H, N, D), k and
 'auto' takes the fastest one that supports the layer on this platform.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
 from gmm_vit_jax.attention.masks import MaskMode, MaskValues, apply_mask, check_choice
 
 IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn')
+
+LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 def dot_product_logits(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
@@ -40,9 +44,19 @@ def masked_logits(logits: jax.Array, mask: MaskValues | None,
 
 
 def reference_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
-                        bias: jax.Array | None = None) -> jax.Array:
-  """The 'xla' core: every (B, H, N, M) array materialised."""
-  weights = jax.nn.softmax(masked_logits(dot_product_logits(q, k, scale), mask, bias), axis=-1)
+                        bias: jax.Array | None = None, pre_softmax: LogitsFn | None = None,
+                        post_softmax: LogitsFn | None = None) -> jax.Array:
+  """The 'xla' core: every (B, H, N, M) array materialised.
+
+  pre_softmax, post_softmax: per-example maps of (B, H, N, M) logits and weights (CaiT's
+  talking heads), applied after the mask and bias and after the softmax.
+  """
+  logits = masked_logits(dot_product_logits(q, k, scale), mask, bias)
+  if pre_softmax is not None:
+    logits = pre_softmax(logits)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if post_softmax is not None:
+    weights = post_softmax(weights)
   return jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v)
 
 
@@ -52,7 +66,8 @@ def num_slices(batch: int, max_slices: int) -> int:
 
 
 def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
-                        bias: jax.Array | None = None, max_slices: int) -> jax.Array:
+                        bias: jax.Array | None = None, pre_softmax: LogitsFn | None = None,
+                        post_softmax: LogitsFn | None = None, max_slices: int) -> jax.Array:
   """The 'blockwise' core: `num_slices(B / G, max_slices)` sequential batch slices.
 
   The batch is G = jax.device_count() groups of consecutive examples (one group per
@@ -63,7 +78,7 @@ def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None
   put them, (B, N, H, D), until inside a slice, so the only head transposes are of
   slices that sit in cache. Per-example mask values, valid pairs and biases (leading
   dimension B) are sliced with the tokens; shared ones are closed over, and their
-  gradients summed over slices.
+  gradients summed over slices, as are the parameters of the logit maps.
   """
   batch = q.shape[0]
   groups = jax.device_count() if batch % jax.device_count() == 0 else 1
@@ -106,7 +121,8 @@ def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None
       part_mask = MaskValues(part['values'], part['valid'], mask.mode)
     out = reference_attention(heads_last(part['q']), heads_last(part['k']),
                               heads_last(part['v']), scale=scale, mask=part_mask,
-                              bias=part['bias'] if bias_sliced else bias)
+                              bias=part['bias'] if bias_sliced else bias,
+                              pre_softmax=pre_softmax, post_softmax=post_softmax)
     return heads_last(out)
 
   return heads_last(merge(jax.lax.map(one_slice, jax.tree.map(split, sliced))))
@@ -155,13 +171,15 @@ def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None,
   return None
 
 
-def resolve_implementation(requested: str, *, fused_ok: bool, dtype, head_dim: int,
-                           mask_mode: MaskMode | None, biased: bool = False,
+def resolve_implementation(requested: str, *, dot_product: bool, logit_maps: bool, dtype,
+                           head_dim: int, mask_mode: MaskMode | None, biased: bool = False,
                            lengths: tuple[int, ...] = ()) -> str:
   """The implementation a layer runs: `requested`, or for 'auto' this platform's best.
 
-  fused_ok: the layer is a plain dot-product softmax attention (no mixture of keys, no
-    logit hooks), which 'blockwise' and 'cudnn' require.
+  dot_product: the scores are q . k (not a mixture of keys), which 'blockwise' and
+    'cudnn' require.
+  logit_maps: the layer maps logits or weights around the softmax (talking heads),
+    which 'cudnn' cannot.
   biased, lengths: see cudnn_supports.
   'auto' is 'cudnn' on a GPU where it applies, 'blockwise' on a CPU, and 'xla'
   otherwise: on TPUs XLA fuses the softmax itself.
@@ -169,30 +187,36 @@ def resolve_implementation(requested: str, *, fused_ok: bool, dtype, head_dim: i
   check_choice('model.attention.implementation', requested, IMPLEMENTATIONS)
   cudnn_problem = cudnn_supports(dtype=dtype, head_dim=head_dim, mask_mode=mask_mode,
                                  biased=biased, lengths=lengths)
+  if logit_maps and cudnn_problem is None:
+    cudnn_problem = 'it has no place for talking heads'
   if requested == 'auto':
-    if not fused_ok:
+    if not dot_product:
       return 'xla'
     if cudnn_problem is None:
       return 'cudnn'
     return 'blockwise' if jax.default_backend() == 'cpu' else 'xla'
-  if requested != 'xla' and not fused_ok:
-    raise ValueError(f'model.attention.implementation={requested!r} needs dot-product scores '
-                     "without talking heads; use 'xla' or 'auto' for this layer.")
+  if requested != 'xla' and not dot_product:
+    raise ValueError(f'model.attention.implementation={requested!r} needs dot-product scores; '
+                     "use 'xla' or 'auto' for mixture-of-keys attention.")
   if requested == 'cudnn' and cudnn_problem is not None:
     raise ValueError(f"model.attention.implementation='cudnn' cannot run here: {cudnn_problem}.")
   return requested
 
 
 def attend(q, k, v, *, implementation: str, scale: float, mask: MaskValues | None,
-           bias: jax.Array | None, max_slices: int) -> jax.Array:
+           bias: jax.Array | None, pre_softmax: LogitsFn | None = None,
+           post_softmax: LogitsFn | None = None, max_slices: int) -> jax.Array:
   """Runs a resolved implementation (resolve_implementation) of the core.
 
   A symbolic batch (jax.export) cannot be sliced: 'blockwise' then runs as 'xla'.
   """
+  maps = dict(pre_softmax=pre_softmax, post_softmax=post_softmax)
   if implementation == 'blockwise' and isinstance(q.shape[0], int):
     return blockwise_attention(q, k, v, scale=scale, mask=mask, bias=bias,
-                               max_slices=max_slices)
+                               max_slices=max_slices, **maps)
   if implementation == 'cudnn':
+    if pre_softmax is not None or post_softmax is not None:
+      raise ValueError('the cuDNN core has no place for talking heads.')
     return cudnn_attention(q, k, v, scale=scale, mask=mask, bias=bias)
-  return reference_attention(q, k, v, scale=scale, mask=mask, bias=bias)
+  return reference_attention(q, k, v, scale=scale, mask=mask, bias=bias, **maps)
 

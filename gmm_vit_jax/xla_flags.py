@@ -3,7 +3,7 @@
 YNNPACK fusions of reductions and elementwise ops are on by default in XLA:CPU; on
 this project's train step they run slower than XLA's own loops (the attention mask's
 gradient, a sum over the batch, took 33 ms of a 127 ms attention layer). Keeping
-YNNPACK for dot products only is worth about 10% of a GMM-ViT step on a 2-core CPU
+YNNPACK for dot products only is worth 10 to 30% of a GMM-ViT step on a 2-core CPU
 (benchmarks/levers.py measures it). The flag names a CPU pass, so GPU and TPU runs
 are unaffected, and a value the user already put in XLA_FLAGS is left alone.
 """

@@ -16,8 +16,6 @@ From the score to `weights @ v` is the attention core, which runs in the impleme
 `model.attention.implementation` names (attention/core.py).
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,7 +25,6 @@ from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.attention.scores import DotProductScore, merge_heads, split_heads
 from gmm_vit_jax.initializers import dense_init
 
-LogitsFn = Callable[[jax.Array], jax.Array]
 SKIPS = ('none', 'input', 'values')
 
 
@@ -37,7 +34,8 @@ class Attention(nnx.Module):
                mask: nnx.Module | None = None, qkv_bias: bool = False,
                project_out: bool = True, out_dim: int | None = None, skip: str = 'none',
                dropout: float = 0.0,
-               pre_softmax: LogitsFn | None = None, post_softmax: LogitsFn | None = None,
+               pre_softmax: core.LogitsFn | None = None,
+               post_softmax: core.LogitsFn | None = None,
                implementation: str = 'xla', max_slices: int = 1, dtype=jnp.float32,
                rngs: nnx.Rngs):
     check_choice('attention skip', skip, SKIPS)

@@ -88,18 +88,14 @@ def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None
   def per_example(x):
     return x is not None and x.ndim == 4 and x.shape[0] == batch and batch > 1
 
-  # With one group the swaps below are of a size-1 axis, which XLA:CPU still copies.
+  # The size-1 group axis must not reach the loop: XLA:CPU copies a swap of it.
   def split(x):
     """(B, ...) -> (S, B / S, ...)."""
-    if groups == 1:
-      return x.reshape(slices, run, *x.shape[1:])
     x = x.reshape(groups, slices, run, *x.shape[1:])
     return jnp.swapaxes(x, 0, 1).reshape(slices, groups * run, *x.shape[3:])
 
   def merge(x):
     """(S, B / S, ...) -> (B, ...)."""
-    if groups == 1:
-      return x.reshape(batch, *x.shape[2:])
     x = x.reshape(slices, groups, run, *x.shape[2:])
     return jnp.swapaxes(x, 0, 1).reshape(batch, *x.shape[3:])
 

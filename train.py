@@ -25,7 +25,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmm_vit_jax import xla_flags
+from gmm_vit_jax import cpu_runtime
 from gmm_vit_jax.training.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
@@ -73,7 +73,9 @@ def initialize_processes(distributed: bool, **explicit) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  xla_flags.set_cpu_flags()
+  cpu_runtime.set_xla_flags()
+  if FLAGS.config.cpu_keep_step_memory:
+    cpu_runtime.keep_step_memory()
   logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

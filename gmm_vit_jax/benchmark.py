@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import xla_flags
+from gmm_vit_jax import cpu_runtime
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.models import compute_dtype
@@ -188,8 +188,10 @@ def benchmark(config: ml_collections.ConfigDict, *, batch_size: int | None, step
 
 def main(argv):
   del argv
-  xla_flags.set_cpu_flags()
   FLAGS = flags.FLAGS
+  cpu_runtime.set_xla_flags()
+  if FLAGS.config.cpu_keep_step_memory:
+    cpu_runtime.keep_step_memory()
   result = benchmark(FLAGS.config, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
                      warmup=FLAGS.warmup)
   if FLAGS.json:

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from gmm_vit_jax import xla_flags
 from gmm_vit_jax.benchmark import peak_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,16 +57,6 @@ def test_levers_table_has_every_variant_and_donation_saves_memory():
   assert set(rows) == set(VARIANTS)
   assert all(rate > 0 for rate, _ in rows.values())
   assert rows['no donation'][1] > rows['all on'][1]
-
-
-def test_cpu_flags_are_added_once_and_never_override(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-  flags = xla_flags.set_cpu_flags()
-  assert flags == ('--xla_force_host_platform_device_count=2 '
-                   '--xla_cpu_experimental_ynn_fusion_type=dot')
-  assert xla_flags.set_cpu_flags() == flags
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot,reduce')
-  assert xla_flags.set_cpu_flags() == '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
 
 def test_op_benchmark_prints_a_row_per_op_with_positive_times():

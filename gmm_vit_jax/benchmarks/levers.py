@@ -9,11 +9,14 @@ reports train images/s, the share of the step spent dispatching from Python, and
 memory the compiled step holds (inputs, outputs and temporaries, less donated buffers).
 
 Variants:
-- all on: the config as given, XLA:CPU flags set (xla_flags.py), buffers donated,
+- all on: the config as given (step memory kept mapped on CPUs where its
+  cpu_keep_step_memory says so), XLA:CPU flags set (cpu_runtime.py), buffers donated,
   metrics fetched only at log time;
 - attention core 'xla': every (B, H, N, N) array materialised and kept for the backward;
 - attention core 'blockwise';
 - no XLA:CPU flags;
+- step memory returned each step: JAX's default asynchronous CPU dispatch and glibc's
+  default allocator settings;
 - no donation;
 - host sync every step: metrics fetched after each step;
 - bfloat16 compute (float32 parameters);
@@ -32,6 +35,7 @@ VARIANTS = {
     "attention core 'xla'": {'implementation': 'xla'},
     "attention core 'blockwise'": {'implementation': 'blockwise'},
     'no XLA:CPU flags': {'cpu_flags': False},
+    'step memory returned each step': {'keep_step_memory': False},
     'no donation': {'donate': False},
     'host sync every step': {'host_sync': True},
     'bfloat16 compute': {'dtype': 'bfloat16'},
@@ -49,9 +53,11 @@ FLAGS = flags.FLAGS
 def run_variant(name: str) -> dict:
   """Times one variant in this process; JAX must not have started yet."""
   lever = VARIANTS[name]
-  from gmm_vit_jax import xla_flags
+  from gmm_vit_jax import cpu_runtime
   if lever.get('cpu_flags', True):
-    xla_flags.set_cpu_flags()
+    cpu_runtime.set_xla_flags()
+  if lever.get('keep_step_memory', FLAGS.config.cpu_keep_step_memory):
+    cpu_runtime.keep_step_memory()
   from gmm_vit_jax.benchmark import random_dataset, train_rate
   from gmm_vit_jax.training import sharding
 

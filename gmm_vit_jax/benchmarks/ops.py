@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from gmm_vit_jax import xla_flags
+from gmm_vit_jax import cpu_runtime
 from gmm_vit_jax.models.layers import depthwise_conv, gelu
 
 flags.DEFINE_integer('batch_size', 128, 'Leading dimension of every input.')
@@ -92,7 +92,7 @@ def compare(batch_size: int, repeats: int) -> list[dict]:
 
 def main(argv):
   del argv
-  xla_flags.set_cpu_flags()
+  cpu_runtime.set_xla_flags()
   device = jax.devices()[0]
   print(f'forward + backward, batch {FLAGS.batch_size}, float32, on {device.platform} '
         f'({device.device_kind}), jax {jax.__version__}')

@@ -23,7 +23,7 @@ import torch
 from absl import app, flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import xla_flags
+from gmm_vit_jax import cpu_runtime
 from gmm_vit_jax.benchmark import NO_AUGMENTATION, random_dataset, time_steps
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler
@@ -120,8 +120,10 @@ def flax_rate(config, batch_size: int, steps: int, repeats: int, dtype: str) -> 
 
 def main(argv):
   del argv
-  xla_flags.set_cpu_flags()
   config = FLAGS.config
+  cpu_runtime.set_xla_flags()
+  if config.cpu_keep_step_memory:
+    cpu_runtime.keep_step_memory()
   run = dict(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
              dtype=FLAGS.dtype)
   rows = [('jax (jit)', flax_rate(config, **run))]

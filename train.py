@@ -73,9 +73,7 @@ def initialize_processes(distributed: bool, **explicit) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cpu_runtime.set_xla_flags()
-  if FLAGS.config.cpu_keep_step_memory:
-    cpu_runtime.keep_step_memory()
+  cpu_runtime.apply(FLAGS.config)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

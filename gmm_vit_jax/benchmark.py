@@ -189,9 +189,7 @@ def benchmark(config: ml_collections.ConfigDict, *, batch_size: int | None, step
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  cpu_runtime.set_xla_flags()
-  if FLAGS.config.cpu_keep_step_memory:
-    cpu_runtime.keep_step_memory()
+  cpu_runtime.apply(FLAGS.config)
   result = benchmark(FLAGS.config, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
                      warmup=FLAGS.warmup)
   if FLAGS.json:

@@ -62,6 +62,16 @@ def cpu_only(environ: Mapping[str, str]) -> bool:
   return not any(importlib.util.find_spec(name) for name in ('jax_plugins', 'libtpu'))
 
 
+def apply(config) -> None:
+  """The XLA flags, and kept step memory where config.cpu_keep_step_memory asks for it.
+
+  Call it before anything touches jax.devices().
+  """
+  set_xla_flags()
+  if config.cpu_keep_step_memory:
+    keep_step_memory()
+
+
 def keep_step_memory() -> bool:
   """On CPU-only runs with glibc: steps run inline and freed memory stays in the heap.
 

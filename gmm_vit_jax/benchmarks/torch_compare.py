@@ -121,9 +121,7 @@ def flax_rate(config, batch_size: int, steps: int, repeats: int, dtype: str) -> 
 def main(argv):
   del argv
   config = FLAGS.config
-  cpu_runtime.set_xla_flags()
-  if config.cpu_keep_step_memory:
-    cpu_runtime.keep_step_memory()
+  cpu_runtime.apply(config)
   run = dict(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
              dtype=FLAGS.dtype)
   rows = [('jax (jit)', flax_rate(config, **run))]

@@ -1,6 +1,7 @@
-"""The shared building blocks of models/layers.py against independent computations."""
+"""The shared building blocks (models/layers.py, linear.py) against independent computations."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import DepthwiseConv, depthwise_conv, gelu
 
 
@@ -79,3 +81,44 @@ def test_depthwise_module_equals_the_grouped_nnx_conv_and_its_gradients():
 def test_depthwise_module_rejects_a_width_that_is_no_multiple():
   with pytest.raises(ValueError, match='multiple of in_features'):
     DepthwiseConv(4, 6, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+
+
+def test_linear_is_x_times_kernel_plus_bias_over_the_last_axis_with_its_gradients():
+  layer = Linear(4, 3, rngs=nnx.Rngs(0))
+  layer.bias = nnx.Param(jax.random.normal(jax.random.key(1), (3,)))
+  x = np.asarray(jax.random.normal(jax.random.key(2), (2, 5, 6, 4)))
+  kernel, bias = np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])
+  np.testing.assert_allclose(layer(jnp.asarray(x)), x @ kernel + bias, rtol=1e-5, atol=1e-6)
+
+  # d/d(params, x) of sum(sin(y)): the cotangent is cos(y), summed over every leading axis.
+  grads, dx = nnx.grad(lambda m, x: jnp.sum(jnp.sin(m(x))), argnums=(0, 1))(layer, x)
+  cotangent = np.cos(x @ kernel + bias).reshape(-1, 3)
+  rows = x.reshape(-1, 4)
+  np.testing.assert_allclose(grads.kernel[...], rows.T @ cotangent, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grads.bias[...], cotangent.sum(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dx, (cotangent @ kernel.T).reshape(x.shape), rtol=1e-4, atol=1e-5)
+
+
+def test_linear_has_the_parameters_of_nnx_linear():
+  ours, theirs = Linear(4, 3, rngs=nnx.Rngs(0)), nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+  ours_state, theirs_state = nnx.state(ours, nnx.Param), nnx.state(theirs, nnx.Param)
+  assert jax.tree.structure(ours_state) == jax.tree.structure(theirs_state)
+  for a, b in zip(jax.tree.leaves(ours_state), jax.tree.leaves(theirs_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def transposed_row_copies(linear: type[nnx.Linear], batch=8, tokens=16, dim=24, hidden=48):
+  """The (features, rows) arrays the compiled gradient of a two-layer MLP writes."""
+  fc1, fc2 = linear(dim, hidden, rngs=nnx.Rngs(0)), linear(hidden, dim, rngs=nnx.Rngs(1))
+  loss = lambda fc1, fc2, x: jnp.sum(fc2(gelu(fc1(x))) ** 2)
+  x = jnp.ones((batch, tokens, dim))
+  hlo = jax.jit(nnx.grad(loss, argnums=(0, 1))).lower(fc1, fc2, x).compile().as_text()
+  return re.findall(rf'= f32\[(?:{dim}|{hidden}),{batch * tokens}\]\S* \w+\(', hlo)
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='an XLA:CPU layout choice')
+def test_linear_weight_gradients_read_the_rows_in_place():
+  # nnx.Linear's gradients copy the activations transposed before the kernel-gradient
+  # products; the check finding them there is what shows it can find them at all.
+  assert transposed_row_copies(nnx.Linear)
+  assert transposed_row_copies(Linear) == []

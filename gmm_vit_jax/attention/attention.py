@@ -24,6 +24,7 @@ from gmm_vit_jax.attention import core
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.attention.scores import DotProductScore, merge_heads, split_heads
 from gmm_vit_jax.initializers import dense_init
+from gmm_vit_jax.linear import Linear
 
 SKIPS = ('none', 'input', 'values')
 
@@ -48,16 +49,16 @@ class Attention(nnx.Module):
     self.implementation = implementation
     self.max_slices = max_slices
     self.skip = skip
-    self.query = nnx.Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                            kernel_init=dense_init, rngs=rngs)
+    self.query = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
+                        kernel_init=dense_init, rngs=rngs)
     self.score = score
-    self.value = nnx.Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                            kernel_init=dense_init, rngs=rngs)
+    self.value = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
+                        kernel_init=dense_init, rngs=rngs)
     self.mask = mask
     self.pre_softmax = pre_softmax
     self.post_softmax = post_softmax
-    self.out = (nnx.Linear(inner, out_dim or dim, dtype=dtype, kernel_init=dense_init,
-                           rngs=rngs)
+    self.out = (Linear(inner, out_dim or dim, dtype=dtype, kernel_init=dense_init,
+                       rngs=rngs)
                 if project_out else None)
     self.dropout = nnx.Dropout(dropout)
     self.dtype = dtype

@@ -30,6 +30,7 @@ from gmm_vit_jax.attention import grid
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.attention.scores import split_heads
 from gmm_vit_jax.initializers import dense_init
+from gmm_vit_jax.linear import Linear
 
 VARIANTS = ('mgk', 'smgk')
 E_STEPS = ('soft', 'hard')
@@ -58,8 +59,8 @@ class MixtureOfKeysScore(nnx.Module):
       raise ValueError('attention.mixture.pi_per_position=True needs the token grid shape '
                        '(build the score through make_attention).')
     inner = num_heads * head_dim
-    linear = lambda: nnx.Linear(dim, inner, use_bias=use_bias, dtype=dtype,
-                                kernel_init=dense_init, rngs=rngs)
+    linear = lambda: Linear(dim, inner, use_bias=use_bias, dtype=dtype,
+                            kernel_init=dense_init, rngs=rngs)
     if variant == 'mgk':
       self.key = nnx.List([linear() for _ in range(num_keys)])
       self.shift = None

@@ -14,6 +14,7 @@ from flax import nnx
 
 from gmm_vit_jax.attention.core import dot_product_logits
 from gmm_vit_jax.initializers import dense_init
+from gmm_vit_jax.linear import Linear
 
 
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
@@ -33,8 +34,8 @@ class DotProductScore(nnx.Module):
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int, use_bias: bool,
                scale: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.key = nnx.Linear(dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype,
-                          kernel_init=dense_init, rngs=rngs)
+    self.key = Linear(dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype,
+                      kernel_init=dense_init, rngs=rngs)
     self.num_heads = num_heads
     self.scale = head_dim ** -0.5 if scale is None else scale
 

@@ -9,7 +9,12 @@ and checks that they agree:
   which goes through erfc, against models/layers.gelu, which uses erf;
 - the depthwise 3x3 stride-2 convolutions of PiT's two pooling layers, (B, 16, 16, 96)
   and (B, 8, 8, 192) with channel multiplier 2: lax.conv_general_dilated with
-  feature_group_count against models/layers.depthwise_conv.
+  feature_group_count against models/layers.depthwise_conv;
+- the GMM-ViT MLP, (B, 64, 192) -> 384 -> 192 with GELU between: its two dense layers
+  as nnx.Linear, which contracts the (B, 64, in) array directly, against
+  gmm_vit_jax/linear.Linear, which flattens it to (B * 64, in) rows first. A single
+  layer times the same either way; the difference shows where one layer's gradient
+  feeds the next, as in every model.
 Times are the median of --repeats calls after a warm-up, in milliseconds.
 """
 
@@ -21,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from gmm_vit_jax import cpu_runtime
+from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import depthwise_conv, gelu
 
 flags.DEFINE_integer('batch_size', 128, 'Leading dimension of every input.')
@@ -40,6 +47,19 @@ def grouped_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def slices_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return depthwise_conv(x, kernel, (2, 2), PADDING)
+
+
+def mlp(linear: type[nnx.Linear]) -> Callable:
+  """(x, w1, b1, w2, b2) -> second layer of GELU(first layer of x), layers of type `linear`."""
+
+  def run(x, *weights):
+    for i, (kernel, bias) in enumerate(zip(weights[::2], weights[1::2])):
+      layer = linear(*kernel.shape, rngs=nnx.Rngs(0))
+      layer.kernel, layer.bias = nnx.Param(kernel), nnx.Param(bias)
+      x = layer(gelu(x) if i else x)
+    return x
+
+  return run
 
 
 def forward_backward(fn: Callable) -> Callable:
@@ -72,6 +92,10 @@ def cases(batch_size: int) -> list[tuple[str, list[np.ndarray], Callable, Callab
     rows.append((f'depthwise conv (B, {side}, {side}, {dim}), x2 stride 2',
                  [normal(batch_size, side, side, dim), 0.1 * normal(3, 3, 1, 2 * dim)],
                  grouped_conv, slices_conv))
+  rows.append(('MLP (B, 64, 192) -> 384 -> 192',
+               [normal(batch_size, 64, 192), 0.05 * normal(192, 384), normal(384),
+                0.05 * normal(384, 192), normal(192)],
+               mlp(nnx.Linear), mlp(Linear)))
   return rows
 
 

@@ -18,6 +18,7 @@ import ml_collections
 
 from gmm_vit_jax.attention import Attention, grid, make_attention, make_score
 from gmm_vit_jax.initializers import dense_init, embedding_init
+from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import Mlp, drop_path
 from gmm_vit_jax.models.tokens import check_patch_size, patchify, take_tokens
 
@@ -78,8 +79,8 @@ class CaiT(nnx.Module):
     side = check_patch_size(image_size, patch_size)
     self.patch_size = patch_size
     self.coords = grid.grid_coords(side, side)
-    self.patch_embed = nnx.Linear(patch_size * patch_size * channels, dim, dtype=dtype,
-                                  kernel_init=dense_init, rngs=rngs)
+    self.patch_embed = Linear(patch_size * patch_size * channels, dim, dtype=dtype,
+                              kernel_init=dense_init, rngs=rngs)
     self.pos_embed = nnx.Param(embedding_init(rngs.params(), (side * side, dim)))
     self.cls_token = nnx.Param(embedding_init(rngs.params(), (dim,)))
     self.emb_dropout = nnx.Dropout(emb_dropout)
@@ -109,7 +110,7 @@ class CaiT(nnx.Module):
                                rngs=rngs, **heads, **talking_heads()))
         for i in range(class_depth)])
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.head = Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dtype = dtype
 
   def __call__(self, images: jax.Array, *, token_index: jax.Array | None = None,

@@ -48,6 +48,7 @@ import numpy as np
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import reinit_kernels, small_normal_init
+from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import DepthwiseConv, drop_path
 
 STEM_WIDTH = 16
@@ -104,7 +105,7 @@ class HierarchicalAttention(nnx.Module):
         grid_shape=(self.window, self.window), dropout=dropout, dtype=dtype, rngs=rngs,
         project_out=False)
     hierarchical = grid_size > 1
-    linear = lambda: nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    linear = lambda: Linear(dim, dim, dtype=dtype, rngs=rngs)
     self.grid_norm = group_norm(dim, dtype=dtype, rngs=rngs) if hierarchical else None
     self.pool_norm = group_norm(dim, dtype=dtype, rngs=rngs) if hierarchical else None
     self.global_query = linear() if hierarchical else None
@@ -140,11 +141,11 @@ class InvertedResidual(nnx.Module):
                rngs: nnx.Rngs):
     pad = (kernel_size - 1) // 2
     self.norm_in = group_norm(dim, dtype=dtype, rngs=rngs)
-    self.expand = nnx.Linear(dim, hidden, use_bias=False, dtype=dtype, rngs=rngs)
+    self.expand = Linear(dim, hidden, use_bias=False, dtype=dtype, rngs=rngs)
     self.depthwise = DepthwiseConv(hidden, hidden, (kernel_size, kernel_size),
                                    padding=((pad, pad), (pad, pad)), use_bias=False,
                                    dtype=dtype, rngs=rngs)
-    self.reduce = nnx.Linear(hidden, dim, use_bias=False, dtype=dtype, rngs=rngs)
+    self.reduce = Linear(hidden, dim, use_bias=False, dtype=dtype, rngs=rngs)
     self.norm_out = group_norm(dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout, broadcast_dims=(1, 2))
 
@@ -240,7 +241,7 @@ class HATNet(nnx.Module):
     self.downsamples = nnx.List([Downsample(dims[s], dims[s + 1], dtype=dtype, rngs=rngs)
                                  for s in range(n - 1)])
     self.head_dropout = nnx.Dropout(head_dropout)
-    self.head = nnx.Linear(dims[-1], num_classes, dtype=dtype, rngs=rngs)
+    self.head = Linear(dims[-1], num_classes, dtype=dtype, rngs=rngs)
     self.dtype = dtype
     reinit_kernels(self, small_normal_init, rngs)
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gmm_vit_jax.initializers import dense_init
+from gmm_vit_jax.linear import Linear
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -22,8 +23,8 @@ class Mlp(nnx.Module):
 
   def __init__(self, dim: int, hidden: int, *, out_dim: int | None = None, dropout: float = 0.0,
                dtype=jnp.float32, rngs: nnx.Rngs):
-    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, kernel_init=dense_init, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, out_dim or dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.fc1 = Linear(dim, hidden, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.fc2 = Linear(hidden, out_dim or dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):

@@ -39,6 +39,7 @@ import ml_collections
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import dense_init, embedding_init
+from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import DepthwiseConv, EncoderBlock, Mlp
 from gmm_vit_jax.models.tokens import check_patch_size
 
@@ -54,9 +55,9 @@ class Pool(nnx.Module):
   def __init__(self, dim: int, *, dtype, rngs: nnx.Rngs):
     self.depthwise = DepthwiseConv(dim, 2 * dim, (3, 3), strides=2, padding=((1, 1), (1, 1)),
                                    dtype=dtype, kernel_init=dense_init, rngs=rngs)
-    self.pointwise = nnx.Linear(2 * dim, 2 * dim, dtype=dtype, kernel_init=dense_init,
-                                rngs=rngs)
-    self.cls = nnx.Linear(dim, 2 * dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.pointwise = Linear(2 * dim, 2 * dim, dtype=dtype, kernel_init=dense_init,
+                            rngs=rngs)
+    self.cls = Linear(dim, 2 * dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
 
   def __call__(self, x: jax.Array, side: int) -> jax.Array:
     b, _, c = x.shape
@@ -104,7 +105,7 @@ class PiT(nnx.Module):
     self.stages = nnx.List(stages)
     self.pools = nnx.List(pools)
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.head = Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dtype = dtype
 
   def stage_coords(self, stage: int) -> jax.Array:

@@ -51,6 +51,7 @@ import numpy as np
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import reinit_kernels, small_normal_init
+from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import EncoderBlock, Mlp
 
 UNFOLD_KERNEL = 3
@@ -127,7 +128,7 @@ class TokensToToken(nnx.Module):
     self.layers = nnx.List(layers)
     # Unused by the forward pass, as in the reference; kept for its state_dict and count.
     self.norm = nnx.LayerNorm(token_dim * taps, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.project = nnx.Linear(token_dim * taps, embed_dim, dtype=dtype, rngs=rngs)
+    self.project = Linear(token_dim * taps, embed_dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, images, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
     x = unfold(images)
@@ -172,7 +173,7 @@ class T2T(nnx.Module):
             drop_path_rate=float(rate), dtype=dtype, rngs=rngs)
         for rate in rates])
     self.norm = nnx.LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(embed_dim, num_classes, dtype=dtype, rngs=rngs)
+    self.head = Linear(embed_dim, num_classes, dtype=dtype, rngs=rngs)
     self.dtype = dtype
     reinit_kernels(self, small_normal_init, rngs)
 

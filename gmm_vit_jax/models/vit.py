@@ -12,6 +12,7 @@ import ml_collections
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.initializers import dense_init, embedding_init
+from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import EncoderBlock, Mlp
 from gmm_vit_jax.models.tokens import check_patch_size, patchify, take_tokens
 
@@ -31,8 +32,8 @@ class ViT(nnx.Module):
     self.pool = pool
     self.grid_side = side
     num_pos = side * side + (pool == 'cls')
-    self.patch_embed = nnx.Linear(patch_size * patch_size * channels, dim, dtype=dtype,
-                                  kernel_init=dense_init, rngs=rngs)
+    self.patch_embed = Linear(patch_size * patch_size * channels, dim, dtype=dtype,
+                              kernel_init=dense_init, rngs=rngs)
     self.pos_embed = nnx.Param(embedding_init(rngs.params(), (num_pos, dim)))
     self.cls_token = nnx.Param(embedding_init(rngs.params(), (dim,))) if pool == 'cls' else None
     self.emb_dropout = nnx.Dropout(emb_dropout)
@@ -45,7 +46,7 @@ class ViT(nnx.Module):
             drop_path_rate=stochastic_depth, dtype=dtype, rngs=rngs)
         for _ in range(depth)])
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.head = Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dtype = dtype
 
   def __call__(self, images: jax.Array, *, token_index: jax.Array | None = None,

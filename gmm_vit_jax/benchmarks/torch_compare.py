@@ -11,12 +11,14 @@ parameters. In float32 on a GPU, XLA lets matrix products use TF32, and PyTorch 
 to do the same (torch.backends.cuda.matmul.allow_tf32). The PyTorch
 model is the reference-layout twin of gmm_vit_jax/torch_models (the same weights
 load into the reference code), the Flax side is the trainer's own jitted step
-(gmm_vit_jax/training/step.py) with augmentation off. Each side reports the median of
-`repeats` timed windows of `steps` steps after warm-up.
+(gmm_vit_jax/training/step.py) with augmentation off. After warm-up the sides take
+turns, one timed window of `steps` steps each, `repeats` times; each reports the median
+of its windows.
 """
 
 import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import torch
@@ -42,6 +44,8 @@ flags.DEFINE_bool('torch_compile', False, 'Also time the PyTorch model under tor
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
+WARMUP_STEPS = 3
+
 
 def torch_device() -> torch.device:
   return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -52,8 +56,9 @@ def synchronize(device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
-def torch_rate(config, batch_size: int, steps: int, repeats: int, compile_model: bool,
-               dtype: str) -> float:
+def torch_window(config, batch_size: int, compile_model: bool,
+                 dtype: str) -> Callable[[int], float]:
+  """A warmed-up PyTorch training step; returns steps -> seconds those steps took."""
   info = dataset_info(config.dataset.name)
   torch.manual_seed(config.seed)
   device = torch_device()
@@ -79,20 +84,19 @@ def torch_rate(config, batch_size: int, steps: int, repeats: int, compile_model:
     loss.backward()
     optimizer.step()
 
-  for _ in range(3):
-    step()
-  synchronize(device)
-  windows = []
-  for _ in range(repeats):
+  def window(steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
       step()
     synchronize(device)
-    windows.append(time.perf_counter() - start)
-  return steps * batch_size / statistics.median(windows)
+    return time.perf_counter() - start
+
+  window(WARMUP_STEPS)
+  return window
 
 
-def flax_rate(config, batch_size: int, steps: int, repeats: int, dtype: str) -> float:
+def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
+  """The trainer's warmed-up jitted step; returns steps -> seconds those steps took."""
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
   config.model.dtype = dtype
@@ -107,27 +111,48 @@ def flax_rate(config, batch_size: int, steps: int, repeats: int, dtype: str) -> 
                                out_sharding=sharding.replicated(mesh))
   sampler = EpochSampler(num, batch_size, 1, config.seed)
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-  state, metrics, _, _ = time_steps(train_step, state, metrics, images, labels,
-                                     [sampler.batch(i) for i in range(3)], False, mesh)
-  windows = []
-  for r in range(repeats):
-    state, metrics, seconds, _ = time_steps(
-        train_step, state, metrics, images, labels,
-        [sampler.batch(3 + r * steps + i) for i in range(steps)], False, mesh)
-    windows.append(seconds)
-  return steps * batch_size / statistics.median(windows)
+  done = 0
+
+  def window(steps: int) -> float:
+    nonlocal state, metrics, done
+    batches = [sampler.batch(done + i) for i in range(steps)]
+    state, metrics, seconds, _ = time_steps(train_step, state, metrics, images, labels,
+                                            batches, False, mesh)
+    done += steps
+    return seconds
+
+  window(WARMUP_STEPS)
+  return window
+
+
+def rates(windows: dict[str, Callable[[int], float]], batch_size: int, steps: int,
+          repeats: int) -> dict[str, float]:
+  """Images/s of each side: the median of `repeats` windows, the sides taking turns.
+
+  Taking turns, rather than timing one side after the other, spreads any change in the
+  machine's load over both sides alike. One untimed round comes first: a side's first
+  window after another side has set up may find its memory taken and fault in new pages
+  (on CPU, 77,000 page faults a GMM-ViT step).
+  """
+  seconds = {name: [] for name in windows}
+  for window in windows.values():
+    window(1)
+  for _ in range(repeats):
+    for name, window in windows.items():
+      seconds[name].append(window(steps))
+  return {name: steps * batch_size / statistics.median(s) for name, s in seconds.items()}
 
 
 def main(argv):
   del argv
   config = FLAGS.config
   cpu_runtime.apply(config)
-  run = dict(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
-             dtype=FLAGS.dtype)
-  rows = [('jax (jit)', flax_rate(config, **run))]
-  rows.append(('pytorch (eager)', torch_rate(config, compile_model=False, **run)))
+  batch_size, dtype = FLAGS.batch_size, FLAGS.dtype
+  windows = {'jax (jit)': flax_window(config, batch_size, dtype),
+             'pytorch (eager)': torch_window(config, batch_size, False, dtype)}
   if FLAGS.torch_compile:
-    rows.append(('pytorch (torch.compile)', torch_rate(config, compile_model=True, **run)))
+    windows['pytorch (torch.compile)'] = torch_window(config, batch_size, True, dtype)
+  rows = list(rates(windows, batch_size, FLAGS.steps, FLAGS.repeats).items())
   device = jax.devices()[0]
   where = (torch.cuda.get_device_name() if torch_device().type == 'cuda'
            else f'cpu, {torch.get_num_threads()} threads')

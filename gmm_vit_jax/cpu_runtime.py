@@ -35,8 +35,9 @@ XLA_CPU_FLAGS = {'--xla_cpu_experimental_ynn_fusion_type': 'dot'}
 # mallopt parameters, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-# mallopt takes an int: the largest free top of heap that is not given back.
-TRIM_THRESHOLD = 2**31 - 1
+# mallopt(3): -1 turns trimming off. The largest positive value, INT_MAX, would still
+# give back a free top of heap over 2 GiB, and CaiT's per-step block is 3.4 GiB.
+NEVER_TRIM = -1
 
 
 def set_xla_flags(flags: dict[str, str] = XLA_CPU_FLAGS) -> str:
@@ -81,6 +82,6 @@ def keep_step_memory() -> bool:
     return False
   jax.config.update('jax_cpu_enable_async_dispatch', False)
   libc = ctypes.CDLL(None)
-  if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+  if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)):
     raise RuntimeError('glibc refused mallopt(M_MMAP_MAX, 0) or mallopt(M_TRIM_THRESHOLD).')
   return True

@@ -9,7 +9,8 @@ so it needs no download. It reports:
 - train images/s with the config's augmentation, and without any ("synthetic": the
   same step fed the raw images), so the augmentation's share of the step shows;
 - eval images/s, step time, compile time, the fraction of the step spent dispatching
-  from Python, peak device memory where the backend reports it;
+  from Python (None where steps run inline: steps_run_inline), peak device memory where
+  the backend reports it;
 - model FLOPs utilisation: XLA's FLOP count of the compiled step times the step rate,
   over the device's peak (PEAK_FLOPS), where the device is known.
 """
@@ -124,7 +125,15 @@ def train_rate(config: ml_collections.ConfigDict, batch_size: int, steps: int, w
       [sampler.batch(warmup + i) for i in range(steps)], select, mesh, host_sync)
   return dict(state=state, graphdef=graphdef, images_per_s=steps * batch_size / seconds,
               step_ms=1e3 * seconds / steps, compile_s=compile_s, flops_per_step=flops,
-              dispatch_fraction=dispatch / seconds, step_memory_bytes=step_memory(memory))
+              dispatch_fraction=None if steps_run_inline() else dispatch / seconds,
+              step_memory_bytes=step_memory(memory))
+
+
+def steps_run_inline() -> bool:
+  """Whether a jitted call returns only once its computation is done, as on CPUs with
+  JAX's asynchronous dispatch off (cpu_runtime.keep_step_memory). The time spent in the
+  call is then the whole step, not its dispatch, so no dispatch share is reported."""
+  return jax.devices()[0].platform == 'cpu' and not jax.config.read('jax_cpu_enable_async_dispatch')
 
 
 def step_memory(memory) -> int | None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -25,6 +26,14 @@ def test_benchmark_prints_one_json_line():
   assert result['eval_images_per_s'] > 0 and result['flops_per_step'] > 0
   assert 0 < result['dispatch_fraction'] < 1
   assert result['mfu'] is None  # No peak is known for a CPU.
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='step memory is kept with glibc')
+def test_benchmark_reports_no_dispatch_share_when_steps_run_inline():
+  out = run('gmm_vit_jax.benchmark', '--config=tests/tiny_config.py', '--steps=2', '--warmup=1',
+            '--config.cpu_keep_step_memory=True', '--json')
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result['train_images_per_s'] > 0 and result['dispatch_fraction'] is None
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])

@@ -5,7 +5,8 @@
 
 Every variant runs in a fresh process (XLA reads its flags once, at start-up) on the
 trainer's own step (benchmark.train_rate: full augmentation, random pixels) and
-reports train images/s, the share of the step spent dispatching from Python, and the
+reports train images/s, the share of the step spent dispatching from Python (n/a where
+steps run inline, as with the step memory kept: benchmark.steps_run_inline), and the
 memory the compiled step holds (inputs, outputs and temporaries, less donated buffers).
 
 Variants:
@@ -95,9 +96,9 @@ def main(argv):
         f"{FLAGS.batch_size}, {FLAGS.steps} timed steps")
   print(f"{'':30s}{'images/s':>10s}{'vs all on':>11s}{'dispatch':>10s}{'step MiB':>10s}")
   for row in rows:
-    memory = row['step_memory_bytes']
+    memory, dispatch = row['step_memory_bytes'], row['dispatch_fraction']
     print(f"{row['variant']:30s}{row['images_per_s']:10.1f}{row['images_per_s'] / base:11.2f}"
-          f"{100 * row['dispatch_fraction']:9.2f}%"
+          f"{'n/a' if dispatch is None else f'{100 * dispatch:.2f}%':>10s}"
           f"{'n/a' if memory is None else f'{memory / 2**20:.2f}':>10s}")
 
 

@@ -133,7 +133,8 @@ def steps_run_inline() -> bool:
   """Whether a jitted call returns only once its computation is done, as on CPUs with
   JAX's asynchronous dispatch off (cpu_runtime.keep_step_memory). The time spent in the
   call is then the whole step, not its dispatch, so no dispatch share is reported."""
-  return jax.devices()[0].platform == 'cpu' and not jax.config.read('jax_cpu_enable_async_dispatch')
+  return (jax.devices()[0].platform == 'cpu'
+          and not jax.config.read('jax_cpu_enable_async_dispatch'))
 
 
 def step_memory(memory) -> int | None:

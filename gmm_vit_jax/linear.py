@@ -14,9 +14,9 @@ class Linear(nnx.Linear):
   (B, N, in) array directly, and autodiff then forms the kernel gradient by contracting
   two axes, B and N, at once. XLA:CPU lays that product out by copying the (B * N, in)
   activations and gradients transposed before each weight-gradient product; over one
-  (rows, in) matrix it uses them in place. GMM-ViT trains 1.16x faster for it on a 2-core CPU (benchmarks/ops.py times
-  an MLP both ways). The reshape is a bitcast on every backend, and a batch-sharded
-  leading axis stays sharded.
+  (rows, in) matrix it uses them in place. GMM-ViT trains 1.16x faster for it on a
+  2-core CPU (benchmarks/ops.py times an MLP both ways). The reshape is a bitcast on
+  every backend, and a batch-sharded leading axis stays sharded.
   """
 
   def __call__(self, inputs: jax.Array) -> jax.Array:

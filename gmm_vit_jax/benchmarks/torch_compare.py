@@ -58,7 +58,7 @@ def synchronize(device: torch.device) -> None:
 
 def torch_window(config, batch_size: int, compile_model: bool,
                  dtype: str) -> Callable[[int], float]:
-  """A warmed-up PyTorch training step; returns steps -> seconds those steps took."""
+  """A PyTorch training step; returns steps -> seconds those steps took."""
   info = dataset_info(config.dataset.name)
   torch.manual_seed(config.seed)
   device = torch_device()
@@ -91,12 +91,11 @@ def torch_window(config, batch_size: int, compile_model: bool,
     synchronize(device)
     return time.perf_counter() - start
 
-  window(WARMUP_STEPS)
   return window
 
 
 def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
-  """The trainer's warmed-up jitted step; returns steps -> seconds those steps took."""
+  """The trainer's jitted step; returns steps -> seconds those steps took."""
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
   config.model.dtype = dtype
@@ -121,7 +120,6 @@ def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
     done += steps
     return seconds
 
-  window(WARMUP_STEPS)
   return window
 
 
@@ -130,13 +128,15 @@ def rates(windows: dict[str, Callable[[int], float]], batch_size: int, steps: in
   """Images/s of each side: the median of `repeats` windows, the sides taking turns.
 
   Taking turns, rather than timing one side after the other, spreads any change in the
-  machine's load over both sides alike. One untimed round comes first: a side's first
-  window after another side has set up may find its memory taken and fault in new pages
-  (on CPU, 77,000 page faults a GMM-ViT step).
+  machine's load over both sides alike. Two untimed rounds come first: WARMUP_STEPS
+  steps each, which compile and warm every side, then one step each, because a side's
+  first window after the others have run may find its memory taken and fault in new
+  pages (on CPU, 77,000 page faults a GMM-ViT step).
   """
   seconds = {name: [] for name in windows}
-  for window in windows.values():
-    window(1)
+  for warmup in (WARMUP_STEPS, 1):
+    for window in windows.values():
+      window(warmup)
   for _ in range(repeats):
     for name, window in windows.items():
       seconds[name].append(window(steps))

@@ -55,8 +55,7 @@ class Pool(nnx.Module):
   def __init__(self, dim: int, *, dtype, rngs: nnx.Rngs):
     self.depthwise = DepthwiseConv(dim, 2 * dim, (3, 3), strides=2, padding=((1, 1), (1, 1)),
                                    dtype=dtype, kernel_init=dense_init, rngs=rngs)
-    self.pointwise = Linear(2 * dim, 2 * dim, dtype=dtype, kernel_init=dense_init,
-                            rngs=rngs)
+    self.pointwise = Linear(2 * dim, 2 * dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.cls = Linear(dim, 2 * dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
 
   def __call__(self, x: jax.Array, side: int) -> jax.Array:

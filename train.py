@@ -3,7 +3,12 @@
     python train.py --config=configs/gmm_vit_cifar10.py --workdir=runs/gmm_vit_cifar10
     python train.py --config=configs/gmm_vit_cifar10.py:cifar100 --config.batch_size=256
 
-Rerunning the same command resumes from the workdir's latest checkpoint.
+Rerunning the same command resumes from the workdir's newest good checkpoint. A config
+that differs from the one stored in the workdir is refused, naming each changed field;
+--allow_config_change=FIELD[,FIELD] goes on with new values that keep the model's shapes.
+
+Exit codes: 0 the run is complete; 75 stopped by SIGTERM after saving a checkpoint (rerun
+the same command to resume); 1 an error, printed as one line naming its cause and fix.
 
 Several processes (hosts) train one model when each runs the same command with
 --distributed; jax.distributed.initialize then finds the coordinator, the process count
@@ -25,12 +30,14 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
+from gmm_vit_jax import cli, cpu_runtime, errors
 from gmm_vit_jax.training.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and the summary go '
                     '(default: runs/<config file name>).')
+flags.DEFINE_list('allow_config_change', [], 'Config fields that may differ from the ones '
+                  'stored in the workdir when resuming (e.g. epochs,optimizer.learning_rate).')
 flags.DEFINE_bool('distributed', False, 'Join a multi-process run through '
                   'jax.distributed.initialize(), which detects the cluster.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a multi-process '
@@ -79,10 +86,12 @@ def main(argv):
                        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   workdir = FLAGS.workdir or os.path.join(
       'runs', os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config'])))[0])
-  summary = train_and_evaluate(FLAGS.config, workdir)
+  summary = train_and_evaluate(FLAGS.config, workdir,
+                               allow_config_change=tuple(FLAGS.allow_config_change))
   print(json.dumps(summary, indent=2))
+  return errors.EXIT_OK if summary['completed'] else errors.EXIT_STOPPED
 
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(lambda argv: cli.run(main, argv))

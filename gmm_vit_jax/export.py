@@ -9,11 +9,13 @@ A bundle is a directory:
                       forward(params, images) -> logits, where images are uint8
                       (B, H, W, C) with a symbolic batch B, params a dict of the flat
                       names, logits float32 (B, num_classes); normalisation is inside.
+  source.json         where the weights came from: workdir, step, eval_accuracy,
+                      eval_loss (None for a step that was not evaluated)
 `load` runs the serialized forward, so predicting needs none of the model code;
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
-    python -m gmm_vit_jax.export --workdir=RUN --out=DIR
-turns a training run's checkpoint into a bundle.
+    python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--step=best|latest|N]
+turns a training run's checkpoint into a bundle: by default the best by eval accuracy.
 """
 
 import json
@@ -28,6 +30,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from gmm_vit_jax import cli, errors
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model
@@ -36,6 +39,7 @@ PARAMS_FILE = 'params.safetensors'
 CONFIG_FILE = 'config.json'
 PREPROCESS_FILE = 'preprocess.json'
 FORWARD_FILE = 'forward.jax_export'
+SOURCE_FILE = 'source.json'
 # The serialized forward runs on any of these; lowering for them needs no accelerator.
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 # Everything a model stores as an nnx Variable is saved; RNG streams are not weights.
@@ -105,8 +109,11 @@ def export_forward(model: nnx.Module, preprocess: dict,
 
 
 def save_bundle(model: nnx.Module, config: ml_collections.ConfigDict, out_dir: str,
-                platforms=PLATFORMS) -> None:
-  """Writes the inference bundle of `model`, built from `config`, to out_dir."""
+                platforms=PLATFORMS, source: dict | None = None) -> None:
+  """Writes the inference bundle of `model`, built from `config`, to out_dir.
+
+  source: where the weights came from (SOURCE_FILE), if known.
+  """
   preprocess = _preprocess_facts(config)
   exported = export_forward(model, preprocess, platforms)
   os.makedirs(out_dir, exist_ok=True)
@@ -118,12 +125,21 @@ def save_bundle(model: nnx.Module, config: ml_collections.ConfigDict, out_dir: s
     json.dump(preprocess, f, indent=2)
   with open(os.path.join(out_dir, FORWARD_FILE), 'wb') as f:
     f.write(exported.serialize())
+  if source is not None:
+    with open(os.path.join(out_dir, SOURCE_FILE), 'w') as f:
+      json.dump(source, f, indent=2)
 
 
 class Bundle:
   """A loaded bundle: `predict` runs the serialized forward pass."""
 
   def __init__(self, directory: str):
+    missing = [f for f in (CONFIG_FILE, PREPROCESS_FILE, FORWARD_FILE, PARAMS_FILE)
+               if not os.path.isfile(os.path.join(directory, f))]
+    if missing:
+      raise errors.UserError(
+          f'{directory} is not an inference bundle (it lacks {", ".join(missing)}); write one '
+          'with python -m gmm_vit_jax.export --workdir=RUN --out=DIR.')
     with open(os.path.join(directory, CONFIG_FILE)) as f:
       self.config = ml_collections.ConfigDict(json.load(f))
     with open(os.path.join(directory, PREPROCESS_FILE)) as f:
@@ -163,18 +179,35 @@ def load(directory: str) -> Bundle:
   return Bundle(directory)
 
 
+def _step(flag: str) -> str | int:
+  if flag in ('best', 'latest'):
+    return flag
+  try:
+    return int(flag)
+  except ValueError:
+    raise errors.UserError(f"--step={flag!r}: use 'best', 'latest' or a step number.") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # The trainer may write bundles itself, so it is imported only when exporting a run.
-  from gmm_vit_jax.training.checkpoint import restore_model
-  model, config = restore_model(flags.FLAGS.workdir)
-  save_bundle(model, config, flags.FLAGS.out)
-  print(f'bundle written to {flags.FLAGS.out}')
+  from gmm_vit_jax.training.checkpoint import restore_run
+  workdir = flags.FLAGS.workdir
+  run = restore_run(workdir, _step(flags.FLAGS.step))
+  metrics = run.metrics or {}
+  source = dict(workdir=os.path.abspath(workdir), step=run.step,
+                eval_accuracy=metrics.get('eval_accuracy'), eval_loss=metrics.get('eval_loss'))
+  save_bundle(run.model, run.config, flags.FLAGS.out, source=source)
+  accuracy = ('not evaluated' if source['eval_accuracy'] is None
+              else f'eval accuracy {source["eval_accuracy"]:.4f}')
+  print(f'bundle of step {run.step} ({accuracy}) written to {flags.FLAGS.out}')
 
 
 if __name__ == '__main__':
   # Defined only when run as a program: modules that import this one have flags of their own.
   flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
   flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
-  app.run(main)
+  flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy), 'latest', "
+                      'or a step number.')
+  app.run(lambda argv: cli.run(main, argv))

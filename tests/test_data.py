@@ -1,10 +1,14 @@
 """Dataset loading: the real tfds code on tfds's mock data, and the bundled digits."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from configs import gmm_vit_cifar10
+from gmm_vit_jax import errors
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.training import loop
 
@@ -20,6 +24,41 @@ def test_tfds_splits_load_as_uint8_arrays(name):
 def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
   with pytest.raises(RuntimeError, match='download_and_prepare'):
     sources.load_split('cifar10', 'train', data_dir=str(tmp_path), download=False)
+
+
+def test_tfds_knows_where_it_would_download_from():
+  urls = sources.download_urls(tfds.builder('cifar10', data_dir='/nonexistent'))
+  assert urls == ['https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz']
+
+
+def test_an_unreachable_download_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
+  # .invalid never resolves (RFC 2606): the same answer a machine without network gets.
+  monkeypatch.setattr(sources, 'download_urls',
+                      lambda builder: ['https://cifar.invalid/cifar-10-binary.tar.gz'])
+  started = time.monotonic()
+  with pytest.raises(errors.DatasetUnavailableError) as failed:
+    sources.load_split('cifar10', 'train', data_dir=str(tmp_path), download=True)
+  assert time.monotonic() - started < 2 * sources.PROBE_TIMEOUT_S
+  message = str(failed.value)
+  assert message.startswith(f"The tfds dataset 'cifar10' is not prepared in {tmp_path}")
+  assert 'cifar.invalid cannot be reached: ConnectionError' in message
+  assert failed.value.__cause__ is None and failed.value.__suppress_context__
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_download_removes_what_it_wrote(tmp_path, monkeypatch):
+  monkeypatch.setattr(sources, 'unreachable', lambda urls: None)
+
+  def partial_download(self, *args, **kwargs):
+    os.makedirs(os.path.join(tmp_path, 'downloads', 'cifar10.partial'))
+    os.makedirs(os.path.join(self.data_dir + '.incomplete'))
+    raise ConnectionError('connection reset by peer')
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', partial_download)
+  with pytest.raises(errors.DatasetUnavailableError, match='the download failed: '
+                                                           'ConnectionError: connection reset'):
+    sources.load_split('cifar10', 'train', data_dir=str(tmp_path), download=True)
+  assert os.listdir(tmp_path) == []
 
 
 def test_digits_split_is_fixed_and_disjoint():

@@ -2,8 +2,10 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from safetensors.numpy import load_file
 
 from gmm_vit_jax import export
 from gmm_vit_jax import predict
+from gmm_vit_jax.errors import UserError
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.data.info import CIFAR10_CLASSES, DATASET_INFO
 from gmm_vit_jax.models import build_model
@@ -152,12 +155,32 @@ def test_read_image_converts_channels_and_size(tmp_path):
   assert grey.shape == (8, 8, 1) and np.all(grey == 76)
 
 
-def test_predict_cli_prints_top5(gmm_bundle, tmp_path):
+def _png_header_only(path, width: int, height: int) -> None:
+  """A PNG that declares width x height pixels and holds none: a decompression bomb's header."""
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack('>I', len(data)) + kind + data
+            + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 1, 0, 0,
+                                                                 0, 0)) + chunk(b'IEND', b''))
+
+
+def test_predict_cli_prints_top5_and_names_each_unreadable_file(gmm_bundle, tmp_path):
   path = str(tmp_path / 'image.png')
   Image.fromarray(_uint8_images((40, 48, 3), seed=7)).save(path)
+  missing, text, bomb = (str(tmp_path / name) for name in ('gone.png', 'notes.txt', 'bomb.png'))
+  with open(text, 'w') as f:
+    f.write('not an image')
+  _png_header_only(bomb, 40_000, 40_000)
   result = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.predict',
-                           f'--export={gmm_bundle[2]}', path],
-                          cwd=ROOT, check=True, capture_output=True, text=True)
+                           f'--export={gmm_bundle[2]}', missing, path, text, bomb],
+                          cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 1
+  errors = [l for l in result.stderr.splitlines() if 'cannot read' in l or 'could not' in l]
+  assert errors[0] == f'{missing}: cannot read: no such file'
+  assert errors[1] == f'{text}: cannot read: not an image file PIL can read'
+  assert errors[2].startswith(f'{bomb}: cannot read: too many pixels to decode safely')
+  assert errors[3] == '3 of 4 files could not be read.' and len(errors) == 4
   lines = result.stdout.strip().splitlines()
   assert lines[0] == path and len(lines) == 6
   names = [line.split()[1] for line in lines[1:]]
@@ -165,3 +188,21 @@ def test_predict_cli_prints_top5(gmm_bundle, tmp_path):
   assert len(set(names)) == 5 and set(names) <= set(CIFAR10_CLASSES)
   probs = [float(line.split()[-1]) for line in lines[1:]]
   assert probs == sorted(probs, reverse=True)
+
+
+def test_predict_invert_flips_the_pixels(tmp_path):
+  path = str(tmp_path / 'ink.png')
+  Image.fromarray(np.full((8, 8), 200, np.uint8)).save(path)
+  assert np.all(predict.read_image(path, 8, 1, invert=True) == 55)
+
+
+def test_predict_help_says_what_the_digits_model_expects():
+  result = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.predict', '--help'], cwd=ROOT,
+                          capture_output=True, text=True)
+  assert 'light strokes on a dark background' in result.stdout + result.stderr
+  assert '--invert' in result.stdout + result.stderr
+
+
+def test_a_directory_that_is_not_a_bundle_says_so(tmp_path):
+  with pytest.raises(UserError, match='is not an inference bundle .*forward.jax_export'):
+    export.load(str(tmp_path))

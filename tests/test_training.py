@@ -1,9 +1,11 @@
 """The trainer end to end on real data (sklearn digits): learning, checkpoints, resume,
 SIGTERM, kill -9, NaN, several devices, bad configs."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,10 +15,12 @@ import optax
 import pytest
 
 from configs import quickstart
+from gmm_vit_jax import errors
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.training import loop
 from gmm_vit_jax.training.checkpoint import Checkpointer, restore_model
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
+from tests.workdir_testing import restored_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,51 +54,144 @@ def test_learns_checkpoints_and_resumes(tmp_path):
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['dim'] == 16
   assert first['eval_accuracy'] > 0.2  # 10 classes on 360 images: chance is 0.10 +- 0.016.
 
-  second = loop.train_and_evaluate(tiny_config(epochs=4), workdir)
+  second = loop.train_and_evaluate(tiny_config(epochs=4), workdir,
+                                   allow_config_change=('epochs',))
   assert second['step'] == 4 * 22 and second['completed']
   assert second['eval_loss'] < first['eval_loss']
   model, config = restore_model(workdir, 'best')
   assert config.model.dim == 16 and model.blocks[0].attention.mask is not None
 
 
-def test_kill_9_then_rerun_finishes(tmp_path):
-  workdir = str(tmp_path)
-  proc = run_train(workdir, '--config.epochs=6')
+def _wait_for_checkpoint(proc, workdir, timeout=240):
+  """Waits until the run has committed a checkpoint; the process must still be running."""
   checkpoints = os.path.join(workdir, 'checkpoints')
-  deadline = time.time() + 240
-  while time.time() < deadline:
-    steps = [d for d in os.listdir(checkpoints)] if os.path.isdir(checkpoints) else []
-    if any(d.isdigit() for d in steps):
-      break
-    time.sleep(0.5)
-  proc.kill()
-  proc.wait()
-  killed_at = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-  assert 0 < killed_at < 6 * 22
-  rerun = run_train(workdir, '--config.epochs=6')
-  out, _ = rerun.communicate(timeout=300)
-  assert rerun.returncode == 0, out[-3000:]
-  assert 'Resumed from the checkpoint at step' in out
-  summary = json.load(open(os.path.join(workdir, 'summary.json')))
-  assert summary['completed'] and summary['step'] == 6 * 22
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'no checkpoint in {timeout} s; output:\n{proc.communicate()[0][-3000:]}')
 
 
-def test_sigterm_saves_and_stops(tmp_path):
+def _resumed_from(output: str) -> int:
+  line, = [l for l in output.splitlines() if 'Resumed from the checkpoint at step' in l]
+  return int(line.split('at step ')[1].split()[0])
+
+
+def test_interrupted_runs_end_bit_identical_to_an_uninterrupted_one(tmp_path):
+  """kill -9 and SIGTERM mid-run, then the same command again: on a CPU the result equals
+  one uninterrupted run to the bit, and each rerun continued from its last checkpoint."""
+  args = ('--config.epochs=5',)
+  total = 5 * 22
+  dirs = {name: str(tmp_path / name) for name in ('whole', 'killed', 'stopped')}
+  runs = {name: run_train(workdir, *args) for name, workdir in dirs.items()}
+  for name, signum in (('killed', signal.SIGKILL), ('stopped', signal.SIGTERM)):
+    _wait_for_checkpoint(runs[name], dirs[name])
+    runs[name].send_signal(signum)
+  outputs = {name: proc.communicate(timeout=600)[0] for name, proc in runs.items()}
+  assert runs['whole'].returncode == 0, outputs['whole'][-3000:]
+  assert runs['killed'].returncode == -signal.SIGKILL
+  assert runs['stopped'].returncode == errors.EXIT_STOPPED, outputs['stopped'][-3000:]
+  assert 'SIGTERM received' in outputs['stopped']
+  stopped = json.load(open(os.path.join(dirs['stopped'], 'summary.json')))
+  assert not stopped['completed'] and 0 < stopped['step'] < total
+  lock = json.load(open(os.path.join(dirs['killed'], 'lock')))
+  assert lock['pid'] == runs['killed'].pid  # A dead holder's lock stays behind ...
+
+  saved = {}
+  for name in ('killed', 'stopped'):
+    checker = Checkpointer(dirs[name], tiny_config().checkpoint)
+    saved[name] = checker.latest_step()
+    checker.close()
+  assert saved['stopped'] == stopped['step']
+  reruns = {name: run_train(dirs[name], *args) for name in ('killed', 'stopped')}
+  for name, proc in reruns.items():
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert 0 < saved[name] < total and _resumed_from(out) == saved[name]
+    if name == 'killed':  # ... and is taken over.
+      assert f'Took over the lock of process {runs["killed"].pid}' in out
+
+  whole = json.load(open(os.path.join(dirs['whole'], 'summary.json')))
+  expected = restored_state(dirs['whole'], total)
+  for name in ('killed', 'stopped'):
+    summary = json.load(open(os.path.join(dirs[name], 'summary.json')))
+    assert summary['completed'] and summary['step'] == total
+    for key in ('eval_accuracy', 'eval_loss', 'best_eval_accuracy', 'best_step'):
+      assert summary[key] == whole[key], (name, key)
+    for (path, want), (_, got) in zip(expected, restored_state(dirs[name], total)):
+      np.testing.assert_array_equal(got, want, err_msg=f'{name} {path}')
+
+
+def test_a_second_run_on_a_busy_workdir_refuses_at_once(tmp_path):
   workdir = str(tmp_path)
-  proc = run_train(workdir, '--config.epochs=200', '--config.checkpoint.every_steps=100000')
-  deadline = time.time() + 240
-  tb = os.path.join(workdir)
-  while time.time() < deadline and not any(f.startswith('events') for f in os.listdir(tb)):
-    time.sleep(0.5)
-  time.sleep(3)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out[-3000:]
-  assert 'SIGTERM received' in out
-  summary = json.load(open(os.path.join(workdir, 'summary.json')))
-  assert not summary['completed']
-  saved = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
-  assert summary['step'] in saved
+  first = run_train(workdir, '--config.epochs=400')
+  _wait_for_checkpoint(first, workdir)
+  second = run_train(workdir, '--config.epochs=400', '--config.seed=1')
+  out, _ = second.communicate(timeout=300)
+  assert second.returncode == errors.EXIT_ERROR, out[-3000:]
+  assert out.strip().splitlines()[-1] == (
+      f'error: {workdir} is in use by process {first.pid} on {socket.gethostname()} (since '
+      f'{json.load(open(os.path.join(workdir, "lock")))["since"]}): wait for it to end or stop '
+      'it, or choose another --workdir.')
+  assert 'Traceback' not in out
+  first.send_signal(signal.SIGTERM)
+  first_out, _ = first.communicate(timeout=300)
+  assert first.returncode == errors.EXIT_STOPPED, first_out[-3000:]
+  assert json.load(open(os.path.join(workdir, 'config.json')))['seed'] == 0
+  assert len([f for f in os.listdir(workdir) if f.startswith('events')]) == 1
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size: str, read_only: bool = False):
+  """A small file system at `path`: the real ENOSPC and EROFS a user's disk gives."""
+  os.makedirs(path)
+  options = f'size={size}' + (',ro' if read_only else '')
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f'cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}')
+  try:
+    yield str(path)
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=True)
+
+
+def test_a_full_disk_stops_with_one_line_and_loses_nothing(tmp_path):
+  with _tmpfs(tmp_path / 'disk', '2m') as disk:
+    # Leave room for the config, the first pictures and a few checkpoints, not a whole run.
+    with open(os.path.join(disk, 'filler'), 'wb') as f:
+      f.write(b'\0' * (2 * 2**20 - 600 * 2**10))
+    workdir = os.path.join(disk, 'run')
+    proc = run_train(workdir, '--config.epochs=12', '--config.checkpoint.keep_last=100')
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == errors.EXIT_ERROR, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f'error: No space left on device: {workdir}'), out[-3000:]
+    assert last.endswith('(free some space there or choose another --workdir).')
+    assert 'Traceback' not in out and sum(l.startswith('error:') for l in out.splitlines()) == 1
+    checker = Checkpointer(workdir, tiny_config().checkpoint)
+    saved = checker.latest_step()
+    checker.close()
+    assert saved is not None and saved < 12 * 22
+    os.remove(os.path.join(disk, 'filler'))
+    # Keeping fewer checkpoints is a change the stored config lets through.
+    rerun = run_train(workdir, '--config.epochs=12', '--config.checkpoint.keep_last=3')
+    out, _ = rerun.communicate(timeout=600)
+  assert rerun.returncode == 0, out[-3000:]
+  assert _resumed_from(out) == saved
+
+
+def test_a_read_only_workdir_says_so_in_one_line(tmp_path):
+  with _tmpfs(tmp_path / 'ro', '1m', read_only=True) as disk:
+    workdir = os.path.join(disk, 'run')
+    proc = run_train(workdir)
+    out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == errors.EXIT_ERROR
+  assert out.strip().splitlines()[-1] == (
+      f'error: Read-only file system: {workdir!r} (choose a directory on a writable file '
+      'system).'.replace(repr(workdir), workdir))
+  assert 'Traceback' not in out
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -105,7 +202,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   good.close()
   config = tiny_config(epochs=3)
   config.optimizer.learning_rate = 1e30
-  with pytest.raises(loop.NonFiniteLossError, match='NaN'):
+  with pytest.raises(errors.NonFiniteError, match='NaN'):
     loop.train_and_evaluate(config, workdir)
   after = Checkpointer(workdir, config.checkpoint)
   assert after.latest_step() == last_good
@@ -125,6 +222,16 @@ def test_eight_devices_give_the_one_device_result(tmp_path):
     results.append(summary)
   np.testing.assert_allclose(results[0]['eval_loss'], results[1]['eval_loss'], rtol=1e-4)
   assert results[0]['eval_accuracy'] == results[1]['eval_accuracy']
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_and_exit_1(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = run_train(str(workdir), '--config.epochs=0')
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == errors.EXIT_ERROR
+  assert out.strip().splitlines()[-1] == ('error: epochs=0 is not allowed: use a whole number '
+                                          '>= 1.')
+  assert 'Traceback' not in out and not workdir.exists()
 
 
 def test_batch_must_divide_by_the_devices(tmp_path):

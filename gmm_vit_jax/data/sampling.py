@@ -5,6 +5,8 @@ import functools
 
 import numpy as np
 
+from gmm_vit_jax import errors
+
 
 class EpochSampler:
   """Training batches. One epoch is `passes` shuffled passes over the split (the reference's
@@ -13,8 +15,8 @@ class EpochSampler:
 
   def __init__(self, num_examples: int, batch_size: int, passes: int, seed: int):
     if num_examples * passes < batch_size:
-      raise ValueError(f'batch_size={batch_size} is larger than an epoch '
-                       f'({num_examples} examples x {passes} passes).')
+      raise errors.ConfigError(f'batch_size={batch_size} is larger than an epoch '
+                               f'({num_examples} examples x {passes} passes).')
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.passes = passes

@@ -4,8 +4,14 @@ CIFAR-size datasets fit in accelerator memory, so a split is read once into
 (N, H, W, C) uint8 images and (N,) int32 labels and never streamed.
 """
 
+import contextlib
+import os
+import shutil
+import urllib.parse
+
 import numpy as np
 
+from gmm_vit_jax import errors
 from gmm_vit_jax.data import tiny_imagenet
 from gmm_vit_jax.data.info import dataset_info, digits_to_uint8
 
@@ -13,6 +19,7 @@ TFDS_SPLITS = {'train': 'train', 'test': 'test'}
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 READ_CHUNK = 10_000
+PROBE_TIMEOUT_S = 10
 
 
 def load_split(name: str, split: str, *, data_dir: str | None,
@@ -49,12 +56,51 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
   return (x_train, y_train) if split == 'train' else (x_test, y_test)
 
 
-def _not_prepared(name: str, data_dir: str, why: str) -> RuntimeError:
-  return RuntimeError(
+def _not_prepared(name: str, data_dir: str, why: str) -> errors.DatasetUnavailableError:
+  return errors.DatasetUnavailableError(
       f'The tfds dataset {name!r} is not prepared in {data_dir} ({why}). On a machine with '
       f'internet access run `python -c "import tensorflow_datasets as tfds; '
       f'tfds.builder({name!r}).download_and_prepare()"` and copy ~/tensorflow_datasets/{name} '
       f'here, or pass --config.dataset.data_dir=DIR where DIR holds the prepared dataset.')
+
+
+def download_urls(builder) -> list[str]:
+  """The URLs tfds would download to prepare `builder`'s dataset (from its checksums file)."""
+  return sorted(builder.url_infos or ())
+
+
+def unreachable(urls: list[str]) -> str | None:
+  """Why the first of `urls` that cannot be reached fails, or None if all answer.
+
+  One attempt each, no retries: tfds's own downloader retries with back-off for minutes
+  before it gives up on a machine without network access.
+  """
+  import requests
+
+  for url in urls:
+    try:
+      requests.head(url, timeout=PROBE_TIMEOUT_S, allow_redirects=True)
+    except requests.RequestException as e:
+      return f'{urllib.parse.urlsplit(url).netloc} cannot be reached: {type(e).__name__}'
+  return None
+
+
+@contextlib.contextmanager
+def _removed_on_failure(*directories: str):
+  """Removes what the block adds inside `directories` if it raises: no partial download
+  or half-prepared dataset is left to confuse the next attempt."""
+  before = {d: set(os.listdir(d)) if os.path.isdir(d) else None for d in directories}
+  try:
+    yield
+  except BaseException:
+    for directory, entries in before.items():
+      if entries is None:
+        shutil.rmtree(directory, ignore_errors=True)
+      elif os.path.isdir(directory):
+        for entry in set(os.listdir(directory)) - entries:
+          path = os.path.join(directory, entry)
+          shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    raise
 
 
 def _tfds(name: str, split: str, data_dir: str | None,
@@ -69,14 +115,19 @@ def _tfds(name: str, split: str, data_dir: str | None,
                               .batch(READ_CHUNK))
   try:
     chunks = read()
-  except AssertionError as not_found:  # What tfds raises for a dataset that is not prepared.
+  except AssertionError:  # What tfds raises for a dataset that is not prepared.
     if not download:
-      raise _not_prepared(name, builder.data_dir, 'dataset.download is off') from not_found
+      raise _not_prepared(name, builder.data_dir, 'dataset.download is off') from None
+    why = unreachable(download_urls(builder))
+    if why:
+      raise _not_prepared(name, builder.data_dir, why) from None
+    root = os.path.dirname(os.path.dirname(builder.data_dir))  # DATA_DIR/<name>/<version>
     try:
-      builder.download_and_prepare()
-    except Exception as e:
+      with _removed_on_failure(root, os.path.join(root, name), os.path.join(root, 'downloads')):
+        builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
       raise _not_prepared(name, builder.data_dir,
-                          f'the download failed: {type(e).__name__}: {e}') from e
+                          f'the download failed: {type(e).__name__}: {e}') from None
     chunks = read()
   images, labels = zip(*chunks)
   return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)

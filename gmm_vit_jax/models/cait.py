@@ -70,6 +70,8 @@ class LayerScaleBlock(nnx.Module):
 
 
 class CaiT(nnx.Module):
+  # Patch selection may drop its tokens: nothing after the embedding needs the full grid.
+  can_drop_tokens = True
 
   def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
                dim: int, depth: int, class_depth: int, num_heads: int, head_dim: int,

@@ -190,6 +190,8 @@ def _per_stage(field: str, values: Sequence, count: int) -> tuple:
 
 
 class HATNet(nnx.Module):
+  # Patch selection may only zero its pixels: its layers need the full token grid.
+  can_drop_tokens = False
 
   def __init__(self, *, image_size: int, channels: int, num_classes: int,
                stem_strides: tuple[int, int], dims: tuple[int, ...], head_dim: int,

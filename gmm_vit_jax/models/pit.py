@@ -66,6 +66,8 @@ class Pool(nnx.Module):
 
 
 class PiT(nnx.Module):
+  # Patch selection may only zero its pixels: its layers need the full token grid.
+  can_drop_tokens = False
 
   def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
                dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...], head_dim: int,

@@ -206,6 +206,8 @@ class SwinStage(nnx.Module):
 
 class Swin(nnx.Module):
   """Swin with absolute position embedding; stage s has width embed_dim * 2^s."""
+  # Patch selection may only zero its pixels: its layers need the full token grid.
+  can_drop_tokens = False
 
   def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
                embed_dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...],

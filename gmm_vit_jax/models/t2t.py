@@ -140,6 +140,8 @@ class TokensToToken(nnx.Module):
 
 
 class T2T(nnx.Module):
+  # Patch selection may only zero its pixels: its layers need the full token grid.
+  can_drop_tokens = False
 
   def __init__(self, *, image_size: int, channels: int, num_classes: int,
                num_token_layers: int, token_dim: int, embed_dim: int, depth: int,

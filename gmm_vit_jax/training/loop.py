@@ -18,13 +18,13 @@ from gmm_vit_jax.augment import augmentation_grid
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
-from gmm_vit_jax.training import sharding
-from gmm_vit_jax.training.checkpoint import Checkpointer, write_config
+from gmm_vit_jax.training import config_checks, sharding
+from gmm_vit_jax.training.checkpoint import BEST_METRIC, Checkpointer
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state
+from gmm_vit_jax.training.run_directory import RunDirectory, config_as_data, config_changes
+from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
 
-SUMMARY_FILE = 'summary.json'
 PICTURE_EXAMPLES = 8
 PICTURE_MIN_SIDE = 64
 KEPT_PATCHES_SCALE = 4  # Upscaling that lets the hatching of dropped patches show.
@@ -39,10 +39,6 @@ def write_picture(writer, workdir: str, name: str, grid: np.ndarray, *, step: in
   writer.write_images(step, {name: grid[None]})
   if jax.process_index() == 0:
     Image.fromarray(grid).save(os.path.join(workdir, f'{name}.png'))
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite; the run stopped without saving."""
 
 
 class _StopRequest:
@@ -95,10 +91,8 @@ def _kept_patches_picture(config, images: np.ndarray, info: dict) -> np.ndarray:
 
 def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> None:
   if float(metrics.nonfinite):
-    raise NonFiniteLossError(
-        f'The training loss became NaN or infinite before step {step}. The run stopped without '
-        f'saving, so the last good checkpoint (step {checkpointer.latest_step()}) is intact. '
-        f'Lower optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun to resume.')
+    raise checkpointer.nonfinite_error(f'The training loss became NaN or infinite before step '
+                                       f'{step}')
 
 
 def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh) -> dict:
@@ -109,15 +103,62 @@ def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh
   return metrics.summary('eval')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+def _changes_structure(config: ml_collections.ConfigDict):
+  """changes_structure(old config) for RunDirectory.check_config."""
+  layout = lambda c: state_layout(c, make_optimizer(c, steps_per_epoch=1))
+  new = layout(config)
+
+  def changes_structure(old: ml_collections.ConfigDict) -> bool:
+    try:
+      return layout(old) != new
+    except (ValueError, TypeError, KeyError, AttributeError):  # Not even buildable any more.
+      return True
+  return changes_structure
+
+
+def _finished_summary(run: RunDirectory, config: ml_collections.ConfigDict,
+                      checkpointer: Checkpointer) -> dict | None:
+  """The stored summary of a run that has nothing left to train, if it still holds."""
+  summary = run.read_summary()
+  stored = run.stored_config()
+  if (summary and summary.get('completed') and summary.get('step') == checkpointer.latest_step()
+      and stored is not None and not config_changes(stored, config_as_data(config))):
+    return summary
+  return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: tuple[str, ...] = ()) -> dict:
+  """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the summary.
+
+  allow_config_change: fields whose change against the workdir's stored config the user
+  accepts (those that leave the train state's shapes alone).
+  """
   started = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  write_config(workdir, config)
+  config_checks.check(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size('batch_size', config.batch_size, mesh)
   sharding.check_batch_size('eval_batch_size', config.eval_batch_size, mesh)
   info = dataset_info(config.dataset.name)
+  run = RunDirectory(workdir)
+  with run.locked():
+    checkpointer = Checkpointer(workdir, config.checkpoint)
+    try:
+      changes = run.check_config(config, has_checkpoint=checkpointer.latest_step() is not None,
+                                 allowed=tuple(allow_config_change),
+                                 changes_structure=_changes_structure(config))
+      finished = _finished_summary(run, config, checkpointer)
+      if finished:
+        logging.info('%s is complete (step %d); its summary stands.', workdir, finished['step'])
+        return finished
+      return _train(config, run, checkpointer, changes, mesh, info, started)
+    finally:
+      checkpointer.close()
+
+
+def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict, mesh, info: dict,
+           started: float) -> dict:
+  workdir = run.workdir
   replicated = sharding.replicated(mesh)
   logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
@@ -140,12 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   graphdef, state = create_train_state(config, tx, replicated)
   logging.info('Parameters of %s:\n%s', config.model.name,
                parameter_overview.get_parameter_overview(state.params))
-
-  checkpointer = Checkpointer(workdir, config.checkpoint)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
+  restored = checkpointer.restore(state)
+  if restored is not None:
+    state = restored
     logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
   start_step = int(state.step)
+  for field, (old, new) in changes.items():
+    logging.warning('Config change accepted: %s %r -> %r.', field, old, new)
+  run.write_config(config, changes, start_step)
 
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
   eval_step = make_eval_step(graphdef, info, out_sharding=replicated)
@@ -163,8 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-  best = checkpointer.best_metrics() or {}
-  eval_results = {}
+  best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
+  last_eval = checkpointer.latest_evaluated()
   eval_time = 0.0
   timed_from = None  # (time, step) once the first step has compiled and run.
   step = start_step
@@ -199,37 +242,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
           eval_started = time.perf_counter()
           with progress.timed('eval'):
-            eval_results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
+            results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
           eval_time += time.perf_counter() - eval_started
-          writer.write_scalars(step, {**eval_results, 'epoch': epoch})
-          if eval_results['eval_accuracy'] >= best.get('eval_accuracy', -1.0):
-            best = dict(eval_results, step=step)
-          checkpointer.save(state, metrics=eval_results)
+          writer.write_scalars(step, {**results, 'epoch': epoch})
+          last_eval = (step, results)
+          if best is None or results[BEST_METRIC] >= best[1][BEST_METRIC]:
+            best = last_eval
+          checkpointer.save(state, metrics=results)
         elif step % config.checkpoint.every_steps == 0:
-          _check_finite(metrics, step, checkpointer)
           checkpointer.save(state)
       if stop.requested:
-        _check_finite(metrics, step, checkpointer)
         checkpointer.save(state, force=True)
         logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
                         total_steps)
     jax.block_until_ready(state)
   finally:
     stop.restore()
-    checkpointer.close()
   timed_steps = step - timed_from[1] if timed_from else 0
-  train_time = time.perf_counter() - timed_from[0] - eval_time if timed_steps else float('nan')
+  train_time = time.perf_counter() - timed_from[0] - eval_time if timed_steps else 0.0
 
-  summary = dict(eval_results, step=step, total_steps=total_steps,
-                 completed=step == total_steps,
-                 best_eval_accuracy=best.get('eval_accuracy'),
-                 best_step=best.get('step'),
-                 train_wall_time_s=time.time() - started,
-                 train_steps_per_s=timed_steps / train_time,
-                 train_images_per_s=timed_steps * config.batch_size / train_time,
-                 devices=jax.device_count(), platform=jax.devices()[0].platform)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
-      json.dump(summary, f, indent=2)
+  summary = dict(
+      step=step, total_steps=total_steps, completed=step == total_steps,
+      **(last_eval[1] if last_eval else {}), eval_step=last_eval and last_eval[0],
+      best_eval_accuracy=best and best[1][BEST_METRIC], best_step=best and best[0],
+      train_wall_time_s=time.time() - started,
+      train_steps_per_s=timed_steps / train_time if train_time else None,
+      train_images_per_s=timed_steps * config.batch_size / train_time if train_time else None,
+      devices=jax.device_count(), platform=jax.devices()[0].platform)
+  run.write_summary(summary)
   logging.info('Summary: %s', json.dumps(summary))
   return summary

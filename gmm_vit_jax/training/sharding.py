@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from gmm_vit_jax import errors
+
 DATA_AXIS = 'data'
 
 
@@ -29,7 +31,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if batch_size % devices:
-    raise ValueError(f'{field}={batch_size} does not divide by the {devices} devices of the mesh; '
+    raise errors.ConfigError(f'{field}={batch_size} does not divide by the {devices} devices of the mesh; '
                      f'use a multiple of {devices}, e.g. {max(devices, batch_size // devices * devices)}.')
 
 

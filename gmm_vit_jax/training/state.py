@@ -45,16 +45,26 @@ class Metrics:
             f'{prefix}_accuracy': float(self.correct) / count}
 
 
-def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                       sharding) -> tuple[nnx.GraphDef, TrainState]:
-  """The model's graph definition and its initial train state, created under jit directly
-  with `sharding`, so every process of a multi-host run computes the same state in place."""
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_from_config(config, config.seed)))
-
+def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
   def init() -> TrainState:
     _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params))
+  return init
 
-  return graphdef, jax.jit(init, out_shardings=sharding)()
+
+def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                       sharding) -> tuple[nnx.GraphDef, TrainState]:
+  """The model's graph definition and its initial train state, created under jit directly
+  with `sharding`, so every process of a multi-host run computes the same state in place."""
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_from_config(config, config.seed)))
+  return graphdef, jax.jit(_init(config, tx), out_shardings=sharding)()
+
+
+def state_layout(config: ml_collections.ConfigDict,
+                 tx: optax.GradientTransformation) -> list[tuple[str, tuple, str]]:
+  """(path, shape, dtype) of every leaf of the train state, computed without arithmetic:
+  two configs whose layouts differ cannot share a checkpoint."""
+  leaves, _ = jax.tree.flatten_with_path(jax.eval_shape(_init(config, tx)))
+  return [(jax.tree_util.keystr(path), x.shape, str(x.dtype)) for path, x in leaves]

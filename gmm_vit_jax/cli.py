@@ -1,0 +1,36 @@
+"""What the command-line tools do with errors: one line a person can act on, and an exit code.
+
+    app.run(lambda argv: cli.run(main, argv))
+
+UserErrors and storage failures (disk full, permissions) print `error: <message>` and
+exit with errors.EXIT_ERROR; `--verbosity=1` adds the traceback. Anything else is a
+bug and keeps its traceback.
+"""
+
+import sys
+
+from absl import logging
+
+from gmm_vit_jax import errors
+
+
+def run(main, argv) -> None:
+  """Calls main(argv) and exits with the code it returns (None: EXIT_OK)."""
+  try:
+    code = main(argv)
+  except errors.UserError as e:
+    _fail(str(e), e)
+  except Exception as e:  # pylint: disable=broad-except
+    storage = errors.describe_storage_error(e)
+    if storage is None:
+      raise
+    _fail(storage, e)
+  sys.exit(errors.EXIT_OK if code is None else code)
+
+
+def _fail(message: str, exc: BaseException) -> None:
+  if logging.get_verbosity() > logging.INFO:
+    logging.exception('Traceback of the error below:')
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.exit(errors.EXIT_ERROR)

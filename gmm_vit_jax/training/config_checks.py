@@ -1,0 +1,141 @@
+"""Every value of a training config checked before any data loads or anything compiles.
+
+`check(config)` raises one ConfigError that lists each bad field with its value and
+what is allowed; the model section is checked by building the model abstractly
+(shapes only), so a backbone's own argument checks run too, in milliseconds.
+"""
+
+import math
+import numbers
+
+import ml_collections
+from flax import nnx
+
+from gmm_vit_jax import errors
+from gmm_vit_jax.augment.autoaugment import AUTOAUGMENT_POLICIES
+from gmm_vit_jax.data.info import DATASET_INFO
+from gmm_vit_jax.models import BACKBONES, build_from_config
+from gmm_vit_jax.patches.selection import KINDS, MODES, SELECTIONS
+
+
+def _int(low: int):
+  return (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low,
+          f'a whole number >= {low}')
+
+
+def _number(low: float, high: float = math.inf, *, low_open=False, high_open=False):
+  def ok(v):
+    if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+      return False
+    return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+  interval = f'{"(" if low_open else "["}{low}, {high}{")" if high_open or high == math.inf else "]"}'
+  return ok, f'a number in {interval}'
+
+
+def _choice(*allowed):
+  return (lambda v: v in allowed), f'one of {allowed}'
+
+
+def _bool():
+  return (lambda v: isinstance(v, bool)), 'True or False'
+
+
+def _optional(rule):
+  ok, allowed = rule
+  return (lambda v: v is None or ok(v)), f'None or {allowed}'
+
+
+POSITIVE = _number(0, low_open=True)
+PROBABILITY = _number(0, 1)
+FRACTION_BELOW_ONE = _number(0, 1, high_open=True)
+
+RULES = {
+    'seed': _int(0),
+    'dataset.name': _choice(*DATASET_INFO),
+    'dataset.download': _bool(),
+    'batch_size': _int(1),
+    'eval_batch_size': _int(1),
+    'epochs': _int(1),
+    'passes_per_epoch': _int(1),
+    'optimizer.learning_rate': POSITIVE,
+    'optimizer.weight_decay': _number(0),
+    'optimizer.b1': FRACTION_BELOW_ONE,
+    'optimizer.b2': FRACTION_BELOW_ONE,
+    'optimizer.eps': POSITIVE,
+    'optimizer.decay_mask_params': _bool(),
+    'optimizer.grad_clip_norm': _optional(POSITIVE),
+    'schedule.warmup_epochs': _int(0),
+    'schedule.init_learning_rate': _number(0),
+    'schedule.end_learning_rate': _number(0),
+    'label_smoothing': FRACTION_BELOW_ONE,
+    'augment.flip': _bool(),
+    'augment.crop_padding': _int(0),
+    'augment.autoaugment': _choice(*AUTOAUGMENT_POLICIES),
+    'augment.erasing_prob': PROBABILITY,
+    'augment.mix_prob': PROBABILITY,
+    'augment.cutmix_prob': PROBABILITY,
+    'augment.mixup_alpha': POSITIVE,
+    'augment.cutmix_beta': POSITIVE,
+    'patch_selection.kind': _choice(*KINDS),
+    'patch_selection.keep': _number(0, 1, low_open=True),
+    'patch_selection.selection': _choice(*SELECTIONS),
+    'patch_selection.mode': _choice(*MODES),
+    'patch_selection.probability': PROBABILITY,
+    'patch_selection.decay': _number(0),
+    'checkpoint.every_steps': _int(1),
+    'checkpoint.keep_last': _int(1),
+    'checkpoint.keep_best': _bool(),
+    'log_every_steps': _int(1),
+    'eval_every_epochs': _int(1),
+    'profile_steps': _int(0),
+    'profile_start_step': _int(0),
+    'cpu_keep_step_memory': _bool(),
+    'model.name': _choice(*BACKBONES),
+}
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  return value
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """One line per bad field or combination: field, value, what is allowed."""
+  found = []
+  for field, (ok, allowed) in RULES.items():
+    try:
+      value = _get(config, field)
+    except (KeyError, AttributeError):
+      found.append(f'{field} is missing (configs/common.py has every field)')
+      continue
+    if not ok(value):
+      found.append(f'{field}={value!r} is not allowed: use {allowed}')
+  if found:
+    return found
+  if config.schedule.warmup_epochs >= config.epochs:
+    found.append(f'schedule.warmup_epochs={config.schedule.warmup_epochs} must be below '
+                 f'epochs={config.epochs}')
+  selection = config.patch_selection
+  if (selection.kind != 'none' and selection.mode == 'drop'
+      and not BACKBONES[config.model.name].can_drop_tokens):
+    droppers = tuple(name for name, cls in BACKBONES.items() if cls.can_drop_tokens)
+    found.append(f"patch_selection.kind={selection.kind!r} drops tokens, which "
+                 f"model.name={config.model.name!r} cannot: use patch_selection.kind='none', "
+                 f"patch_selection.mode='zero', or one of the backbones {droppers}")
+  if not found:
+    try:
+      nnx.eval_shape(lambda: build_from_config(config))
+    except (ValueError, TypeError) as e:
+      found.append(str(e).rstrip('.'))
+  return found
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises a ConfigError listing every problem of `config`."""
+  found = problems(config)
+  if len(found) == 1:
+    raise errors.ConfigError(f'{found[0]}.')
+  if found:
+    raise errors.ConfigError(f'{len(found)} config problems: ' + '; '.join(found) + '.')

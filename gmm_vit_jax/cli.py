@@ -7,6 +7,7 @@ exit with errors.EXIT_ERROR; `--verbosity=1` adds the traceback. Anything else i
 bug and keeps its traceback.
 """
 
+import os
 import sys
 
 from absl import logging
@@ -18,19 +19,18 @@ def run(main, argv) -> None:
   """Calls main(argv) and exits with the code it returns (None: EXIT_OK)."""
   try:
     code = main(argv)
-  except errors.UserError as e:
-    _fail(str(e), e)
   except Exception as e:  # pylint: disable=broad-except
     storage = errors.describe_storage_error(e)
-    if storage is None:
+    if storage is None and not isinstance(e, errors.UserError):
       raise
-    _fail(storage, e)
+    if logging.get_verbosity() > logging.INFO:
+      logging.exception('Traceback of the error below:')
+    sys.stderr.write(f'error: {storage or e}\n')
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if storage is not None:
+      # The failed save's background threads would print tracebacks of their own on the
+      # way out; what is on disk is already committed or already lost.
+      os._exit(errors.EXIT_ERROR)
+    sys.exit(errors.EXIT_ERROR)
   sys.exit(errors.EXIT_OK if code is None else code)
-
-
-def _fail(message: str, exc: BaseException) -> None:
-  if logging.get_verbosity() > logging.INFO:
-    logging.exception('Traceback of the error below:')
-  sys.stderr.write(f'error: {message}\n')
-  sys.stderr.flush()
-  sys.exit(errors.EXIT_ERROR)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from gmm_vit_jax import errors
 from gmm_vit_jax.training.checkpoint import restore_model
 
 pytestmark = pytest.mark.multiprocess
@@ -58,12 +59,12 @@ def wait_all(procs) -> list[int]:
         p.wait()
 
 
-def finish(procs, logs) -> list[str]:
-  """Waits for every process; returns their output, failing with it on a bad exit."""
+def finish(procs, logs, expected: int = errors.EXIT_OK) -> list[str]:
+  """Waits for every process; returns their output, failing with it on another exit code."""
   codes = wait_all(procs)
   outputs = [open(path).read() for path in logs]
   for code, out in zip(codes, outputs):
-    assert code == 0, out[-4000:]
+    assert code == expected, out[-4000:]
   return outputs
 
 
@@ -127,7 +128,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
     assert time.time() < deadline and procs[1].poll() is None, open(logs[1]).read()[-4000:]
     time.sleep(0.5)
   procs[1].send_signal(signal.SIGTERM)
-  outputs = finish(procs, logs)
+  outputs = finish(procs, logs, expected=errors.EXIT_STOPPED)
 
   for i in range(2):
     assert f'Process {i} of 2; 1 local and 2 global devices.' in outputs[i]

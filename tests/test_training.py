@@ -203,7 +203,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config(epochs=3)
   config.optimizer.learning_rate = 1e30
   with pytest.raises(errors.NonFiniteError, match='NaN'):
-    loop.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir,
+                            allow_config_change=('epochs', 'optimizer.learning_rate'))
   after = Checkpointer(workdir, config.checkpoint)
   assert after.latest_step() == last_good
   after.close()

@@ -21,7 +21,7 @@ from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.training import config_checks, sharding
 from gmm_vit_jax.training.checkpoint import BEST_METRIC, Checkpointer
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from gmm_vit_jax.training.run_directory import RunDirectory, config_as_data, config_changes
+from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
 
@@ -116,17 +116,6 @@ def _changes_structure(config: ml_collections.ConfigDict):
   return changes_structure
 
 
-def _finished_summary(run: RunDirectory, config: ml_collections.ConfigDict,
-                      checkpointer: Checkpointer) -> dict | None:
-  """The stored summary of a run that has nothing left to train, if it still holds."""
-  summary = run.read_summary()
-  stored = run.stored_config()
-  if (summary and summary.get('completed') and summary.get('step') == checkpointer.latest_step()
-      and stored is not None and not config_changes(stored, config_as_data(config))):
-    return summary
-  return None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: tuple[str, ...] = ()) -> dict:
   """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the summary.
@@ -147,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       changes = run.check_config(config, has_checkpoint=checkpointer.latest_step() is not None,
                                  allowed=tuple(allow_config_change),
                                  changes_structure=_changes_structure(config))
-      finished = _finished_summary(run, config, checkpointer)
+      finished = run.finished_summary(config, checkpointer.latest_step())
       if finished:
         logging.info('%s is complete (step %d); its summary stands.', workdir, finished['step'])
         return finished

@@ -192,6 +192,17 @@ class RunDirectory:
   def read_summary(self) -> dict | None:
     return self._read_json(SUMMARY_FILE)
 
+  def finished_summary(self, config: ml_collections.ConfigDict,
+                       latest_step: int | None) -> dict | None:
+    """The stored summary, if the run is complete with `config` and nothing has been saved
+    after it; then there is nothing left to train."""
+    summary = self.read_summary()
+    stored = self.stored_config()
+    if (summary and summary.get('completed') and summary.get('step') == latest_step
+        and stored is not None and not config_changes(stored, config_as_data(config))):
+      return summary
+    return None
+
   def write_summary(self, summary: dict) -> None:
     if jax.process_index() == 0:
       _write_atomically(self.path(SUMMARY_FILE), json.dumps(summary, indent=2))

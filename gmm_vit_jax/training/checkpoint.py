@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,18 @@ class _QuietOrbax(logging.Filter):
 
 
 _QUIET_ORBAX = _QuietOrbax()
+
+
+def _quiet_closed_loop_callbacks(hook):
+  """sys.excepthook that drops the 'Event loop is closed' errors of callbacks orbax's array
+  writes schedule after a failed save has closed their event loop: noise behind the one
+  error the save raises."""
+  def excepthook(kind, value, traceback):
+    if kind is RuntimeError and str(value) == 'Event loop is closed':
+      return
+    hook(kind, value, traceback)
+  excepthook.quiet_closed_loops = True
+  return excepthook
 
 
 @contextlib.contextmanager
@@ -92,6 +105,8 @@ class Checkpointer:
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     self.workdir = workdir
     logging.getLogger('absl').addFilter(_QUIET_ORBAX)
+    if not getattr(sys.excepthook, 'quiet_closed_loops', False):
+      sys.excepthook = _quiet_closed_loop_callbacks(sys.excepthook)
     self.manager = _manager(workdir, ocp.CheckpointManagerOptions(
         preservation_policy=_policy(config), best_fn=_best_value, create=False,
         enable_async_checkpointing=True))

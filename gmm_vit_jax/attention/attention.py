@@ -16,6 +16,8 @@ From the score to `weights @ v` is the attention core, which runs in the impleme
 `model.attention.implementation` names (attention/core.py).
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -38,7 +40,10 @@ class Attention(nnx.Module):
                pre_softmax: core.LogitsFn | None = None,
                post_softmax: core.LogitsFn | None = None,
                implementation: str = 'xla', max_slices: int = 1, dtype=jnp.float32,
+               query_init: Callable = dense_init, value_init: Callable = dense_init,
                rngs: nnx.Rngs):
+    """query_init, value_init: the kernel initialisers of the query and value projections
+    (initializers.fused_dense_init where the reference fuses them with the keys)."""
     check_choice('attention skip', skip, SKIPS)
     check_choice('model.attention.implementation', implementation, core.IMPLEMENTATIONS)
     if max_slices < 1:
@@ -50,10 +55,10 @@ class Attention(nnx.Module):
     self.max_slices = max_slices
     self.skip = skip
     self.query = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                        kernel_init=dense_init, rngs=rngs)
+                        kernel_init=query_init, rngs=rngs)
     self.score = score
     self.value = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                        kernel_init=dense_init, rngs=rngs)
+                        kernel_init=value_init, rngs=rngs)
     self.mask = mask
     self.pre_softmax = pre_softmax
     self.post_softmax = post_softmax

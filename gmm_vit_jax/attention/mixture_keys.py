@@ -21,6 +21,8 @@ softmax_j(q_i . k_j / sqrt(D)): the reduction the MGK paper derives.
 Shapes: B batch, H heads, M keys per token, N tokens, D head dim, C model width.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,7 +52,8 @@ class MixtureOfKeysScore(nnx.Module):
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int, num_keys: int, variant: str,
                e_step: str, pi_per_position: bool, learn_variance: bool, use_bias: bool,
-               grid_shape: tuple[int, int] | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+               grid_shape: tuple[int, int] | None = None, dtype=jnp.float32,
+               kernel_init: Callable = dense_init, rngs: nnx.Rngs):
     check_choice('model.attention.mixture.variant', variant, VARIANTS)
     check_choice('model.attention.mixture.e_step', e_step, E_STEPS)
     if num_keys < 1:
@@ -60,7 +63,7 @@ class MixtureOfKeysScore(nnx.Module):
                        '(build the score through make_attention).')
     inner = num_heads * head_dim
     linear = lambda: Linear(dim, inner, use_bias=use_bias, dtype=dtype,
-                            kernel_init=dense_init, rngs=rngs)
+                            kernel_init=kernel_init, rngs=rngs)
     if variant == 'mgk':
       self.key = nnx.List([linear() for _ in range(num_keys)])
       self.shift = None

@@ -8,6 +8,8 @@ softmax. Mixture-of-keys attention (attention/mixture_keys.py) is a second score
 function with the same signature, so no backbone changes to use it.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -33,9 +35,10 @@ class DotProductScore(nnx.Module):
   """Scaled dot product q . k * scale, scale 1/sqrt(D) unless given: softmax attention logits."""
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int, use_bias: bool,
-               scale: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+               scale: float | None = None, dtype=jnp.float32,
+               kernel_init: Callable = dense_init, rngs: nnx.Rngs):
     self.key = Linear(dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype,
-                      kernel_init=dense_init, rngs=rngs)
+                      kernel_init=kernel_init, rngs=rngs)
     self.num_heads = num_heads
     self.scale = head_dim ** -0.5 if scale is None else scale
 

@@ -15,6 +15,14 @@ AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped
 # Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
 TINY_IMAGENET = 'tiny_imagenet'
 
+# What the paper-table configs compute in: float32, as the reference trained. On a GPU or
+# TPU, bfloat16 would round the q.k logits to 8 bits of mantissa before a GMM mask of up
+# to ~10 multiplies them, a blur of the size of the table's 0.01-0.4 point GMM-vs-plain
+# gaps, and the plain models could take the fused cuDNN kernel while the multiplicative
+# GMM cannot, so the two columns would not share numerics. The switch:
+# --config.model.dtype=bfloat16, or 'auto' (bfloat16 on GPUs and TPUs, float32 on CPUs).
+PAPER_DTYPE = 'float32'
+
 
 def mask(kind: str) -> ml_collections.ConfigDict:
   """`kind` is 'none', 'gmm' (Gaussian Mixture Mask) or 'elm' (element-wise learnable mask)."""

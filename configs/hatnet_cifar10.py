@@ -47,7 +47,7 @@ def imagenet_tiny(mask_kind: str) -> ml_collections.ConfigDict:
       dropout=0.0,
       head_dropout=0.2,  # HAT-Net's classifier dropout.
       stochastic_depth=0.1,  # Rises linearly over all blocks.
-      dtype='auto',  # bfloat16 on GPUs and TPUs, float32 on CPUs.
+      dtype=common.PAPER_DTYPE,
       attention=common.attention(qkv_bias=True),
       mask=common.mask(mask_kind),
   ))

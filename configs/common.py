@@ -35,12 +35,18 @@ def mask(kind: str) -> ml_collections.ConfigDict:
 
 
 def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft',
-                    pi_per_position: bool = False,
+                    pi: str = 'e_step', pi_per_position: bool = False,
                     learn_variance: bool = False) -> ml_collections.ConfigDict:
   """The `attention.mixture` section of score 'mixture_of_keys' (SPEC section 3, MGK).
 
   variant: 'mgk' (one key projection per component) or 'smgk' (one projection plus a
-    learned shift per component). e_step: 'soft' (sum over components) or 'hard' (max).
+    learned shift per component).
+  e_step: 'soft' (pi-weighted sum over components) or 'hard' (max over components).
+  pi: where the mixing weights come from. 'e_step': the paper's soft E-step, a
+    non-trainable state set each training batch to the mean responsibilities and used
+    as is at evaluation (needs e_step='soft'); 'learned': softmax-normalised logits
+    learned by SGD, a different variant; 'none': no mixing weights, with e_step='hard'
+    the paper's hard E-step.
   pi_per_position: mixing weights per head and key position instead of per head.
   learn_variance: learn sigma_r^2 (per head and component) from its default sqrt(d_head).
   """
@@ -48,6 +54,7 @@ def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft
       num_keys=num_keys,
       variant=variant,
       e_step=e_step,
+      pi=pi,
       pi_per_position=pi_per_position,
       learn_variance=learn_variance,
   ))

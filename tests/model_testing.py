@@ -13,24 +13,30 @@ from configs import cait_cifar10, hatnet_cifar10, pit_cifar10, swin_cifar10, t2t
 
 def train_losses(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, steps: int,
                  learning_rate: float = 1e-3, **call_kwargs) -> list[float]:
-  """Full-batch AdamW steps on one tiny batch; returns the loss before each step."""
+  """Full-batch AdamW steps on one tiny batch; returns the loss before each step.
+
+  Like the trainer's step, the non-parameter state a training pass sets (the mixture's
+  E-step) is carried from step to step.
+  """
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  rest = nnx.to_pure_dict(rest)
   tx = optax.adamw(learning_rate)
   opt_state = tx.init(params)
 
   @jax.jit
-  def step(params, opt_state, key):
+  def step(params, rest, opt_state, key):
     def loss_fn(p):
-      logits = nnx.merge(graphdef, p, rest)(
-          images, deterministic=False, rngs=nnx.Rngs(dropout=key), **call_kwargs)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+      net = nnx.merge(graphdef, p, rest)
+      logits = net(images, deterministic=False, rngs=nnx.Rngs(dropout=key), **call_kwargs)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, nnx.to_pure_dict(nnx.split(net, nnx.Param, ...)[2])
+    (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), rest, opt_state, loss
 
   losses = []
   for i in range(steps):
-    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
+    params, rest, opt_state, loss = step(params, rest, opt_state, jax.random.key(i))
     losses.append(float(loss))
   return losses
 

@@ -70,13 +70,15 @@ class Attention(nnx.Module):
 
   def attention_weights(self, x: jax.Array, coords: jax.Array | None,
                         bias: jax.Array | None = None,
-                        context: jax.Array | None = None) -> jax.Array:
+                        context: jax.Array | None = None, *,
+                        training: bool = False) -> jax.Array:
     """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, M) float32 weights.
 
     context: (B, M, C) tokens the keys come from; None for self-attention (M = N).
+    training: the score may update its non-trainable state (the mixture's E-step).
     """
     q = split_heads(self.query(x), self.num_heads)
-    logits = self.score(self.key_source(x, context), q, coords)
+    logits = self.score(self.key_source(x, context), q, coords, training=training)
     logits = core.masked_logits(logits, self.grid_mask(coords), bias)
     if self.pre_softmax is not None:
       logits = self.pre_softmax(logits)
@@ -116,7 +118,7 @@ class Attention(nnx.Module):
     v = split_heads(self.value(source), self.num_heads)
     implementation = self.resolved_implementation(x.shape[1], source.shape[1], bias is not None)
     if implementation == 'xla':
-      weights = self.attention_weights(x, coords, bias, context)
+      weights = self.attention_weights(x, coords, bias, context, training=not deterministic)
       out = jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v)
     else:
       out = core.attend(split_heads(self.query(x), self.num_heads), self.score.keys(source), v,

@@ -5,7 +5,8 @@ queries q (B, H, N, D) and the tokens' grid coordinates ((N, 2) or (B, N, 2), se
 attention/grid.py) to log-space scores (B, H, N, M); M = N in self-attention, x is
 the context in cross-attention. The attention module applies the mask and the
 softmax. Mixture-of-keys attention (attention/mixture_keys.py) is a second score
-function with the same signature, so no backbone changes to use it.
+function with the same signature, so no backbone changes to use it; `training=True`
+lets a score update its non-trainable state (the mixture's E-step).
 """
 
 from typing import Callable
@@ -46,6 +47,8 @@ class DotProductScore(nnx.Module):
     """(B, N, C) -> (B, H, N, D)."""
     return split_heads(self.key(x), self.num_heads)
 
-  def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None) -> jax.Array:
-    """The dot product does not depend on token position: `coords` is not read."""
+  def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None, *,
+               training: bool = False) -> jax.Array:
+    """The dot product does not depend on token position (`coords`) and has no state to
+    update in training (`training`): neither is read."""
     return dot_product_logits(q, self.keys(x), self.scale)

@@ -80,7 +80,7 @@ def attention(score: str = 'dot_product', qkv_bias: bool = False,
 
 def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sample',
                     mode: str = 'drop', probability: float = 0.5,
-                    decay: float = 0.0) -> ml_collections.ConfigDict:
+                    decay: float = 0.0, entropy_bins: int = 256) -> ml_collections.ConfigDict:
   """Training-time patch selection (SPEC section 3; gmm_vit_jax/patches). Evaluation keeps all.
 
   kind: patch score, 'none', 'contrast', 'entropy', 'variance' or 'random'.
@@ -92,6 +92,9 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
   probability, decay: a batch is filtered with probability p_e, where p_0 = probability
     and p_e = p_(e-1) / (1 + decay * e) at epoch e.
   selection, probability and decay default to the reference filter's own defaults.
+  entropy_bins: bins over [0, 1] of the entropy score's per-patch intensity histogram
+    (channels pooled); 256, one per level of an 8-bit image, counts intensity values
+    as the GMM-HViT write-up's p_i = count(i) / N does.
   """
   return ml_collections.ConfigDict(dict(
       kind=kind,
@@ -100,6 +103,7 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
       mode=mode,
       probability=probability,
       decay=decay,
+      entropy_bins=entropy_bins,
   ))
 
 

@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from gmm_vit_jax.attention.masks import ElementwiseMask, GaussianMixtureMask
 from gmm_vit_jax.models import build_from_config
 from tests.model_testing import TINY_CONFIGS, quick_compiles, random_batch
 
@@ -31,12 +32,19 @@ def mask_leaves(tree) -> dict[str, np.ndarray]:
 def test_mask_parameters_get_gradients_and_move(name, kind):
   config = TINY_CONFIGS[name](kind)
   config.model.dtype = 'float32'
+  # PiT reads only the CLS token, whose logits row and column the mask leaves alone, so
+  # the mask of its very last block cannot reach the output (as in the reference): two
+  # blocks in the last stage, the last one's mask checked to get no gradient at all.
+  dead = None
+  if name == 'pit':
+    config.model.depths = (1, 1, 2)
+    dead = 'stages.2.1.'
   model = build_from_config(config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   rest = nnx.to_pure_dict(rest)
-  size = 32
-  images, labels = random_batch(4, size, seed=1)
-  tx = optax.adamw(1e-2)
+  images, labels = random_batch(4, 32, seed=1)
+  # Plain Adam: weight decay would move parameters without a gradient too.
+  tx = optax.adam(1e-2)
 
   @jax.jit
   def step(params, opt_state):
@@ -49,13 +57,18 @@ def test_mask_parameters_get_gradients_and_move(name, kind):
 
   before = mask_leaves(params)
   expected_layers = sum(1 for _, m in nnx.iter_modules(model)
-                        if type(m).__name__ in ('GaussianMixtureMask', 'ElementwiseMask'))
+                        if isinstance(m, (GaussianMixtureMask, ElementwiseMask)))
   assert expected_layers and len(before) == expected_layers * (2 if kind == 'gmm' else 1)
   opt_state = tx.init(params)
-  for i in range(2):
-    params, opt_state, grads = step(params, opt_state)
-    if i == 0:
-      for path, grad in mask_leaves(grads).items():
-        assert np.all(grad != 0), f'{path}: {np.mean(grad == 0):.0%} of its gradient is zero'
-  for path, value in mask_leaves(params).items():
-    assert np.all(value != before[path]), f'{path} did not move'
+  params, opt_state, grads = step(params, opt_state)
+  params, opt_state, _ = step(params, opt_state)
+  for path, grad in mask_leaves(grads).items():
+    live = grad != 0
+    if dead is not None and path.startswith(dead):
+      assert not live.any(), path
+      continue
+    # Every alpha and ELM entry scales logits, so each has a gradient. A kernel whose
+    # sigma ~ N(10, 10) was drawn near 0 is a point on the token itself (exp(-d2 / 2
+    # sigma^2) is 0 off it and 1 on it, whatever sigma): its sigma has none, rightly.
+    assert live.mean() >= (0.5 if path.endswith('sigma') else 1.0), (path, live.mean())
+    assert np.all(mask_leaves(params)[path][live] != before[path][live]), f'{path} did not move'

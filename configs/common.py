@@ -15,6 +15,14 @@ AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped
 # Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
 TINY_IMAGENET = 'tiny_imagenet'
 
+# What the paper-table configs compute in: float32, as the reference trained. On a GPU or
+# TPU, bfloat16 would round the q.k logits to 8 bits of mantissa before a GMM mask of up
+# to ~10 multiplies them, a blur of the size of the table's 0.01-0.4 point GMM-vs-plain
+# gaps, and the plain models could take the fused cuDNN kernel while the multiplicative
+# GMM cannot, so the two columns would not share numerics. The switch:
+# --config.model.dtype=bfloat16, or 'auto' (bfloat16 on GPUs and TPUs, float32 on CPUs).
+PAPER_DTYPE = 'float32'
+
 
 def mask(kind: str) -> ml_collections.ConfigDict:
   """`kind` is 'none', 'gmm' (Gaussian Mixture Mask) or 'elm' (element-wise learnable mask)."""
@@ -27,12 +35,18 @@ def mask(kind: str) -> ml_collections.ConfigDict:
 
 
 def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft',
-                    pi_per_position: bool = False,
+                    pi: str = 'e_step', pi_per_position: bool = False,
                     learn_variance: bool = False) -> ml_collections.ConfigDict:
   """The `attention.mixture` section of score 'mixture_of_keys' (SPEC section 3, MGK).
 
   variant: 'mgk' (one key projection per component) or 'smgk' (one projection plus a
-    learned shift per component). e_step: 'soft' (sum over components) or 'hard' (max).
+    learned shift per component).
+  e_step: 'soft' (pi-weighted sum over components) or 'hard' (max over components).
+  pi: where the mixing weights come from. 'e_step': the paper's soft E-step, a
+    non-trainable state set each training batch to the mean responsibilities and used
+    as is at evaluation (needs e_step='soft'); 'learned': softmax-normalised logits
+    learned by SGD, a different variant; 'none': no mixing weights, with e_step='hard'
+    the paper's hard E-step.
   pi_per_position: mixing weights per head and key position instead of per head.
   learn_variance: learn sigma_r^2 (per head and component) from its default sqrt(d_head).
   """
@@ -40,6 +54,7 @@ def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft
       num_keys=num_keys,
       variant=variant,
       e_step=e_step,
+      pi=pi,
       pi_per_position=pi_per_position,
       learn_variance=learn_variance,
   ))
@@ -65,7 +80,7 @@ def attention(score: str = 'dot_product', qkv_bias: bool = False,
 
 def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sample',
                     mode: str = 'drop', probability: float = 0.5,
-                    decay: float = 0.0) -> ml_collections.ConfigDict:
+                    decay: float = 0.0, entropy_bins: int = 256) -> ml_collections.ConfigDict:
   """Training-time patch selection (SPEC section 3; gmm_vit_jax/patches). Evaluation keeps all.
 
   kind: patch score, 'none', 'contrast', 'entropy', 'variance' or 'random'.
@@ -77,6 +92,9 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
   probability, decay: a batch is filtered with probability p_e, where p_0 = probability
     and p_e = p_(e-1) / (1 + decay * e) at epoch e.
   selection, probability and decay default to the reference filter's own defaults.
+  entropy_bins: bins over [0, 1] of the entropy score's per-patch intensity histogram
+    (channels pooled); 256, one per level of an 8-bit image, counts intensity values
+    as the GMM-HViT write-up's p_i = count(i) / N does.
   """
   return ml_collections.ConfigDict(dict(
       kind=kind,
@@ -85,6 +103,7 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
       mode=mode,
       probability=probability,
       decay=decay,
+      entropy_bins=entropy_bins,
   ))
 
 

@@ -3,7 +3,8 @@
     python train.py --config=configs/gmm_hatnet_cifar10.py --workdir=runs/gmm_hatnet_cifar10
 Other datasets by argument: --config=configs/gmm_hatnet_cifar10.py:cifar100 (or
 svhn_cropped, tiny_imagenet). The mask acts in the windowed self-attention of every
-block (4x4 windows; the 2x2 map in the last stage); the pooled attention stays plain.
+block (4x4 windows, 2x2 in the third stage; the 2x2 map in the last); the pooled
+attention stays plain.
 The model is that of configs/hatnet_cifar10.py: 12,269,602 trainable parameters.
 """
 

@@ -11,6 +11,8 @@ Keeping d_head = 16 keeps sigma^2 = sqrt(d_head) and each head's score as in the
 and halves the width of queries, values and the output projection (the two key
 projections together have the width of the one they replace): fewer parameters and
 FLOPs. 6 x 32 would keep the width at 192 and save nothing.
+The two keys' mixing weights follow the paper's soft E-step (common.mixture_of_keys:
+e_step='soft', pi='e_step'), not gradient descent.
 """
 
 import ml_collections

@@ -39,7 +39,8 @@ def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:
       dropout=0.0,
       emb_dropout=0.0,
       stochastic_depth=0.1,
-      dtype='auto',  # bfloat16 on GPUs and TPUs, float32 on CPUs.
+      # A CPU demo, not a table run: 'auto' is float32 there (bfloat16 on GPUs and TPUs).
+      dtype='auto',
       attention=common.attention(),
       mask=common.mask('gmm'),
   ))

@@ -22,7 +22,7 @@ def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
       mlp_ratio=2,
       dropout=0.0,
       stochastic_depth=0.1,  # Linear from 0 at the first block to this at the last.
-      dtype='auto',  # bfloat16 on GPUs and TPUs, float32 on CPUs.
+      dtype=common.PAPER_DTYPE,
       attention=common.attention(qkv_bias=True),
       mask=common.mask(mask_kind),
   ))

@@ -24,7 +24,7 @@ def model(mask_kind: str, dataset: str = 'cifar10') -> ml_collections.ConfigDict
       dropout=0.0,
       emb_dropout=0.0,
       stochastic_depth=0.1,
-      dtype='auto',  # bfloat16 on GPUs and TPUs, float32 on CPUs.
+      dtype=common.PAPER_DTYPE,
       attention=common.attention(),
       mask=common.mask(mask_kind),
   ))

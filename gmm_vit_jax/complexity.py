@@ -13,6 +13,7 @@ A product is "with weights" when one operand depends on the image and the other 
 Depth is the number of attention layers.
 """
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -26,7 +27,7 @@ from jax.extend import core as jex_core
 
 from gmm_vit_jax.attention import Attention
 from gmm_vit_jax.data.info import dataset_info
-from gmm_vit_jax.models import build_model
+from gmm_vit_jax.models import build_model, layers
 
 FLAGS = flags.FLAGS
 
@@ -77,20 +78,46 @@ def _count(jaxpr, dependent: list[bool], totals: dict) -> list[bool]:
   return [read(v) for v in jaxpr.outvars]
 
 
+def _grouped_depthwise_conv(x, kernel, strides, padding):
+  """layers.depthwise_conv as the one grouped convolution it equals."""
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      feature_group_count=x.shape[-1])
+
+
+@contextlib.contextmanager
+def _depthwise_as_convolution():
+  """Traces DepthwiseConv as a convolution. It computes as shifted slices times kernel
+  taps, elementwise products the counter cannot tell from a norm's scale, so its MACs
+  (which ptflops counts as a convolution's) would otherwise be left out."""
+  computed = layers.depthwise_conv
+  layers.depthwise_conv = _grouped_depthwise_conv
+  try:
+    yield
+  finally:
+    layers.depthwise_conv = computed
+
+
 def model_complexity(config: ml_collections.ConfigDict) -> dict:
   """Counts for config.model on one image of config.dataset."""
   info = dataset_info(config.dataset.name)
-  model = build_model(config.model, num_classes=info['num_classes'],
-                      image_size=info['image_size'], channels=info['channels'],
-                      rngs=nnx.Rngs(0))
+  model_config = config.model.copy_and_resolve_references()
+  # The materialised core: 'blockwise' loops over batch slices, whose one traced body
+  # the walk below would count once.
+  model_config.attention.implementation = 'xla'
+  # Shapes only: counting needs no weight values, and drawing them is slow.
+  model = nnx.eval_shape(lambda: build_model(model_config, num_classes=info['num_classes'],
+                                             image_size=info['image_size'],
+                                             channels=info['channels'], rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   image = jnp.zeros((1, info['image_size'], info['image_size'], info['channels']), jnp.float32)
-  closed = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef, p, r)(x))(params, rest, image)
+  with _depthwise_as_convolution():
+    closed = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef, p, r)(x))(params, rest, image)
   num_state = len(jax.tree.leaves((params, rest)))
   totals = {'weights': 0, 'attention': 0}
   _count(closed.jaxpr, [False] * num_state + [True], totals)
   return dict(model=config.model.name, mask=config.model.mask.kind,
-              params=sum(x.size for x in jax.tree.leaves(params)),
+              params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
               macs_paper=totals['weights'], macs_full=totals['weights'] + totals['attention'],
               depth=sum(isinstance(m, Attention) for _, m in nnx.iter_graph(model)))
 

@@ -4,12 +4,30 @@ import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 # Linear and conv weights: xavier-normal, biases zero (the reference's init_weights).
 dense_init = nnx.initializers.xavier_normal()
 # Position embeddings and CLS tokens: standard normal (torch.randn in the reference).
 embedding_init = nnx.initializers.normal(stddev=1.0)
+
+
+def fused_dense_init(parts: int) -> Callable:
+  """Xavier-normal for one of `parts` equal projections the reference fuses into one Linear.
+
+  The reference draws its fused (fan_in, parts * fan_out) kernel (ViT's and PiT's to_qkv,
+  parts=3; CaiT's to_kv, parts=2) with std sqrt(2 / (fan_in + parts * fan_out)); here
+  each part is its own (fan_in, fan_out) kernel, drawn with that same std, so the
+  parameter layout stays one Linear per projection.
+  """
+  def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    fan_in, fan_out = math.prod(shape[:-1]), parts * shape[-1]
+    # variance_scaling's 'fan_in' variance is scale / fan_in: this scale gives 2 / (in + out).
+    scale = 2.0 * fan_in / (fan_in + fan_out)
+    return nnx.initializers.variance_scaling(scale, 'fan_in', 'truncated_normal')(
+        key, shape, dtype)
+  return init
 
 
 def torch_default_init(module: nnx.Module, rngs: nnx.Rngs) -> None:

@@ -16,6 +16,7 @@ from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.torch_models import build_torch_model
 from tests.model_testing import quick_compiles, tiny_cait_config, tiny_swin_config, tiny_vit_config
+from tests.twin_testing import strong_twin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every backbone and mask the reference code builds (its ELM Swin does not).
@@ -126,6 +127,31 @@ def test_swin_conv_qkv_and_bias_table():
                                 state_dict[f'{theirs}.mask.alpha'][:, :, 0, 0])
   np.testing.assert_array_equal(variables['stages.0.downsample.reduction.kernel'],
                                 state_dict['layers.0.downsample.reduction.weight'].T)
+
+
+@pytest.mark.parametrize('kind, mask_param', [('gmm', 'mask.alpha'), ('elm', 'mask.weight')])
+def test_cait_conversion_where_the_mask_matters(kind, mask_param):
+  """Weights drawn so every tensor moves the logits by O(1): the converted CaiT gives the
+  twin's logits to 1e-4, and zeroing its masks moves them by over a thousand times that."""
+  config = tiny_cait_config(kind)
+  twin = strong_twin(config)
+  # LayerScale at 1 rather than drawn: a patch layer's change then reaches the class
+  # attention, which averages it over the 64 patches, undamped.
+  with torch.no_grad():
+    for name, value in twin.named_parameters():
+      if name.endswith('.scale'):
+        value.fill_(1.0)
+  model = convert.model_from_torch(_state_dict(twin), config)
+  images = _images()
+  expected = _twin_logits(twin, images)
+  assert np.abs(expected).max() > 0.3
+  np.testing.assert_allclose(np.asarray(model(images)), expected, rtol=0, atol=1e-4)
+  variables = export.flat_variables(model)
+  zeroed = {name: np.zeros_like(value) if name.endswith(mask_param) else value
+            for name, value in variables.items()}
+  assert sum(name.endswith(mask_param) for name in zeroed) == config.model.depth
+  export.set_flat_variables(model, zeroed)
+  assert np.abs(np.asarray(model(images)) - expected).max() > 0.1
 
 
 def test_cait_kv_split_talking_heads_and_layer_scale():

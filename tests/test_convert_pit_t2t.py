@@ -16,12 +16,12 @@ from flax import nnx
 from configs import gmm_pit_cifar10, gmm_t2t_cifar10, pit_cifar10, t2t_cifar10
 from gmm_vit_jax import convert
 from gmm_vit_jax import export
-from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.torch_models import build_torch_model
 from gmm_vit_jax.torch_models import pit as torch_pit
 from gmm_vit_jax.torch_models import vit as torch_vit
 from tests.model_testing import quick_compiles
+from tests.twin_testing import strong_twin
 
 KINDS = ('none', 'gmm', 'elm')
 CASES = [(name, kind) for name in ('pit', 't2t') for kind in KINDS]
@@ -50,34 +50,6 @@ def tiny_config(name: str, kind: str, dataset: str = 'cifar10'):
   return config
 
 
-def _twin(config, seed: int = 0) -> torch.nn.Module:
-  """A twin with weights drawn so that every tensor moves the logits by O(1).
-
-  Kernels ~ N(0, 1/fan_in), ELM matrices ~ N(0, 1), biases and norm shifts ~ N(0, 0.04),
-  norm scales ~ N(1, 0.04); the GMM's sigma and alpha keep their own init.
-  """
-  torch.manual_seed(seed)
-  info = dataset_info(config.dataset.name)
-  twin = build_torch_model(config.model, num_classes=info['num_classes'],
-                           image_size=info['image_size'], channels=info['channels'])
-  with torch.no_grad():
-    for name, value in twin.named_parameters():
-      if name.endswith(('sigma', 'alpha', 'pos_embedding', 'cls_token')):
-        continue
-      if name.endswith('mask.mask'):
-        value.normal_()
-      elif value.ndim >= 2:
-        value.normal_(0.0, value[0].numel() ** -0.5)
-      else:
-        value.normal_(1.0 if _is_norm_scale(twin, name) else 0.0, 0.2)
-  return twin.eval()
-
-
-def _is_norm_scale(twin: torch.nn.Module, name: str) -> bool:
-  module, _, leaf = name.rpartition('.')
-  return leaf == 'weight' and isinstance(twin.get_submodule(module), torch.nn.LayerNorm)
-
-
 def _state_dict(twin: torch.nn.Module) -> dict[str, np.ndarray]:
   return {k: v.numpy() for k, v in twin.state_dict().items()}
 
@@ -99,7 +71,7 @@ def _twin_logits(twin: torch.nn.Module, images_nhwc: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize('name, kind', CASES)
 def test_reference_weights_give_the_twins_logits(name, kind):
   config = tiny_config(name, kind)
-  twin = _twin(config)
+  twin = strong_twin(config)
   model = convert.model_from_torch(_state_dict(twin), config)
   images = _images()
   expected = _twin_logits(twin, images)
@@ -108,7 +80,7 @@ def test_reference_weights_give_the_twins_logits(name, kind):
 
 
 def _randomised(model: nnx.Module, seed: int) -> dict[str, np.ndarray]:
-  """The model's variables redrawn as `_twin` draws the twin's, loaded into it."""
+  """The model's variables redrawn as `strong_twin` draws the twin's, loaded into it."""
   rng = np.random.default_rng(seed)
   out = {}
   for name, value in export.flat_variables(model).items():
@@ -146,7 +118,7 @@ def test_flax_weights_load_into_the_twin_and_back(name, kind):
 def test_t2t_with_two_token_transformers_on_64x64_images():
   config = tiny_config('t2t', 'gmm', 'tiny_imagenet')
   assert config.model.num_token_layers == 2
-  twin = _twin(config)
+  twin = strong_twin(config)
   state_dict = _state_dict(twin)
   assert state_dict['tokens_to_token.attention1.mask'].shape == (1, 1, 1024, 1024)
   assert state_dict['tokens_to_token.attention2.attn.qkv.weight'].shape == (12, 36)
@@ -225,7 +197,7 @@ def test_t2t_state_dict_has_the_reference_layout():
 
 def test_convolutions_and_qkv_are_split_and_transposed():
   config = tiny_config('pit', 'gmm')
-  state_dict = _state_dict(_twin(config))
+  state_dict = _state_dict(strong_twin(config))
   variables = export.flat_variables(convert.model_from_torch(state_dict, config))
   depthwise = state_dict['layers.1.downsample.net.0.weight']  # (2C, 1, 3, 3)
   np.testing.assert_array_equal(variables['pools.0.depthwise.kernel'][1, 2, 0, :],
@@ -238,7 +210,7 @@ def test_convolutions_and_qkv_are_split_and_transposed():
                                 state_dict['layers.4.layers.0.0.fn.mask.alpha'][:, :, 0, 0])
 
   config = tiny_config('t2t', 'none')
-  state_dict = _state_dict(_twin(config))
+  state_dict = _state_dict(strong_twin(config))
   variables = export.flat_variables(convert.model_from_torch(state_dict, config))
   qkv = state_dict['tokens_to_token.attention1.attn.qkv.weight']
   for i, name in enumerate(['query', 'score.key', 'value']):

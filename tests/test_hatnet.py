@@ -9,7 +9,8 @@ from flax import nnx
 
 from configs import common, gmm_hatnet_cifar10, hatnet_cifar10
 from gmm_vit_jax.models import build_model
-from gmm_vit_jax.models.hatnet import window_merge, window_partition
+from gmm_vit_jax.initializers import reinit_kernels
+from gmm_vit_jax.models.hatnet import HierarchicalAttention, window_merge, window_partition
 from tests.model_testing import count_params, quick_compiles, random_batch, train_losses
 
 
@@ -63,13 +64,26 @@ def group_norm(x, norm):
   return (x - mean) / np.sqrt(var + 1e-6) * weights(norm.scale) + weights(norm.bias)
 
 
-def softmax_attention(q, k, v, heads):
-  """(B, N, C), (B, M, C), (B, M, C) -> (B, N, C), scale 1/sqrt(C / heads)."""
+def gmm_mask(mask, g):
+  """(H, g*g, g*g): SPEC section 1's sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))) on a g x g
+  window, zero from d2 = 104."""
+  r, c = np.divmod(np.arange(g * g), g)
+  d2 = (r[:, None] - r[None]) ** 2 + (c[:, None] - c[None]) ** 2
+  sigma, alpha = weights(mask.sigma), weights(mask.alpha)  # (K, H)
+  kern = np.exp(-d2[None, None] / (2 * (sigma[..., None, None] ** 2 + 1e-5)))
+  return (alpha[..., None, None] * np.where(d2 < 104, kern, 0.0)).sum(0)
+
+
+def softmax_attention(q, k, v, heads, multiplier=None):
+  """(B, N, C), (B, M, C), (B, M, C) -> (B, N, C), scale 1/sqrt(C / heads); the scaled
+  logits of head h times multiplier[h] (N, M) when given."""
   d = q.shape[-1] // heads
   out = np.zeros_like(q)
   for h in range(heads):
     sl = slice(h * d, (h + 1) * d)
     s = np.einsum('bid,bjd->bij', q[..., sl], k[..., sl]) / np.sqrt(d)
+    if multiplier is not None:
+      s = s * multiplier[h]
     p = np.exp(s - s.max(-1, keepdims=True))
     out[..., sl] = (p / p.sum(-1, keepdims=True)) @ v[..., sl]
   return out
@@ -79,13 +93,14 @@ def numpy_hmhsa(x, m, grid_size, ratio, heads):
   b, h, w, c = x.shape
   g = grid_size if grid_size > 1 else h
   a = m.attention
+  multiplier = None if a.mask is None else gmm_mask(a.mask, g)
   normed = group_norm(x, m.norm)
   local = np.zeros_like(x)
   for wy in range(h // g):
     for wx in range(w // g):
       win = normed[:, wy * g:(wy + 1) * g, wx * g:(wx + 1) * g].reshape(b, g * g, c)
       out = softmax_attention(linear(win, a.query), linear(win, a.score.key),
-                              linear(win, a.value), heads)
+                              linear(win, a.value), heads, multiplier)
       local[:, wy * g:(wy + 1) * g, wx * g:(wx + 1) * g] = out.reshape(b, g, g, c)
   if grid_size == 1:
     return linear(local, m.proj)
@@ -114,6 +129,32 @@ def test_hierarchical_attention_matches_numpy(stage, side, grid_size, ratio, hea
                              atol=1e-4)
 
 
+def test_cifar_third_stage_block_matches_numpy():
+  """The CIFAR HAT-Net's third-stage geometry with GMM: a 4x4 map in four 2x2 windows
+  (GMM on each window's grid), queries at every position attending to the unpooled map."""
+  config = hatnet_cifar10.model('gmm', 'cifar10')
+  side, grid_size, ratio = 4, config.grid_sizes[2], config.ds_ratios[2]
+  assert (grid_size, ratio) == (2, 1)
+  heads, dim = 2, 8
+  m = HierarchicalAttention(dim, head_dim=dim // heads, side=side, grid_size=grid_size,
+                            ds_ratio=ratio, dropout=0.0, attention=config.attention,
+                            mask=config.mask, dtype=jnp.float32, rngs=nnx.Rngs(3))
+  # Kernels drawn with variance 4 / fan_in rather than HAT-Net's std 0.02: logits of
+  # order 1, so that the mask matters.
+  reinit_kernels(m, nnx.initializers.variance_scaling(4.0, 'fan_in', 'normal'), nnx.Rngs(4))
+  x = 1.5 + 2.0 * np.random.default_rng(7).normal(size=(2, side, side, dim))
+  out = nnx.jit(lambda a, t: a(t))(m, x.astype(np.float32))
+  expected = numpy_hmhsa(x, m, grid_size, ratio, heads)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+  # The mask matters: the same block without it is another function.
+  unmasked = HierarchicalAttention(dim, head_dim=dim // heads, side=side, grid_size=grid_size,
+                                   ds_ratio=ratio, dropout=0.0, attention=config.attention,
+                                   mask=hatnet_cifar10.model('none', 'cifar10').mask,
+                                   dtype=jnp.float32, rngs=nnx.Rngs(3))
+  nnx.update(unmasked, nnx.state(m, nnx.Not(nnx.PathContains('mask'))))
+  assert np.abs(np.asarray(unmasked(x.astype(np.float32))) - expected).max() > 0.1
+
+
 def test_hatnet_tiny_has_12_7m_parameters():
   config = hatnet_cifar10.imagenet_tiny('none')
   model = nnx.eval_shape(lambda: build_model(config, num_classes=1000, image_size=224,
@@ -132,7 +173,7 @@ def test_cifar_configs():
   config = gmm_hatnet_cifar10.get_config()
   model = nnx.eval_shape(lambda: build_model(config.model, num_classes=10, image_size=32,
                                              channels=3, rngs=nnx.Rngs(0)))
-  assert [blocks[0].attention.window for blocks in model.stages] == [4, 4, 4, 2]
+  assert [blocks[0].attention.window for blocks in model.stages] == [4, 4, 2, 2]
   assert hatnet_cifar10.get_config('cifar100').model.mask.kind == 'none'
   assert hatnet_cifar10.get_config(common.TINY_IMAGENET).model.stem_strides == (2, 2)
 

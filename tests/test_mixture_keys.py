@@ -11,7 +11,7 @@ from configs import common, gmm_hvit_cifar10, vit_cifar10
 from gmm_vit_jax.attention import grid, make_score
 from gmm_vit_jax.attention.attention import Attention
 from gmm_vit_jax.attention.masks import ElementwiseMask, GaussianMixtureMask
-from gmm_vit_jax.attention.mixture_keys import MixtureOfKeysScore
+from gmm_vit_jax.attention.mixture_keys import MixingWeights, MixtureOfKeysScore
 from gmm_vit_jax.attention.scores import DotProductScore
 from gmm_vit_jax.models import build_model
 from tests import model_testing
@@ -59,16 +59,20 @@ class Reference:
     else:
       self.wk = [np.asarray(score.key.kernel[...], np.float64)]
       self.shift = np.asarray(score.shift[...], np.float64)  # (H, M, D)
-    logits = np.asarray(score.pi_logits[...], np.float64)
-    self.log_pi = np.log(np_softmax(logits, axis=1))  # (H, M) or (H, M, P)
-    m = logits.shape[1]
+    if score.pi_kind == 'learned':
+      self.log_pi = np.log(np_softmax(np.asarray(score.pi_logits[...], np.float64), axis=1))
+    elif score.pi_kind == 'e_step':
+      self.log_pi = np.log(np.asarray(score.pi[...], np.float64))  # (H, M) or (H, M, P)
+    else:
+      self.log_pi = np.zeros((HEADS, score.num_keys))  # pi_jr = 1: no mixing weights
+    m = score.num_keys
     self.var = (np.exp(np.asarray(score.log_var[...], np.float64)) if score.log_var is not None
                 else np.full((HEADS, m), np.sqrt(HEAD_DIM)))
     self.hard = score.e_step == 'hard'
     self.width = None if score.grid_shape is None else score.grid_shape[1]
 
-  def log_scores(self, x, coords):
-    """L_ij = log sum_r pi_jr exp(-|q_i - k_jr|^2 / (2 s_r^2)) (max for the hard E-step)."""
+  def terms(self, x, coords):
+    """log pi_jr - |q_i - k_jr|^2 / (2 s_r^2): (B, H, M, I, J); and q (B, H, I, D)."""
     x = np.asarray(x, np.float64)
     q = np_heads(x @ self.wq)  # (B, H, N, D)
     if self.shift is None:
@@ -84,9 +88,36 @@ class Reference:
       slot = np.where((c >= 0).all(-1), c[..., 0] * self.width + c[..., 1], log_pi.shape[-1] - 1)
       slot = np.broadcast_to(slot, (x.shape[0], x.shape[1]))
       log_pi = np.stack([log_pi[:, :, s] for s in slot])[:, :, :, None, :]
-    terms = log_pi - sq / (2 * self.var[None, :, :, None, None])
+    return log_pi - sq / (2 * self.var[None, :, :, None, None]), q
+
+  def log_scores(self, x, coords):
+    """L_ij = log sum_r pi_jr exp(-|q_i - k_jr|^2 / (2 s_r^2)) (max for the hard E-step)."""
+    terms, q = self.terms(x, coords)
     scores = terms.max(axis=2) if self.hard else np_logsumexp(terms, axis=2)
     return scores, q
+
+  def e_step(self, x, coords):
+    """The paper's soft E-step, written out: the new pi from this batch's responsibilities.
+
+    gamma_bhrij = pi_jr N_r(q_i | k_jr) / sum_r' pi_jr' N_r'(q_i | k_jr'); pi per head is
+    gamma's mean over b, i and j; per position, the mean over b and i of the keys in that
+    position's slot, the old pi where no key of the batch sits.
+    """
+    terms, _ = self.terms(x, coords)
+    gamma = np.exp(terms)
+    gamma = gamma / gamma.sum(axis=2, keepdims=True)
+    old = np.exp(self.log_pi)
+    if old.ndim == 2:
+      return gamma.mean(axis=(0, 3, 4))
+    c = np.broadcast_to(np.asarray(coords), (x.shape[0], x.shape[1], 2))
+    slot = np.where((c >= 0).all(-1), c[..., 0] * self.width + c[..., 1], old.shape[-1] - 1)
+    new = old.copy()
+    for p in range(old.shape[-1]):
+      b, j = np.nonzero(slot == p)
+      if b.size:
+        new[:, :, p] = np.mean([gamma[bb, :, :, :, jj].mean(axis=-1) for bb, jj in zip(b, j)],
+                               axis=0)
+    return new
 
   def dropped_query_term(self, q):
     """|q_i|^2 / 2 * mean_r 1 / s_r^2, the per-query constant the module leaves out."""
@@ -94,16 +125,20 @@ class Reference:
     return 0.5 * (q ** 2).sum(-1) * mean_inv_var[None, :, None]
 
 
-def make_attention_layer(*, variant='mgk', e_step='soft', pi_per_position=False,
+def make_attention_layer(*, variant='mgk', e_step='soft', pi='learned', pi_per_position=False,
                          learn_variance=False, num_keys=2, mask=None, seed=0):
   rngs = nnx.Rngs(seed)
   score = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=num_keys,
-                             variant=variant, e_step=e_step, pi_per_position=pi_per_position,
-                             learn_variance=learn_variance, use_bias=False,
-                             grid_shape=(SIDE, SIDE), rngs=rngs)
-  # Learned values away from their initial ones, so every parameter matters.
+                             variant=variant, e_step=e_step, pi=pi,
+                             pi_per_position=pi_per_position, learn_variance=learn_variance,
+                             use_bias=False, grid_shape=(SIDE, SIDE), rngs=rngs)
+  # Values away from their initial ones, so every parameter and state matters.
   rng = np.random.default_rng(seed)
-  score.pi_logits[...] = jnp.asarray(rng.normal(size=score.pi_logits.shape), jnp.float32)
+  if pi == 'learned':
+    score.pi_logits[...] = jnp.asarray(rng.normal(size=score.pi_logits.shape), jnp.float32)
+  elif pi == 'e_step':
+    weights = rng.dirichlet(np.ones(num_keys), size=score.pi.shape[:1] + score.pi.shape[2:])
+    score.pi[...] = jnp.asarray(np.moveaxis(weights, -1, 1), jnp.float32)
   if learn_variance:
     score.log_var[...] = jnp.asarray(rng.normal(0.7, 0.5, score.log_var.shape), jnp.float32)
   if variant == 'smgk':
@@ -115,13 +150,20 @@ def tokens(batch=2, seed=1):
   return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, N, DIM)), jnp.float32)
 
 
+# (e_step, pi): the paper's soft and hard E-steps, SGD-learned pi with either, no pi summed.
+MIXINGS = [('soft', 'e_step'), ('hard', 'none'), ('soft', 'learned'), ('hard', 'learned'),
+           ('soft', 'none')]
+
+
 @pytest.mark.parametrize('variant', ['mgk', 'smgk'])
-@pytest.mark.parametrize('e_step', ['soft', 'hard'])
+@pytest.mark.parametrize('e_step,pi', MIXINGS)
 @pytest.mark.parametrize('pi_per_position', [False, True])
 @pytest.mark.parametrize('learn_variance', [False, True])
-def test_weights_match_spec_formula(variant, e_step, pi_per_position, learn_variance):
-  attn = make_attention_layer(variant=variant, e_step=e_step, pi_per_position=pi_per_position,
-                              learn_variance=learn_variance)
+def test_weights_match_spec_formula(variant, e_step, pi, pi_per_position, learn_variance):
+  if pi == 'none' and pi_per_position:
+    pytest.skip('no mixing weights to place per position')
+  attn = make_attention_layer(variant=variant, e_step=e_step, pi=pi,
+                              pi_per_position=pi_per_position, learn_variance=learn_variance)
   x = tokens()
   coords = grid.grid_coords(SIDE, SIDE)
   got = attn.attention_weights(x, jnp.asarray(coords))
@@ -129,16 +171,87 @@ def test_weights_match_spec_formula(variant, e_step, pi_per_position, learn_vari
   np.testing.assert_allclose(got, np_softmax(scores), rtol=1e-4, atol=1e-6)
 
 
-def test_per_position_pi_follows_kept_tokens_and_cls():
-  """After selection each key keeps its cell's weights; off-grid tokens share the last slot."""
-  attn = make_attention_layer(pi_per_position=True, num_keys=3)
+def kept_coords():
+  """Two examples keeping different cells of the 3x3 grid, behind one off-grid CLS token."""
   full = grid.grid_coords(SIDE, SIDE)
-  kept = np.stack([full[[0, 2, 4, 7, 8]], full[[1, 3, 5, 6, 8]]])  # (B, K, 2)
-  coords = np.asarray(grid.with_leading_tokens(jnp.asarray(kept)))
+  kept = np.stack([full[[0, 2, 4, 7, 8]], full[[1, 3, 4, 6, 8]]])  # (B, K, 2)
+  return np.asarray(grid.with_leading_tokens(jnp.asarray(kept)))
+
+
+@pytest.mark.parametrize('pi', ['learned', 'e_step'])
+def test_per_position_pi_follows_kept_tokens_and_cls(pi):
+  """After selection each key keeps its cell's weights; off-grid tokens share the last slot."""
+  attn = make_attention_layer(pi=pi, pi_per_position=True, num_keys=3)
+  coords = kept_coords()
   x = tokens()[:, :coords.shape[1]]
   got = attn.attention_weights(x, jnp.asarray(coords))
   scores, _ = Reference(attn).log_scores(x, coords)
   np.testing.assert_allclose(got, np_softmax(scores), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('pi_per_position,kept', [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize('learn_variance', [False, True])
+def test_one_e_step_against_numpy(pi_per_position, kept, learn_variance):
+  """A training forward pass sets pi to the batch's mean responsibilities, computed with
+  the pi it had; its own weights use that old pi; evaluation leaves pi as it is."""
+  attn = make_attention_layer(variant='smgk', pi='e_step', pi_per_position=pi_per_position,
+                              learn_variance=learn_variance, num_keys=3)
+  coords = kept_coords() if kept else grid.grid_coords(SIDE, SIDE)
+  x = tokens()[:, :coords.shape[-2]]
+  ref = Reference(attn)
+  expected_pi = ref.e_step(x, coords)
+  old_pi = np.asarray(attn.score.pi[...])
+  np.testing.assert_allclose(attn.attention_weights(x, jnp.asarray(coords)),
+                             np_softmax(ref.log_scores(x, coords)[0]), rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(attn.score.pi[...], old_pi)
+  got = attn.attention_weights(x, jnp.asarray(coords), training=True)
+  np.testing.assert_allclose(got, np_softmax(ref.log_scores(x, coords)[0]), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(attn.score.pi[...], expected_pi, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.sum(attn.score.pi[...], axis=1), 1.0, rtol=1e-5)
+  assert np.abs(expected_pi - old_pi).max() > 1e-2
+  if kept:
+    # Cell 5 of the grid is kept by neither example: its weights stay.
+    np.testing.assert_array_equal(attn.score.pi[..., 5], old_pi[..., 5])
+
+
+def test_e_step_pi_is_state_not_a_parameter():
+  attn = make_attention_layer(pi='e_step')
+  assert 'pi' not in nnx.state(attn, nnx.Param)['score']
+  assert 'pi' in nnx.state(attn, MixingWeights)['score']
+  learned = make_attention_layer(pi='learned')
+  assert 'pi_logits' in nnx.state(learned, nnx.Param)['score']
+  assert not jax.tree.leaves(nnx.state(make_attention_layer(e_step='hard', pi='none'),
+                                       MixingWeights))
+
+
+def test_e_step_in_the_jitted_train_step():
+  """pi leaves the train step in the new state's buffers; the parameters never hold it."""
+  from configs import quickstart_hvit
+  from gmm_vit_jax.data.info import dataset_info
+  from gmm_vit_jax.training import sharding
+  from gmm_vit_jax.training.optimizer import make_optimizer
+  from gmm_vit_jax.training.state import Metrics, TrainState
+  from gmm_vit_jax.training.step import make_train_step
+  from gmm_vit_jax.models import build_from_config
+  config = quickstart_hvit.get_config()
+  config.model.update(dict(dim=16, depth=1, num_heads=2, head_dim=8))
+  config.model.attention.mixture.pi_per_position = True
+  tx = make_optimizer(config, 10)
+  graphdef, params, buffers = nnx.split(build_from_config(config), nnx.Param, ...)
+  params, buffers = nnx.to_pure_dict(params), nnx.to_pure_dict(buffers)
+  before = np.asarray(buffers['blocks'][0]['attention']['score']['pi'])
+  assert 'pi' not in params['blocks'][0]['attention']['score']
+  state = TrainState(step=np.int32(0), params=params, buffers=buffers, opt_state=tx.init(params))
+  step = make_train_step(graphdef, tx, config, dataset_info('digits'),
+                         out_sharding=sharding.replicated(sharding.make_mesh()), donate=False)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, 64).astype(np.int32)
+  for select in (False, True):
+    new, _ = step(state, Metrics.zeros(), images, labels, np.arange(32, dtype=np.int32), select)
+    after = np.asarray(new.buffers['blocks'][0]['attention']['score']['pi'])
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after.sum(axis=1), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize('mode', ['multiply', 'add'])
@@ -168,7 +281,7 @@ def test_elm_mask_on_log_scores(mode):
   mask = ElementwiseMask((SIDE, SIDE), mode=mode)
   weight = np.random.default_rng(3).normal(size=(N, N))
   mask.weight[...] = jnp.asarray(weight, jnp.float32)
-  attn = make_attention_layer(e_step='hard', mask=mask)
+  attn = make_attention_layer(e_step='hard', pi='none', mask=mask)
   x = tokens()
   coords = grid.grid_coords(SIDE, SIDE)
   ref = Reference(attn)
@@ -184,8 +297,8 @@ def test_elm_mask_on_log_scores(mode):
 def one_key_pair(variant):
   """M = 1 score and a dot-product score sharing one key projection."""
   mgk = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=1, variant=variant,
-                           e_step='soft', pi_per_position=False, learn_variance=False,
-                           use_bias=False, rngs=nnx.Rngs(0))
+                           e_step='soft', pi='learned', pi_per_position=False,
+                           learn_variance=False, use_bias=False, rngs=nnx.Rngs(0))
   dot = DotProductScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, use_bias=False,
                         rngs=nnx.Rngs(1))
   # pi is irrelevant with one key: its log_softmax over one component is 0.
@@ -236,6 +349,14 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match='attention.mixture.variant'):
     make_score(config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
                rngs=nnx.Rngs(0))
+  config = common.attention('mixture_of_keys', mixture=common.mixture_of_keys(e_step='hard'))
+  with pytest.raises(ValueError, match="mixture.pi='e_step'"):
+    make_score(config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
+               rngs=nnx.Rngs(0))
+  config.mixture.pi = 'em'
+  with pytest.raises(ValueError, match='attention.mixture.pi'):
+    make_score(config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
+               rngs=nnx.Rngs(0))
   bare = ml_collections.ConfigDict(dict(score='mixture_of_keys', qkv_bias=False))
   with pytest.raises(ValueError, match='attention.mixture section'):
     make_score(bare, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
@@ -267,7 +388,8 @@ def test_vit_with_half_the_heads_trains():
 def test_gmm_hvit_config_halves_heads_and_saves_parameters():
   """CIFAR-size counts: the GMM-ViT's 2,693,122 (SPEC) less, per layer, the softmax
   attention (4 C x 12*16 maps, output bias, 5x12x2 mask) plus the mixture's (q, two
-  keys, v and output at 6*16, output bias, 6x2 pi, 5x6x2 mask)."""
+  keys, v and output at 6*16, output bias, 5x6x2 mask; its 6x2 pi is E-step state, not
+  a parameter)."""
   config = gmm_hvit_cifar10.get_config()
   assert config.model.num_heads == 6 and config.model.head_dim == 16
   assert config.patch_selection.kind == 'variance' and config.patch_selection.keep == 0.7
@@ -279,6 +401,28 @@ def test_gmm_hvit_config_halves_heads_and_saves_parameters():
 
   c, depth = 192, 9
   softmax_layer = 4 * c * 12 * 16 + c + 5 * 12 * 2
-  mixture_layer = 5 * c * 6 * 16 + c + 6 * 2 + 5 * 6 * 2
+  mixture_layer = 5 * c * 6 * 16 + c + 5 * 6 * 2
   assert count(vit_cifar10.model('gmm')) == 2_693_122
   assert count(config.model) == 2_693_122 - depth * (softmax_layer - mixture_layer)
+
+
+def test_bundle_carries_the_e_step_pi(tmp_path):
+  """Export saves pi with the parameters; the bundle's forward and rebuilt model use it."""
+  from gmm_vit_jax import export
+  from gmm_vit_jax.augment.basic import normalize
+  config = model_testing.tiny_vit_config('gmm', depth=1)
+  config.model.attention = common.attention(
+      'mixture_of_keys', mixture=common.mixture_of_keys(pi_per_position=True))
+  model = build_model(config.model, num_classes=10, image_size=32, channels=3,
+                      rngs=nnx.Rngs(0))
+  score = model.blocks[0].attention.score
+  pi = np.random.default_rng(0).dirichlet(np.ones(2), size=score.pi.shape[::2])
+  score.pi[...] = jnp.asarray(np.moveaxis(pi, -1, 1), jnp.float32)
+  export.save_bundle(model, config, str(tmp_path), platforms=('cpu',))
+  bundle = export.load(str(tmp_path))
+  images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  info = export._preprocess_facts(config)
+  expected = np.asarray(model(normalize(images, info['mean'], info['std'])))
+  np.testing.assert_allclose(bundle.predict(images), expected, atol=1e-5)
+  rebuilt = bundle.build_model().blocks[0].attention.score.pi[...]
+  np.testing.assert_array_equal(rebuilt, score.pi[...])

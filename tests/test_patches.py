@@ -44,36 +44,55 @@ def test_contrast():
   top, low = px.max(axis=(2, 3)), px.min(axis=(2, 3))
   with np.errstate(divide='ignore', invalid='ignore'):
     expected = np.where(top + low > 0, (top - low + 1e-8) / (top + low), 0.0)
-  got = patches.patch_scores(jnp.asarray(images), 'contrast', PATCH)
+  got = patches.patch_scores(jnp.asarray(images), 'contrast', PATCH, entropy_bins=256)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
   assert got[0, 0] == 0.0 and 0 < got[1, 1] < 1e-7
 
 
-def test_entropy():
+@pytest.mark.parametrize('bins', [1, 8, 256])
+@pytest.mark.parametrize('levels', [False, True])
+def test_entropy_is_the_histogram_entropy(bins, levels):
+  """-sum p log2 p of each patch's histogram (np.histogram over [0, 1], channels pooled)."""
   images = unit_images()
+  if levels:  # 8-bit intensities k / 255, as uint8 images give.
+    images = np.round(images * 255) / 255
   px = np_patches(images.astype(np.float64), PATCH)
-  with np.errstate(divide='ignore', invalid='ignore'):
-    terms = np.where(px > 0, -px * np.log(px), 0.0)
-  got = patches.patch_scores(jnp.asarray(images), 'entropy', PATCH)
-  np.testing.assert_allclose(got, terms.mean(axis=(2, 3)), rtol=1e-5, atol=1e-7)
-  assert got[0, 0] == 0.0 and got[2, 4] == 0.0
+  expected = np.zeros(px.shape[:2])
+  for b, n in np.ndindex(*px.shape[:2]):
+    counts, _ = np.histogram(px[b, n], bins=bins, range=(0.0, 1.0))
+    p = counts[counts > 0] / counts.sum()
+    expected[b, n] = -(p * np.log2(p)).sum()
+  got = patches.patch_scores(jnp.asarray(images, jnp.float32), 'entropy', PATCH,
+                             entropy_bins=bins)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  # Flat patches (black, grey, white) hold one bin; at most log2 of the P * C values.
+  assert got[0, 0] == 0.0 and got[1, 1] == 0.0 and got[2, 4] == 0.0
+  assert np.all(np.asarray(got) <= np.log2(min(bins, PATCH * PATCH * 3)) + 1e-5)
+  if bins == 256:
+    assert np.asarray(got).max() > 3.0
+
+
+def test_entropy_bins_is_checked():
+  config = cfg(kind='entropy', entropy_bins=0)
+  with pytest.raises(ValueError, match='patch_selection.entropy_bins'):
+    selection.select_tokens(jnp.zeros((1, 8, 8, 3)), jax.random.key(0), config, patch_size=PATCH)
 
 
 def test_variance():
   images = unit_images()
   px = np_patches(images.astype(np.float64), PATCH)
-  got = patches.patch_scores(jnp.asarray(images), 'variance', PATCH)
+  got = patches.patch_scores(jnp.asarray(images), 'variance', PATCH, entropy_bins=256)
   np.testing.assert_allclose(got, px.var(axis=2).mean(axis=-1), rtol=1e-5, atol=1e-8)
 
 
 def test_random_scores_are_uniform_and_keyed():
   images = jnp.zeros((4, 8, 8, 3))
-  a = patches.patch_scores(images, 'random', PATCH, jax.random.key(0))
-  b = patches.patch_scores(images, 'random', PATCH, jax.random.key(1))
+  a = patches.patch_scores(images, 'random', PATCH, jax.random.key(0), entropy_bins=256)
+  b = patches.patch_scores(images, 'random', PATCH, jax.random.key(1), entropy_bins=256)
   assert a.shape == (4, 16) and np.all((a >= 0) & (a < 1))
   assert not np.allclose(a, b)
   with pytest.raises(ValueError, match='patch_selection.kind'):
-    patches.patch_scores(images, 'edges', PATCH)
+    patches.patch_scores(images, 'edges', PATCH, entropy_bins=256)
 
 
 def cfg(**kwargs):

@@ -1,11 +1,15 @@
 """bfloat16 compute with float32 parameters: the `model.dtype` switch."""
 
+import importlib
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+import configs
 from gmm_vit_jax.models import build_model, compute_dtype
 from tests.model_testing import (random_batch, tiny_cait_config, tiny_swin_config,
                                  tiny_vit_config, train_losses)
@@ -43,3 +47,15 @@ def test_bfloat16_model_learns():
   losses = train_losses(model, images, labels, steps=30, learning_rate=3e-3)
   assert np.isfinite(losses).all()
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_paper_configs_train_in_float32_and_bfloat16_is_one_switch():
+  """The table's configs state float32, whatever the backend; one override gives bfloat16."""
+  names = [p.stem for p in pathlib.Path(configs.__file__).parent.glob('*_cifar10.py')]
+  assert len(names) >= 12
+  for name in names:
+    config = importlib.import_module(f'configs.{name}').get_config()
+    assert config.model.dtype == 'float32', name
+    assert compute_dtype(config.model.dtype) == 'float32'
+    config.model.dtype = 'bfloat16'
+    assert compute_dtype(config.model.dtype) == 'bfloat16'

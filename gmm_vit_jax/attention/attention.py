@@ -16,6 +16,8 @@ From the score to `weights @ v` is the attention core, which runs in the impleme
 `model.attention.implementation` names (attention/core.py).
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -38,7 +40,10 @@ class Attention(nnx.Module):
                pre_softmax: core.LogitsFn | None = None,
                post_softmax: core.LogitsFn | None = None,
                implementation: str = 'xla', max_slices: int = 1, dtype=jnp.float32,
+               query_init: Callable = dense_init, value_init: Callable = dense_init,
                rngs: nnx.Rngs):
+    """query_init, value_init: the kernel initialisers of the query and value projections
+    (initializers.fused_dense_init where the reference fuses them with the keys)."""
     check_choice('attention skip', skip, SKIPS)
     check_choice('model.attention.implementation', implementation, core.IMPLEMENTATIONS)
     if max_slices < 1:
@@ -50,10 +55,10 @@ class Attention(nnx.Module):
     self.max_slices = max_slices
     self.skip = skip
     self.query = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                        kernel_init=dense_init, rngs=rngs)
+                        kernel_init=query_init, rngs=rngs)
     self.score = score
     self.value = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                        kernel_init=dense_init, rngs=rngs)
+                        kernel_init=value_init, rngs=rngs)
     self.mask = mask
     self.pre_softmax = pre_softmax
     self.post_softmax = post_softmax
@@ -65,13 +70,15 @@ class Attention(nnx.Module):
 
   def attention_weights(self, x: jax.Array, coords: jax.Array | None,
                         bias: jax.Array | None = None,
-                        context: jax.Array | None = None) -> jax.Array:
+                        context: jax.Array | None = None, *,
+                        training: bool = False) -> jax.Array:
     """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, M) float32 weights.
 
     context: (B, M, C) tokens the keys come from; None for self-attention (M = N).
+    training: the score may update its non-trainable state (the mixture's E-step).
     """
     q = split_heads(self.query(x), self.num_heads)
-    logits = self.score(self.key_source(x, context), q, coords)
+    logits = self.score(self.key_source(x, context), q, coords, training=training)
     logits = core.masked_logits(logits, self.grid_mask(coords), bias)
     if self.pre_softmax is not None:
       logits = self.pre_softmax(logits)
@@ -111,7 +118,7 @@ class Attention(nnx.Module):
     v = split_heads(self.value(source), self.num_heads)
     implementation = self.resolved_implementation(x.shape[1], source.shape[1], bias is not None)
     if implementation == 'xla':
-      weights = self.attention_weights(x, coords, bias, context)
+      weights = self.attention_weights(x, coords, bias, context, training=not deterministic)
       out = jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v)
     else:
       out = core.attend(split_heads(self.query(x), self.num_heads), self.score.keys(source), v,

@@ -5,8 +5,11 @@ queries q (B, H, N, D) and the tokens' grid coordinates ((N, 2) or (B, N, 2), se
 attention/grid.py) to log-space scores (B, H, N, M); M = N in self-attention, x is
 the context in cross-attention. The attention module applies the mask and the
 softmax. Mixture-of-keys attention (attention/mixture_keys.py) is a second score
-function with the same signature, so no backbone changes to use it.
+function with the same signature, so no backbone changes to use it; `training=True`
+lets a score update its non-trainable state (the mixture's E-step).
 """
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +36,10 @@ class DotProductScore(nnx.Module):
   """Scaled dot product q . k * scale, scale 1/sqrt(D) unless given: softmax attention logits."""
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int, use_bias: bool,
-               scale: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+               scale: float | None = None, dtype=jnp.float32,
+               kernel_init: Callable = dense_init, rngs: nnx.Rngs):
     self.key = Linear(dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype,
-                      kernel_init=dense_init, rngs=rngs)
+                      kernel_init=kernel_init, rngs=rngs)
     self.num_heads = num_heads
     self.scale = head_dim ** -0.5 if scale is None else scale
 
@@ -43,6 +47,8 @@ class DotProductScore(nnx.Module):
     """(B, N, C) -> (B, H, N, D)."""
     return split_heads(self.key(x), self.num_heads)
 
-  def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None) -> jax.Array:
-    """The dot product does not depend on token position: `coords` is not read."""
+  def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None, *,
+               training: bool = False) -> jax.Array:
+    """The dot product does not depend on token position (`coords`) and has no state to
+    update in training (`training`): neither is read."""
     return dot_product_logits(q, self.keys(x), self.scale)

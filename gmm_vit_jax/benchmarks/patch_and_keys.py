@@ -36,24 +36,26 @@ def count_params(model: nnx.Module) -> int:
 
 def train_step_fn(model: nnx.Module, tx: optax.GradientTransformation,
                   selection: ml_collections.ConfigDict | None):
-  """A jittable (params, opt_state, images, labels, key) -> (params, opt_state, loss)."""
-  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  """A jittable (params, buffers, opt_state, images, labels, key)
+  -> (params, buffers, opt_state, loss); buffers as the trainer's (the E-step's pi)."""
+  graphdef = nnx.graphdef(model)
   patch_size = model.patch_size
 
-  def step(params, opt_state, images, labels, key):
+  def step(params, buffers, opt_state, images, labels, key):
     select_key, dropout_key = jax.random.split(key)
     token_index = (None if selection is None
                    else select_tokens(images, select_key, selection, patch_size=patch_size))
 
     def loss_fn(p):
-      logits = nnx.merge(graphdef, p, rest)(images, token_index=token_index,
-                                            deterministic=False,
-                                            rngs=nnx.Rngs(dropout=dropout_key))
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      net = nnx.merge(graphdef, p, buffers)
+      logits = net(images, token_index=token_index, deterministic=False,
+                   rngs=nnx.Rngs(dropout=dropout_key))
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, nnx.to_pure_dict(nnx.split(net, nnx.Param, ...)[2])
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    (loss, buffers), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), buffers, opt_state, loss
 
   return step
 
@@ -67,18 +69,20 @@ def measure(model_cfg: ml_collections.ConfigDict, keep: float, *, batch: int, st
                    weight_decay=recipe.weight_decay)
   selection = (None if keep == 1.0
                else common.patch_selection('variance', keep=keep, selection='sample'))
-  params = nnx.state(model, nnx.Param)
+  _, params, buffers = nnx.split(model, nnx.Param, ...)
+  buffers = nnx.to_pure_dict(buffers)
   opt_state = tx.init(params)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(size=(batch, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32)
-  step = jax.jit(train_step_fn(model, tx, selection), donate_argnums=(0, 1))
-  compiled = step.lower(params, opt_state, images, labels, jax.random.key(0)).compile()
+  step = jax.jit(train_step_fn(model, tx, selection), donate_argnums=(0, 1, 2))
+  compiled = step.lower(params, buffers, opt_state, images, labels, jax.random.key(0)).compile()
   cost = compiled.cost_analysis()
   wall, cpu = [], []
   for i in range(warmup + steps):
     start, start_cpu = time.perf_counter(), time.process_time()
-    params, opt_state, loss = compiled(params, opt_state, images, labels, jax.random.key(i))
+    params, buffers, opt_state, loss = compiled(params, buffers, opt_state, images, labels,
+                                                jax.random.key(i))
     jax.block_until_ready((params, loss))
     if i >= warmup:
       wall.append(time.perf_counter() - start)

@@ -17,7 +17,7 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention import Attention, grid, make_attention, make_score
-from gmm_vit_jax.initializers import dense_init, embedding_init
+from gmm_vit_jax.initializers import dense_init, embedding_init, fused_dense_init
 from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import Mlp, drop_path
 from gmm_vit_jax.models.tokens import check_patch_size, patchify, take_tokens
@@ -87,6 +87,9 @@ class CaiT(nnx.Module):
     self.cls_token = nnx.Param(embedding_init(rngs.params(), (dim,)))
     self.emb_dropout = nnx.Dropout(emb_dropout)
     heads = dict(num_heads=num_heads, head_dim=head_dim)
+    # The reference's to_q is its own Linear, keys and values one to_kv: Xavier-normal over
+    # the fused (dim, 2 * inner).
+    kv_init = fused_dense_init(2)
 
     def talking_heads():
       return dict(pre_softmax=TalkingHeads(num_heads, rngs=rngs),
@@ -100,16 +103,16 @@ class CaiT(nnx.Module):
 
     self.patch_layers = nnx.List([
         block(i + 1, make_attention(attention, mask, dim=dim, grid_shape=(side, side),
-                                    dropout=dropout, dtype=dtype, rngs=rngs, **heads,
-                                    **talking_heads()))
+                                    dropout=dropout, dtype=dtype, rngs=rngs,
+                                    key_value_init=kv_init, **heads, **talking_heads()))
         for i in range(depth)])
     # Class attention is cross-attention from CLS to the patches: the configured score,
     # never a grid mask.
     self.class_layers = nnx.List([
         block(i + 1, Attention(dim, score=make_score(attention, dim=dim, dtype=dtype,
-                                                     rngs=rngs, **heads),
+                                                     rngs=rngs, kernel_init=kv_init, **heads),
                                qkv_bias=attention.qkv_bias, dropout=dropout, dtype=dtype,
-                               rngs=rngs, **heads, **talking_heads()))
+                               value_init=kv_init, rngs=rngs, **heads, **talking_heads()))
         for i in range(class_depth)])
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)

@@ -38,7 +38,7 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention import grid, make_attention
-from gmm_vit_jax.initializers import dense_init, embedding_init
+from gmm_vit_jax.initializers import dense_init, embedding_init, fused_dense_init
 from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import DepthwiseConv, EncoderBlock, Mlp
 from gmm_vit_jax.models.tokens import check_patch_size
@@ -88,6 +88,8 @@ class PiT(nnx.Module):
     self.pos_embed = nnx.Param(embedding_init(rngs.params(), (side * side + 1, dim)))
     self.cls_token = nnx.Param(embedding_init(rngs.params(), (dim,)))
     self.emb_dropout = nnx.Dropout(emb_dropout)
+    # The reference's one to_qkv Linear: Xavier-normal over the fused (dim, 3 * inner).
+    qkv_init = fused_dense_init(3)
     sides, stages, pools = [], [], []
     for s, (depth, heads) in enumerate(zip(depths, num_heads)):
       if s:
@@ -98,7 +100,8 @@ class PiT(nnx.Module):
           EncoderBlock(
               dim,
               make_attention(attention, mask, dim=dim, num_heads=heads, head_dim=head_dim,
-                             grid_shape=(side, side), dropout=dropout, dtype=dtype, rngs=rngs),
+                             grid_shape=(side, side), dropout=dropout, dtype=dtype, rngs=rngs,
+                             query_init=qkv_init, key_value_init=qkv_init),
               Mlp(dim, int(dim * mlp_ratio), dropout=dropout, dtype=dtype, rngs=rngs),
               drop_path_rate=stochastic_depth, dtype=dtype, rngs=rngs)
           for _ in range(depth)]))

@@ -33,9 +33,21 @@ def contrast(pixels: jax.Array) -> jax.Array:
   return jnp.where(total > 0, (top - low + CONTRAST_EPS) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def entropy(pixels: jax.Array) -> jax.Array:
-  """(B, N, P, C) -> (B, N): mean over the patch's pixels of -p log p, p clipped to [0, 1]."""
-  return jnp.mean(jax.scipy.special.entr(jnp.clip(pixels, 0.0, 1.0)), axis=(-2, -1))
+def entropy(pixels: jax.Array, bins: int) -> jax.Array:
+  """(B, N, P, C) -> (B, N): Shannon entropy in bits of each patch's intensity histogram.
+
+  The histogram has `bins` equal bins over [0, 1] (values outside are clipped, 1.0 falls
+  in the last bin, as numpy.histogram does) and pools the patch's channels:
+  -sum_b p_b log2 p_b, p_b the fraction of the P * C values in bin b. 256 bins count
+  each level of an 8-bit image on its own.
+  """
+  b, n = pixels.shape[:2]
+  index = jnp.clip(jnp.floor(pixels * bins), 0, bins - 1).astype(jnp.int32)
+  flat = (jnp.arange(b * n, dtype=jnp.int32).reshape(b, n, 1, 1) * bins + index).ravel()
+  # A scatter of counts: a one-hot histogram would hold B * N * P * C * bins values.
+  counts = jnp.zeros(b * n * bins, jnp.float32).at[flat].add(1.0).reshape(b, n, bins)
+  p = counts / (pixels.shape[2] * pixels.shape[3])
+  return -jnp.sum(jax.scipy.special.xlogy(p, p), axis=-1) / jnp.log(2.0)
 
 
 def variance(pixels: jax.Array) -> jax.Array:
@@ -48,16 +60,17 @@ def variance(pixels: jax.Array) -> jax.Array:
 
 
 def patch_scores(images: jax.Array, kind: str, patch_size: int,
-                 key: jax.Array | None = None) -> jax.Array:
+                 key: jax.Array | None = None, *, entropy_bins: int) -> jax.Array:
   """(B, H, W, C) images in [0, 1] -> (B, N) scores, higher is kept first.
 
-  'random' (the PatchDropout baseline) draws uniform scores from `key`.
+  'random' (the PatchDropout baseline) draws uniform scores from `key`; 'entropy'
+  histograms intensities in `entropy_bins` bins.
   """
   pixels = patch_pixels(images, patch_size)
   if kind == 'contrast':
     return contrast(pixels)
   if kind == 'entropy':
-    return entropy(pixels)
+    return entropy(pixels, entropy_bins)
   if kind == 'variance':
     return variance(pixels)
   if kind == 'random':

@@ -64,6 +64,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   check_choice('patch_selection.selection', cfg.selection, SELECTIONS)
   check_choice('patch_selection.mode', cfg.mode, MODES)
   num_kept(1, cfg.keep)
+  if not isinstance(cfg.entropy_bins, int) or cfg.entropy_bins < 1:
+    raise ValueError(f'patch_selection.entropy_bins must be a positive integer, got '
+                     f'{cfg.entropy_bins!r}.')
 
 
 def select_tokens(images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict, *,
@@ -79,7 +82,8 @@ def select_tokens(images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigD
   if cfg.kind == 'none':
     return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
   score_key, sample_key = jax.random.split(key)
-  scores = patch_scores(images, cfg.kind, patch_size, score_key)
+  scores = patch_scores(images, cfg.kind, patch_size, score_key,
+                        entropy_bins=cfg.entropy_bins)
   k = num_kept(n, cfg.keep)
   if cfg.selection == 'topk':
     return top_k_index(scores, k)

@@ -58,14 +58,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
     def loss_fn(params):
       # The Rngs live inside the differentiated function: NNX state must not cross traces.
-      logits = nnx.merge(graphdef, params, state.buffers)(
-          x, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key), **selected)
-      return cross_entropy(logits, targets, config.label_smoothing).mean(), logits
+      model = nnx.merge(graphdef, params, state.buffers)
+      logits = model(x, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key), **selected)
+      # Buffers a training forward pass sets (the mixture-of-keys E-step's pi) leave as aux.
+      buffers = nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
+      return cross_entropy(logits, targets, config.label_smoothing).mean(), (logits, buffers)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, buffers)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state)
+                          buffers=buffers, opt_state=opt_state)
     batch = jnp.float32(index.shape[0])
     correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     return state, metrics + Metrics(loss=loss * batch, correct=correct.astype(jnp.float32),

@@ -46,9 +46,13 @@ class Metrics:
 
 
 def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                       sharding) -> tuple[nnx.GraphDef, TrainState]:
+                       sharding, *, abstract: bool = False) -> tuple[nnx.GraphDef, TrainState]:
   """The model's graph definition and its initial train state, created under jit directly
-  with `sharding`, so every process of a multi-host run computes the same state in place."""
+  with `sharding`, so every process of a multi-host run computes the same state in place.
+
+  abstract: the state as jax.ShapeDtypeStructs carrying `sharding`, without running the
+  initialisers: all that lowering a step needs (gmm_vit_jax/lower.py).
+  """
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_from_config(config, config.seed)))
 
   def init() -> TrainState:
@@ -57,4 +61,5 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params))
 
-  return graphdef, jax.jit(init, out_shardings=sharding)()
+  init = jax.jit(init, out_shardings=sharding)
+  return graphdef, jax.eval_shape(init) if abstract else init()

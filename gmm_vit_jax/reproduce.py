@@ -101,38 +101,51 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def bar_chart(rows: list[dict], path: str, *, title: str) -> None:
-  """One panel per dataset: per backbone, plain and GMM, ours solid beside published hatched."""
+  """One panel per dataset: per backbone, plain and GMM, this run solid beside the published
+  number hatched (where there is one); each bar of this run labelled with its accuracy and,
+  where published, the difference."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   datasets = list(dict.fromkeys(r['dataset'] for r in rows))
-  fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.5), squeeze=False)
-  width = 0.2
-  bars = (('plain', 0, 'this run, plain', '#4c72b0', None),
-          ('plain', 0, 'published, plain', 'white', '#4c72b0'),
-          ('gmm', 1, 'this run, GMM', '#dd8452', None),
-          ('gmm', 1, 'published, GMM', 'white', '#dd8452'))
+  fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5.0), squeeze=False)
+  colours = dict(plain='#4c72b0', gmm='#dd8452')
+  names = dict(plain='plain', gmm='GMM')
   for ax, dataset in zip(axes[0], datasets):
     panel = [r for r in rows if r['dataset'] == dataset]
+    published = any(r['published'] for r in panel)
+    series = [(v, False) for v in VARIANTS]
+    if published:
+      series = [(v, p) for v in VARIANTS for p in (False, True)]
+    width = 0.8 / len(series)
     values = []
-    for i, (variant, index, label, face, edge) in enumerate(bars):
-      if label.startswith('published'):
-        heights = [r['published'][index] if r['published'] else float('nan') for r in panel]
-      else:
-        heights = [r[variant] for r in panel]
+    for i, (variant, is_published) in enumerate(series):
+      index = VARIANTS.index(variant)
+      heights = [(r['published'][index] if r['published'] else float('nan')) if is_published
+                 else r[variant] for r in panel]
       values += [h for h in heights if h == h]
-      ax.bar([x + (i - 1.5) * width for x in range(len(panel))], heights, width, label=label,
-             color=face, edgecolor=edge or face, hatch='//' if edge else None)
+      xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(panel))]
+      colour = colours[variant]
+      bars = ax.bar(xs, heights, width, color='white' if is_published else colour,
+                    edgecolor=colour, hatch='//' if is_published else None,
+                    label=f"{'published' if is_published else 'this run'}, {names[variant]}")
+      if not is_published:
+        for bar, r, h in zip(bars, panel, heights):
+          text = f'{h:.1f}'
+          if r['published']:
+            text += f"\n({h - r['published'][index]:+.1f})"
+          ax.annotate(text, (bar.get_x() + bar.get_width() / 2, h), ha='center', va='bottom',
+                      fontsize=7, xytext=(0, 2), textcoords='offset points')
     ax.set_xticks(range(len(panel)), [r['backbone'] for r in panel])
-    low = max(0.0, min(values) - 5.0)
-    ax.set_ylim(low, min(100.0, max(values) + 2.0))
+    ax.set_ylim(max(0.0, min(values) - 10.0), min(100.0, max(values) + 6.0))
     ax.set_title(dataset)
     ax.set_xlabel('backbone')
     ax.set_ylabel('top-1 accuracy (%)')
     ax.grid(axis='y', alpha=0.3)
-  axes[0][0].legend(loc='lower left', fontsize=8)
-  fig.suptitle(title)
-  fig.tight_layout()
+  handles, labels = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda h: len(h[1]))
+  fig.legend(handles, labels, loc='lower center', ncol=len(labels), fontsize=9, frameon=False)
+  fig.suptitle(title, fontsize=11)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -143,7 +156,8 @@ def write_table(rows: list[dict], workdir: str, *, tiny_run: bool) -> None:
     f.write(f'Final eval top-1 (%) of {kind}, beside the published table.\n\n')
     f.write(markdown_table(rows))
   bar_chart(rows, os.path.join(workdir, 'table.png'),
-            title=f'GMM paper table: final eval top-1 of {kind} and the published numbers')
+            title=f'GMM paper table: final eval top-1 of {kind}\n'
+                  '(in brackets: difference from the published number)')
 
 
 FLAGS = flags.FLAGS

@@ -5,6 +5,8 @@ import math
 import jax
 from flax import nnx
 
+from gmm_vit_jax import platforms
+
 
 class Linear(nnx.Linear):
   """nnx.Linear over the last axis, computed as one (rows, in) x (in, out) product.
@@ -15,11 +17,14 @@ class Linear(nnx.Linear):
   two axes, B and N, at once. XLA:CPU lays that product out by copying the (B * N, in)
   activations and gradients transposed before each weight-gradient product; over one
   (rows, in) matrix it uses them in place. GMM-ViT trains 1.16x faster for it on a
-  2-core CPU (benchmarks/ops.py times an MLP both ways). The reshape is a bitcast on
-  every backend, and a batch-sharded leading axis stays sharded.
+  2-core CPU (benchmarks/ops.py times an MLP both ways). Only on XLA:CPU: GPU and TPU
+  compilers choose their own layouts for the contraction and were never measured with
+  the flattened form, so they get nnx.Linear's (platforms.on_cpu, at trace time).
   """
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
+    if not platforms.on_cpu():
+      return super().__call__(inputs)
     *lead, features = inputs.shape
     rows = inputs.reshape(math.prod(lead), features)
     return super().__call__(rows).reshape(*lead, self.out_features)

@@ -371,3 +371,54 @@ def test_augmentation_grid_shape():
                            std=CIFAR_STD, draws=3, pad=2)
   assert grid.shape == (4 * 34 + 2, 5 * 34 + 2, 3) and grid.dtype == np.uint8
   np.testing.assert_array_equal(grid[2:34, 2:34], IMAGES[0])  # Top row: the originals.
+
+
+SHARDED_MIX = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from gmm_vit_jax.augment.mix import mix_batch
+from gmm_vit_jax.training import sharding
+from tests.test_augment import distinct_batch
+assert jax.device_count() == 8
+mesh, one = sharding.make_mesh(), jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+images, values, targets = distinct_batch(b=32, size=8)
+rows = NamedSharding(mesh, P('data'))
+images, targets = jax.device_put(images, rows), jax.device_put(targets, rows)
+partners, ratios = [], []
+for cutmix_prob in (0.0, 1.0):
+  run = jax.jit(lambda x, t, k, mesh: mix_batch(x, t, k, prob=1.0, cutmix_prob=cutmix_prob,
+                mixup_alpha=1.0, cutmix_beta=1.0, mesh=mesh), static_argnums=3)
+  hlo = run.lower(images, targets, jax.random.key(0), mesh).compile().as_text()
+  assert not any(op in hlo for op in ('all-gather', 'all-to-all', 'collective-permute')), hlo
+  for seed in range(20):
+    key = jax.random.key(seed)
+    _, t = (np.asarray(a) for a in run(images, targets, key, mesh))
+    _, t_one = (np.asarray(a) for a in run(images, targets, key, one))
+    # The mixing ratio (the kept share of each image not paired with itself) is the
+    # single-device draw.
+    kept = lambda d: np.unique(np.round(d[d < 1 - 1e-6], 5))
+    np.testing.assert_array_equal(kept(np.diag(t)), kept(np.diag(t_one)))
+    # The image mixed into row i is the other label of its target (i itself if none).
+    partner = np.where(np.diag(t) > 1 - 1e-6, np.arange(32), np.argmax(t - 2 * np.eye(32), 1))
+    partners.append(partner)
+partners = np.stack(partners)
+assert (partners // 4 == np.arange(32) // 4).all(), partners
+# Each shard draws its own pairing.
+local = partners % 4
+assert any((local[:, 4 * s:4 * s + 4] != local[:, :4]).any() for s in range(1, 8))
+print('ok')
+"""
+
+
+def test_mixing_pairs_images_within_each_device_shard():
+  """8 simulated devices, 4 images each: every partner comes from its own shard, no
+  collective runs, and the mixing ratio is the one a single device draws."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  done = subprocess.run([sys.executable, '-c', SHARDED_MIX], env=env, capture_output=True,
+                        text=True, cwd=pathlib.Path(__file__).parents[1], timeout=300)
+  assert done.returncode == 0 and 'ok' in done.stdout, done.stderr[-3000:]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gmm_vit_jax import platforms
 from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import DepthwiseConv, depthwise_conv, gelu
 
@@ -122,3 +123,37 @@ def test_linear_weight_gradients_read_the_rows_in_place():
   # products; the check finding them there is what shows it can find them at all.
   assert transposed_row_copies(nnx.Linear)
   assert transposed_row_copies(Linear) == []
+
+
+def primitives(fn, *args) -> set[str]:
+  """Primitive names of fn's jaxpr; products as 'dot_general/<rank of the left operand>'."""
+  return {eqn.primitive.name + (f'/{eqn.invars[0].aval.ndim}'
+                                if eqn.primitive.name == 'dot_general' else '')
+          for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+
+
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+def test_cpu_forms_are_chosen_for_the_cpu_only_and_agree_with_the_library_forms(platform):
+  """Off XLA:CPU the layers take the library's own forms (nnx.Linear's contraction of the
+  (B, N, in) array, the grouped convolution, jax.nn.gelu); both give the same values and
+  gradients from the same parameters, so checkpoints do not depend on the platform."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+  linear = Linear(4, 3, rngs=nnx.Rngs(0))
+  conv = DepthwiseConv(4, 8, (3, 3), strides=2, padding=((1, 1), (1, 1)), rngs=nnx.Rngs(1))
+  conv.bias = nnx.Param(jax.random.normal(jax.random.key(2), (8,)))
+  grad_of = lambda layer: nnx.grad(lambda m, x: jnp.sum(jnp.sin(m(x))), argnums=(0, 1))(layer, x)
+  runs = {}
+  for where in ('cpu', platform):
+    with platforms.lowering_for(where):
+      runs[where] = dict(
+          linear=primitives(lambda x: linear(x), x), conv=primitives(lambda x: conv(x), x),
+          gelu=primitives(lambda x: gelu(x), x), values=(linear(x), conv(x), gelu(x)),
+          grads=(grad_of(linear), grad_of(conv), jax.grad(lambda x: jnp.sum(gelu(x)))(x)),
+          params=nnx.state(Linear(4, 3, rngs=nnx.Rngs(0)), nnx.Param))
+  cpu, other = runs['cpu'], runs[platform]
+  assert 'dot_general/2' in cpu['linear'] and 'dot_general/4' in other['linear']
+  assert 'conv_general_dilated' not in cpu['conv'] and 'conv_general_dilated' in other['conv']
+  assert 'erf' in cpu['gelu'] and 'erf' not in other['gelu'] and 'erfc' in other['gelu']
+  for a, b in zip(jax.tree.leaves((cpu['values'], cpu['grads'], cpu['params'])),
+                  jax.tree.leaves((other['values'], other['grads'], other['params']))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -98,14 +98,14 @@ class Attention(nnx.Module):
   def grid_mask(self, coords: jax.Array | None) -> core.MaskValues | None:
     return None if self.mask is None else self.mask.evaluate(coords)
 
-  def resolved_implementation(self, query_len: int, key_len: int, biased: bool) -> str:
+  def resolved_implementation(self, query_len: int, key_len: int) -> str:
     """The core implementation this layer runs on this platform (attention/core.py)."""
     return core.resolve_implementation(
         self.implementation, dot_product=isinstance(self.score, DotProductScore),
         logit_maps=self.pre_softmax is not None or self.post_softmax is not None,
         dtype=self.dtype, head_dim=self.head_dim,
         mask_mode=None if self.mask is None else self.mask.mode,
-        biased=biased or self.mask is not None, lengths=(query_len, key_len))
+        lengths=(query_len, key_len))
 
   def __call__(self, x: jax.Array, coords: jax.Array | None, *,
                bias: jax.Array | None = None, context: jax.Array | None = None,
@@ -116,7 +116,7 @@ class Attention(nnx.Module):
     """
     source = self.key_source(x, context)
     v = split_heads(self.value(source), self.num_heads)
-    implementation = self.resolved_implementation(x.shape[1], source.shape[1], bias is not None)
+    implementation = self.resolved_implementation(x.shape[1], source.shape[1])
     if implementation == 'xla':
       weights = self.attention_weights(x, coords, bias, context, training=not deterministic)
       out = jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v)

@@ -20,6 +20,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from gmm_vit_jax import platforms
 from gmm_vit_jax.attention.masks import MaskMode, MaskValues, apply_mask, check_choice
 
 IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn')
@@ -148,27 +149,29 @@ def cudnn_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
 
 
 def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None,
-                   biased: bool = False, lengths: tuple[int, ...] = ()) -> str | None:
+                   lengths: tuple[int, ...] = ()) -> str | None:
   """None when the cuDNN kernel can run the layer, else why not.
 
-  biased: the layer adds a bias or a mask; cuDNN then trains on even lengths only.
-  lengths: the query and key sequence lengths.
+  lengths: the query and key sequence lengths. cuDNN trains with a bias on even lengths
+  only, and JAX's training rule always passes one (an empty array when there is none):
+  jax 0.10.2's check_is_flash_attention refuses ViT's 65 tokens (64 patches and CLS)
+  even without a mask, which a lowering for CUDA shows (gmm_vit_jax/lower.py).
   """
-  if jax.default_backend() != 'gpu':
-    return f'it needs a GPU, and the backend is {jax.default_backend()!r}'
+  if platforms.backend() != 'gpu':
+    return f'it needs a GPU, and the backend is {platforms.backend()!r}'
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return f'it needs bfloat16 or float16, and model.dtype is {jnp.dtype(dtype).name}'
   if head_dim % 8:
     return f'it needs a head width that is a multiple of 8, and it is {head_dim}'
   if mask_mode not in (None, 'add'):
     return f"it takes an additive mask only, and model.mask.mode is {mask_mode!r}"
-  if biased and any(n % 2 for n in lengths):
-    return f'with a bias or mask it needs even sequence lengths, and they are {lengths}'
+  if any(n % 2 for n in lengths):
+    return f'in training it needs even sequence lengths, and they are {lengths}'
   return None
 
 
 def resolve_implementation(requested: str, *, dot_product: bool, logit_maps: bool, dtype,
-                           head_dim: int, mask_mode: MaskMode | None, biased: bool = False,
+                           head_dim: int, mask_mode: MaskMode | None,
                            lengths: tuple[int, ...] = ()) -> str:
   """The implementation a layer runs: `requested`, or for 'auto' this platform's best.
 
@@ -176,13 +179,14 @@ def resolve_implementation(requested: str, *, dot_product: bool, logit_maps: boo
     'cudnn' require.
   logit_maps: the layer maps logits or weights around the softmax (talking heads),
     which 'cudnn' cannot.
-  biased, lengths: see cudnn_supports.
+  lengths: see cudnn_supports.
   'auto' is 'cudnn' on a GPU where it applies, 'blockwise' on a CPU, and 'xla'
-  otherwise: on TPUs XLA fuses the softmax itself.
+  otherwise: on TPUs XLA fuses the softmax itself. The platform is the one traced for
+  (gmm_vit_jax/platforms.py).
   """
   check_choice('model.attention.implementation', requested, IMPLEMENTATIONS)
   cudnn_problem = cudnn_supports(dtype=dtype, head_dim=head_dim, mask_mode=mask_mode,
-                                 biased=biased, lengths=lengths)
+                                 lengths=lengths)
   if logit_maps and cudnn_problem is None:
     cudnn_problem = 'it has no place for talking heads'
   if requested == 'auto':
@@ -190,7 +194,7 @@ def resolve_implementation(requested: str, *, dot_product: bool, logit_maps: boo
       return 'xla'
     if cudnn_problem is None:
       return 'cudnn'
-    return 'blockwise' if jax.default_backend() == 'cpu' else 'xla'
+    return 'blockwise' if platforms.on_cpu() else 'xla'
   if requested != 'xla' and not dot_product:
     raise ValueError(f'model.attention.implementation={requested!r} needs dot-product scores; '
                      "use 'xla' or 'auto' for mixture-of-keys attention.")

@@ -6,10 +6,18 @@ random permutation) and, for CutMix, one box. Targets are mixed with the ratio o
 pixels actually kept, so a loss on the returned targets equals the reference's
 lam * loss(y_a) + (1 - lam) * loss(y_b) for any loss linear in the target
 (cross-entropy with label smoothing included).
+
+On a mesh of several devices, images pair within each device's shard of the batch
+(shard_map over the 'data' axis), so no image crosses devices: the mixing decision,
+the ratio and the box are still one draw for the whole batch, and each shard draws its
+own pairing.
 """
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from gmm_vit_jax.training.sharding import DATA_AXIS
 
 
 def cutmix_box(u: jax.Array, height: int, width: int, lam: jax.Array) -> tuple[jax.Array, ...]:
@@ -60,7 +68,8 @@ def mixup(images: jax.Array, targets: jax.Array, perm: jax.Array, lam: jax.Array
 
 
 def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, *, prob: float,
-              cutmix_prob: float, mixup_alpha: float, cutmix_beta: float):
+              cutmix_prob: float, mixup_alpha: float, cutmix_beta: float,
+              mesh: Mesh | None = None):
   """With probability `prob` mixes the batch: CutMix with `cutmix_prob`, else Mixup.
 
   Args:
@@ -68,6 +77,8 @@ def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, *, prob: fl
     targets: (B, K) float.
     prob, cutmix_prob: may be traced.
     mixup_alpha, cutmix_beta: Python floats, the Beta concentrations of the ratio.
+    mesh: the batch is split over its 'data' axis; images pair within each shard. None
+      or one device: the whole batch is one shard.
 
   Returns:
     The images and targets, mixed or as given.
@@ -75,13 +86,25 @@ def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, *, prob: fl
   u_key, perm_key, lam_key = jax.random.split(key, 3)
   u = jax.random.uniform(u_key, (4,))  # Mix or not, which, box centre row and column.
   which = jnp.where(u[0] < prob, jnp.where(u[1] < cutmix_prob, 1, 2), 0)
-  perm = jax.random.permutation(perm_key, images.shape[0])
   if mixup_alpha == cutmix_beta == 1.0:
     # Beta(1, 1) is the uniform distribution: the recipe's case skips the Gamma sampler.
     lam = jax.random.uniform(lam_key)
   else:
     lam = symmetric_beta(lam_key, jnp.where(which == 1, cutmix_beta, mixup_alpha))
-  branches = (lambda x, t: (x, t),
-              lambda x, t: cutmix(x, t, perm, lam, u[2:]),
-              lambda x, t: mixup(x, t, perm, lam))
-  return jax.lax.switch(which, branches, images, targets)
+
+  def mix(x, t, perm_key, which, lam, u):
+    perm = jax.random.permutation(perm_key, x.shape[0])
+    branches = (lambda x, t: (x, t),
+                lambda x, t: cutmix(x, t, perm, lam, u[2:]),
+                lambda x, t: mixup(x, t, perm, lam))
+    return jax.lax.switch(which, branches, x, t)
+
+  if mesh is None or mesh.size == 1:
+    return mix(images, targets, perm_key, which, lam, u)
+
+  def per_shard(x, t, perm_key, which, lam, u):
+    return mix(x, t, jax.random.fold_in(perm_key, jax.lax.axis_index(DATA_AXIS)), which, lam, u)
+
+  batch, shared = P(DATA_AXIS), P()
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(batch, batch) + (shared,) * 4,
+                       out_specs=(batch, batch))(images, targets, perm_key, which, lam, u)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import Mesh
 
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.augment.autoaugment import AUTOAUGMENT_POLICIES, autoaugment
@@ -28,8 +29,12 @@ def _check(config: ml_collections.ConfigDict) -> None:
 
 def augment_batch(images: jax.Array, labels: jax.Array, key: jax.Array,
                   config: ml_collections.ConfigDict, *, num_classes: int,
-                  mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[jax.Array, jax.Array]:
-  """(B, H, W, C) uint8, (B,) int labels -> (B, H, W, C) float32, (B, num_classes) targets."""
+                  mean: tuple[float, ...], std: tuple[float, ...],
+                  mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
+  """(B, H, W, C) uint8, (B,) int labels -> (B, H, W, C) float32, (B, num_classes) targets.
+
+  mesh: the one the batch is split over; Mixup and CutMix pair images within each shard.
+  """
   _check(config)
   flip_key, crop_key, auto_key, erase_key, mix_key = jax.random.split(key, 5)
   x = images
@@ -48,6 +53,6 @@ def augment_batch(images: jax.Array, labels: jax.Array, key: jax.Array,
   if config.get('mix_prob', 0.0) > 0:
     x, targets = mix_batch(x, targets, mix_key, prob=config.mix_prob,
                            cutmix_prob=config.cutmix_prob, mixup_alpha=config.mixup_alpha,
-                           cutmix_beta=config.cutmix_beta)
+                           cutmix_beta=config.cutmix_beta, mesh=mesh)
   return x, targets
 

@@ -1,10 +1,10 @@
 """Backbones, built by name from a config's `model` section."""
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 import ml_collections
 
+from gmm_vit_jax import platforms
 from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models.cait import CaiT
@@ -28,14 +28,15 @@ ACCELERATORS = ('gpu', 'tpu')
 
 
 def compute_dtype(name: str) -> str:
-  """`model.dtype` resolved: 'auto' is bfloat16 on a GPU or TPU and float32 on a CPU.
+  """`model.dtype` resolved: 'auto' is bfloat16 on a GPU or TPU and float32 on a CPU
+  (the platform traced for, gmm_vit_jax/platforms.py).
 
   Parameters and optimizer state stay float32 whatever this is; it sets what layers
   compute in. Softmax, normalisation statistics and the loss run in float32.
   """
   check_choice('model.dtype', name, tuple(DTYPES) + ('auto',))
   if name == 'auto':
-    return 'bfloat16' if jax.default_backend() in ACCELERATORS else 'float32'
+    return 'bfloat16' if platforms.backend() in ACCELERATORS else 'float32'
   return name
 
 

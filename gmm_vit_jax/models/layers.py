@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gmm_vit_jax import platforms
 from gmm_vit_jax.initializers import dense_init
 from gmm_vit_jax.linear import Linear
 
@@ -12,9 +13,12 @@ from gmm_vit_jax.linear import Linear
 def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x * Phi(x), as torch.nn.GELU computes it by default.
 
-  Written with erf: jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU
-  evaluates several times slower (benchmarks/ops.py).
+  Written with erf on XLA:CPU: jax.nn.gelu(approximate=False) goes through erfc, which
+  XLA:CPU evaluates several times slower (benchmarks/ops.py). Elsewhere it is
+  jax.nn.gelu's own form, which GPU and TPU compilers were never measured against.
   """
+  if not platforms.on_cpu():
+    return jax.nn.gelu(x, approximate=False)
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2.0 ** -0.5, x.dtype)))
 
 
@@ -61,7 +65,8 @@ class DepthwiseConv(nnx.Conv):
   Same parameters as nnx.Conv(feature_group_count=in_features), so checkpoints and
   initialisers treat it as one. XLA:CPU's kernel gradient of a grouped convolution took
   2.5 s of a 3.4 s PiT train step at batch 32; the slices' gradients are elementwise
-  (benchmarks/ops.py).
+  (benchmarks/ops.py). Only on XLA:CPU: GPU and TPU run grouped convolutions as library
+  kernels, and kh * kw full-size slices would cost them memory traffic instead.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int], *,
@@ -76,6 +81,8 @@ class DepthwiseConv(nnx.Conv):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, H', W', out_features)."""
+    if not platforms.on_cpu():
+      return super().__call__(x)
     kernel = self.kernel[...]
     bias = self.bias[...] if self.bias is not None else None
     x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)

@@ -82,6 +82,7 @@ RULES = {
     'patch_selection.mode': _choice(*MODES),
     'patch_selection.probability': PROBABILITY,
     'patch_selection.decay': _number(0),
+    'patch_selection.entropy_bins': _int(2),
     'checkpoint.every_steps': _int(1),
     'checkpoint.keep_last': _int(1),
     'checkpoint.keep_best': _bool(),

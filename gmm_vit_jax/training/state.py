@@ -55,11 +55,16 @@ def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
 
 
 def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                       sharding) -> tuple[nnx.GraphDef, TrainState]:
+                       sharding, *, abstract: bool = False) -> tuple[nnx.GraphDef, TrainState]:
   """The model's graph definition and its initial train state, created under jit directly
-  with `sharding`, so every process of a multi-host run computes the same state in place."""
+  with `sharding`, so every process of a multi-host run computes the same state in place.
+
+  abstract: the state as jax.ShapeDtypeStructs carrying `sharding`, without running the
+  initialisers: all that lowering a step needs (gmm_vit_jax/lower.py).
+  """
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_from_config(config, config.seed)))
-  return graphdef, jax.jit(_init(config, tx), out_shardings=sharding)()
+  init = jax.jit(_init(config, tx), out_shardings=sharding)
+  return graphdef, jax.eval_shape(init) if abstract else init()
 
 
 def state_layout(config: ml_collections.ConfigDict,

@@ -44,7 +44,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     aug_key, dropout_key, select_key = jax.random.split(jax.random.fold_in(seed_key, state.step), 3)
     x, targets = augment.augment_batch(
         images[index], labels[index], aug_key, config.augment,
-        num_classes=info['num_classes'], mean=info['mean'], std=info['std'])
+        num_classes=info['num_classes'], mean=info['mean'], std=info['std'],
+        mesh=out_sharding.mesh)
     selected = {}
     if select_patches:
       cfg = config.patch_selection

@@ -1,0 +1,81 @@
+"""Every config's train and eval steps lower for CUDA and TPU on this CPU machine."""
+
+import importlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from configs import tiny
+from gmm_vit_jax import complexity, lower, platforms
+from gmm_vit_jax.data.info import dataset_info
+
+ROOT = pathlib.Path(__file__).parents[1]
+CONFIGS = sorted(p.stem for p in (ROOT / 'configs').glob('*.py')
+                 if p.stem not in ('__init__', 'common', 'tiny'))
+
+
+def test_every_config_file_is_covered():
+  assert len(CONFIGS) >= 15 and 'gmm_vit_cifar10' in CONFIGS and 'quickstart' in CONFIGS
+
+
+@pytest.mark.parametrize('platform', lower.PLATFORMS)
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_lowers(name, platform):
+  config = tiny.shrink(importlib.import_module(f'configs.{name}').get_config())
+  result = lower.lower(config, platform)
+  assert json.loads(json.dumps(result)) == result
+  assert result['platform'] == platform and result['model'] == config.model.name
+  assert result['dtype'] == ('bfloat16' if config.model.dtype == 'auto' else config.model.dtype)
+  cudnn = {call for step in ('train', 'eval') for call in result[step]['custom_calls']
+           if call.startswith('__cudnn$')}
+  # cuDNN takes an additive mask or none, so the multiplicative GMM keeps to XLA.
+  if platform == 'tpu' or config.model.mask.kind != 'none':
+    assert not cudnn
+  for step in ('train', 'eval'):
+    assert result[step]['stablehlo_bytes'] > 10_000
+  # A train step (forward, backward, update) costs more per image than an eval step, even
+  # where it drops 30% of the patches (GMM-HViT).
+  per_image = {step: result[step]['flops'] / result[f'{key}batch_size']
+               for step, key in (('train', ''), ('eval', 'eval_'))}
+  assert per_image['train'] > per_image['eval'] > 0
+  assert jax.default_backend() == 'cpu' and platforms.backend() == 'cpu'
+
+
+def test_plain_swin_takes_cudnn_on_cuda_and_counts_its_flops():
+  """Swin's 4x4 windows hold 16 tokens and bfloat16 heads 8 wide: cuDNN runs them."""
+  config = tiny.shrink(importlib.import_module('configs.swin_cifar10').get_config())
+  cuda = lower.lower(config, 'cuda')
+  layers = sum(config.model.depths)
+  assert cuda['train']['custom_calls'] == {'__cudnn$fmhaScaleBiasSoftmax': layers,
+                                           '__cudnn$fmhaScaleBiasSoftmaxBackward': layers}
+  assert cuda['eval']['custom_calls'] == {'__cudnn$fmhaScaleBiasSoftmax': layers}
+  assert cuda['flops_source'].endswith('with_xla_attention_for_cudnn')
+  # The forward pass's products, counted independently from the traced model, are most of
+  # an eval step's FLOPs (2 per multiply-accumulate; the rest is softmax, norms, GELU).
+  products = 2 * complexity.model_complexity(config)['macs_full'] * cuda['eval_batch_size']
+  assert products < cuda['eval']['flops'] < 2 * products
+
+
+def test_command_prints_one_json_line():
+  done = subprocess.run(
+      [sys.executable, '-m', 'gmm_vit_jax.lower', '--config=configs/quickstart.py',
+       '--platform=tpu', '--batch_size=8', '--config.eval_batch_size=8',
+       '--config.model.depth=1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  info = dataset_info('digits')
+  assert (result['platform'], result['batch_size'], result['model']) == ('tpu', 8, 'vit')
+  assert result['train']['flops'] > 0 and info['image_size'] == 8
+
+
+def test_unknown_platform_is_a_clear_error():
+  config = tiny.shrink(importlib.import_module('configs.quickstart').get_config())
+  with pytest.raises(ValueError, match="platform='rocm'"):
+    lower.lower(config, 'rocm')

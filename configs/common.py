@@ -127,6 +127,9 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   ))
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))
+  # Train steps (micro-batches of batch_size) whose averaged gradients make one update:
+  # the effective batch is batch_size * grad_accum_steps (optax.MultiSteps).
+  config.grad_accum_steps = 1
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')

@@ -15,11 +15,14 @@ from gmm_vit_jax.models import build_from_config
 @flax.struct.dataclass
 class TrainState:
   """step: () int32; params: trainable arrays as a nested dict (nnx.to_pure_dict);
-  buffers: the model's other variables (fixed embeddings), likewise; opt_state: optax's."""
+  buffers: the model's other variables (fixed embeddings), likewise; opt_state: optax's;
+  ema: optax.EmaState of the params (its .ema holds the averaged weights), None when
+  config.ema_decay is off."""
   step: jax.Array
   params: Any
   buffers: Any
   opt_state: Any
+  ema: Any = None
 
 
 @flax.struct.dataclass

@@ -130,6 +130,9 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # Train steps (micro-batches of batch_size) whose averaged gradients make one update:
   # the effective batch is batch_size * grad_accum_steps (optax.MultiSteps).
   config.grad_accum_steps = 1
+  # Decay of an exponential moving average of the weights, evaluated beside them
+  # (eval_ema_*); None or 0: none kept.
+  config.ema_decay = None
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')

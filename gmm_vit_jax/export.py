@@ -12,8 +12,9 @@ A bundle is a directory:
 `load` runs the serialized forward, so predicting needs none of the model code;
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
-    python -m gmm_vit_jax.export --workdir=RUN --out=DIR
-turns a training run's checkpoint into a bundle.
+    python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--weights=ema]
+turns a training run's best checkpoint into a bundle: its raw weights, or with
+--weights=ema their moving average (runs trained with ema_decay).
 """
 
 import json
@@ -168,7 +169,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # The trainer may write bundles itself, so it is imported only when exporting a run.
   from gmm_vit_jax.training.checkpoint import restore_model
-  model, config = restore_model(flags.FLAGS.workdir)
+  model, config = restore_model(flags.FLAGS.workdir, weights=flags.FLAGS.weights)
   save_bundle(model, config, flags.FLAGS.out)
   print(f'bundle written to {flags.FLAGS.out}')
 
@@ -177,4 +178,6 @@ if __name__ == '__main__':
   # Defined only when run as a program: modules that import this one have flags of their own.
   flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
   flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
+  flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
+                    'average (runs trained with ema_decay).')
   app.run(main)

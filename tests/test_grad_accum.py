@@ -28,20 +28,20 @@ def deterministic_config(accum: int):
 
 
 def train(config, batches, images, labels):
-  """The initial params and those after each train step, one per entry of `batches` (each
+  """The initial state and the one after each train step, one per entry of `batches` (each
   (B,) row indices)."""
   tx = make_optimizer(config, steps_per_epoch=10)
   graphdef, params, buffers = nnx.split(build_from_config(config), nnx.Param, ...)
   params, buffers = nnx.to_pure_dict(params), nnx.to_pure_dict(buffers)
   state = TrainState(step=np.int32(0), params=params, buffers=buffers,
-                     opt_state=tx.init(params), ema=None)
+                     opt_state=tx.init(params), ema=params if config.ema_decay else None)
   step = make_train_step(graphdef, tx, config, dataset_info('digits'),
                          out_sharding=sharding.replicated(sharding.make_mesh()), donate=False)
-  history = []
+  initial, history = state, []
   for index in batches:
     state, _ = step(state, Metrics.zeros(), images, labels, index, False)
-    history.append(state.params)
-  return params, history
+    history.append(state)
+  return initial, history
 
 
 def test_four_micro_batches_of_32_equal_one_batch_of_128():
@@ -49,7 +49,7 @@ def test_four_micro_batches_of_32_equal_one_batch_of_128():
   index = np.random.default_rng(0).permutation(len(labels))[:128].astype(np.int32)
   initial, (big,) = train(deterministic_config(1), [index], images, labels)
   _, micro = train(deterministic_config(4), np.split(index, 4), images, labels)
-  leaves = jax.tree.leaves
+  leaves = lambda state: jax.tree.leaves(state.params)
   # No update until the fourth micro-batch; then the update of the whole batch.
   for before in micro[:3]:
     for a, b in zip(leaves(before), leaves(initial)):

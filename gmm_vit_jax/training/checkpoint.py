@@ -20,6 +20,8 @@ from gmm_vit_jax.training.state import TrainState
 
 BEST_METRIC = 'eval_accuracy'
 CONFIG_FILE = 'config.json'
+# Which weights restore_model can return: the TrainState field holding them.
+WEIGHTS = {'raw': 'params', 'ema': 'ema'}
 
 
 def _policy(config: ml_collections.ConfigDict) -> policies.PreservationPolicy:
@@ -77,11 +79,20 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_model(workdir: str, which: str = 'best') -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """The trained model of a run: its resolved config and the best (or latest) weights."""
+def restore_model(workdir: str, which: str = 'best',
+                  weights: str = 'raw') -> tuple[nnx.Module, ml_collections.ConfigDict]:
+  """The trained model of a run: its resolved config and the best (or latest) weights.
+
+  weights: 'raw', the trained params, or 'ema', their moving average (runs with ema_decay).
+  """
   if which not in ('best', 'latest'):
     raise ValueError(f"which={which!r} is not supported; choose 'best' or 'latest'.")
+  if weights not in WEIGHTS:
+    raise ValueError(f'weights={weights!r} is not supported; choose one of {WEIGHTS}.')
   config = read_config(workdir)
+  if weights == 'ema' and not config.get('ema_decay'):
+    raise ValueError(f'weights=ema: the run in {workdir} kept no moving average '
+                     '(its ema_decay is off).')
   model = nnx.eval_shape(lambda: build_from_config(config))
   graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
   manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
@@ -93,10 +104,11 @@ def restore_model(workdir: str, which: str = 'best') -> tuple[nnx.Module, ml_col
   # Onto this process's first device, whatever devices and processes wrote the checkpoint.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        {'params': nnx.to_pure_dict(params), 'buffers': nnx.to_pure_dict(buffers)})
+                        {WEIGHTS[weights]: nnx.to_pure_dict(params),
+                         'buffers': nnx.to_pure_dict(buffers)})
   restored = manager.restore(step, args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
-  logging.info('Restored the step %d weights from %s.', step, workdir)
-  model = nnx.merge(graphdef, restored['params'], restored['buffers'])
+  logging.info('Restored the step %d %s weights from %s.', step, weights, workdir)
+  model = nnx.merge(graphdef, restored[WEIGHTS[weights]], restored['buffers'])
   return model, config

@@ -101,12 +101,21 @@ def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> No
         f'Lower optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun to resume.')
 
 
-def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh) -> dict:
-  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-  for index, weight in eval_batches(labels.shape[0], batch_size):
-    metrics = eval_step(state.params, state.buffers, metrics, images, labels,
-                        sharding.global_batch(index, mesh), sharding.global_batch(weight, mesh))
-  return metrics.summary('eval')
+def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh,
+             prefix: str = 'eval') -> dict:
+  """<prefix>_loss and <prefix>_accuracy of the raw weights, and <prefix>_ema_* of their
+  moving average when the state keeps one."""
+  weights = {prefix: state.params}
+  if state.ema is not None:
+    weights[f'{prefix}_ema'] = state.ema
+  results = {}
+  for name, params in weights.items():
+    metrics = sharding.put_replicated(Metrics.zeros(), mesh)
+    for index, weight in eval_batches(labels.shape[0], batch_size):
+      metrics = eval_step(params, state.buffers, metrics, images, labels,
+                          sharding.global_batch(index, mesh), sharding.global_batch(weight, mesh))
+    results.update(metrics.summary(name))
+  return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -48,6 +48,16 @@ class Metrics:
             f'{prefix}_accuracy': float(self.correct) / count}
 
 
+def ema_decay(config: ml_collections.ConfigDict) -> float | None:
+  """config.ema_decay checked: None when off (None or 0), else the decay in (0, 1)."""
+  decay = config.ema_decay
+  if not decay:
+    return None
+  if not 0 < decay < 1:
+    raise ValueError(f'ema_decay={decay!r} must be in (0, 1), or None or 0 for no EMA.')
+  return float(decay)
+
+
 def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                        sharding) -> tuple[nnx.GraphDef, TrainState]:
   """The model's graph definition and its initial train state, created under jit directly
@@ -58,6 +68,7 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
     _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params))
+                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params),
+                      ema=jax.tree.map(jnp.copy, params) if ema_decay(config) else None)
 
   return graphdef, jax.jit(init, out_shardings=sharding)()

@@ -15,7 +15,7 @@ from flax import nnx
 
 from gmm_vit_jax import augment, patches
 from gmm_vit_jax.augment.basic import normalize
-from gmm_vit_jax.training.state import Metrics, TrainState
+from gmm_vit_jax.training.state import Metrics, TrainState, ema_decay
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
@@ -30,6 +30,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     out_sharding, donate: bool = True) -> Callable:
   """Returns step(state, metrics, images, labels, index, select_patches) -> (state, metrics).
 
+  With config.ema_decay set, state.ema follows the params by Polyak averaging
+  (optax.incremental_update with step size 1 - ema_decay) after every update.
+
   donate: the step reuses the buffers of the state and metrics it is given for the ones
   it returns (benchmarks/levers.py measures the memory this saves).
 
@@ -39,6 +42,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   host draws it per batch (patches.application_probability), so each choice compiles once.
   """
   seed_key = jax.random.key(config.seed)
+  decay = ema_decay(config)
 
   def step(state: TrainState, metrics: Metrics, images, labels, index, select_patches: bool):
     aug_key, dropout_key, select_key = jax.random.split(jax.random.fold_in(seed_key, state.step), 3)
@@ -64,8 +68,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    if state.ema is not None:
+      # The average moves only when the params do: once per k micro-batches under MultiSteps.
+      moved = tx.has_updated(opt_state) if isinstance(tx, optax.MultiSteps) else True
+      state = state.replace(ema=optax.incremental_update(
+          params, state.ema, jnp.where(moved, 1.0 - decay, 0.0)))
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     batch = jnp.float32(index.shape[0])
     correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     return state, metrics + Metrics(loss=loss * batch, correct=correct.astype(jnp.float32),

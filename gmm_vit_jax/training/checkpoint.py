@@ -24,11 +24,17 @@ CONFIG_FILE = 'config.json'
 WEIGHTS = {'raw': 'params', 'ema': 'ema'}
 
 
-def _policy(config: ml_collections.ConfigDict) -> policies.PreservationPolicy:
+def selection_metric(config: ml_collections.ConfigDict) -> str:
+  """The metric the best checkpoint of a run with `config` is chosen on: the validation
+  split's accuracy when dataset.validation holds one out, else the test split's."""
+  return 'val_accuracy' if config.dataset.get('validation') else BEST_METRIC
+
+
+def _policy(config: ml_collections.ConfigDict, best_metric: str) -> policies.PreservationPolicy:
   latest = policies.LatestN(n=config.keep_last)
   if not config.keep_best:
     return latest
-  best = policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+  best = policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
                         keep_checkpoints_without_metrics=False)
   return policies.AnyPreservationPolicy([latest, best])
 
@@ -36,10 +42,12 @@ def _policy(config: ml_collections.ConfigDict) -> policies.PreservationPolicy:
 class Checkpointer:
   """Saves and restores TrainState under WORKDIR/checkpoints."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict,
+               best_metric: str = BEST_METRIC):
+    """best_metric: the saved metric whose highest value marks the best checkpoint."""
     self.manager = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), 'checkpoints'),
-        options=ocp.CheckpointManagerOptions(preservation_policy=_policy(config),
+        options=ocp.CheckpointManagerOptions(preservation_policy=_policy(config, best_metric),
                                              enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:

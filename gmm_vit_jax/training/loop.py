@@ -15,11 +15,11 @@ from PIL import Image
 
 from gmm_vit_jax import patches
 from gmm_vit_jax.augment import augmentation_grid
-from gmm_vit_jax.data import sources
+from gmm_vit_jax.data import sources, validation
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.training import sharding
-from gmm_vit_jax.training.checkpoint import Checkpointer, write_config
+from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric, write_config
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
@@ -118,6 +118,18 @@ def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh
   return results
 
 
+def _validation_split(config: ml_collections.ConfigDict, images: np.ndarray,
+                      labels: np.ndarray) -> dict:
+  """{'train': ...} or, with dataset.validation set, {'train': ..., 'validation': ...}, the
+  validation rows held out of the training split (gmm_vit_jax/data/validation.py)."""
+  fraction = validation.check_fraction(config.dataset.validation)
+  if fraction is None:
+    return {'train': (images, labels)}
+  train_rows, val_rows = validation.holdout(labels, fraction, config.seed)
+  return {'train': (images[train_rows], labels[train_rows]),
+          'validation': (images[val_rows], labels[val_rows])}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
   started = time.time()
@@ -131,15 +143,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
 
+  host = {split: sources.load_split(config.dataset.name, split,
+                                    data_dir=config.dataset.data_dir,
+                                    download=config.dataset.download)
+          for split in ('train', 'test')}
+  host.update(_validation_split(config, *host.pop('train')))
   splits, host_images = {}, {}
-  for split in ('train', 'test'):
-    images, labels = sources.load_split(config.dataset.name, split,
-                                        data_dir=config.dataset.data_dir,
-                                        download=config.dataset.download)
+  for split, (images, labels) in host.items():
     host_images[split] = images[:PICTURE_EXAMPLES]
     splits[split] = sharding.put_replicated((images, labels), mesh)
     logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
                  images.shape[1:])
+  selection = selection_metric(config)
+  logging.info('The best checkpoint is chosen on %s.', selection)
   train_images, train_labels = splits['train']
   sampler = EpochSampler(train_labels.shape[0], config.batch_size, config.passes_per_epoch,
                          config.seed)
@@ -150,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Parameters of %s:\n%s', config.model.name,
                parameter_overview.get_parameter_overview(state.params))
 
-  checkpointer = Checkpointer(workdir, config.checkpoint)
+  checkpointer = Checkpointer(workdir, config.checkpoint, best_metric=selection)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
@@ -209,9 +225,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           eval_started = time.perf_counter()
           with progress.timed('eval'):
             eval_results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
+            if 'validation' in splits:
+              eval_results.update(evaluate(eval_step, state, *splits['validation'],
+                                           config.eval_batch_size, mesh, prefix='val'))
           eval_time += time.perf_counter() - eval_started
           writer.write_scalars(step, {**eval_results, 'epoch': epoch})
-          if eval_results['eval_accuracy'] >= best.get('eval_accuracy', -1.0):
+          if eval_results[selection] >= best.get(selection, -1.0):
             best = dict(eval_results, step=step)
           checkpointer.save(state, metrics=eval_results)
         elif step % config.checkpoint.every_steps == 0:
@@ -233,6 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  completed=step == total_steps,
                  best_eval_accuracy=best.get('eval_accuracy'),
                  best_step=best.get('step'),
+                 **({'best_val_accuracy': best.get('val_accuracy')} if 'validation' in splits
+                    else {}),
                  train_wall_time_s=time.time() - started,
                  train_steps_per_s=timed_steps / train_time,
                  train_images_per_s=timed_steps * config.batch_size / train_time,

@@ -136,6 +136,11 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # Decay of an exponential moving average of the weights, evaluated beside them
   # (eval_ema_*); None or 0: none kept.
   config.ema_decay = None
+  # Fine-tuning: the initial weights from a run workdir, an export bundle or a reference
+  # .pth (gmm_vit_jax/training/init_from.py); None: a fresh initialisation.
+  config.init_from = None
+  # Regular expressions of parameter names (e.g. 'head\\..*') that init_from leaves fresh.
+  config.init_from_dont_load = ()
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')

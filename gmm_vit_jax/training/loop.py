@@ -18,7 +18,7 @@ from gmm_vit_jax.augment import augmentation_grid
 from gmm_vit_jax.data import sources, validation
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
-from gmm_vit_jax.training import sharding
+from gmm_vit_jax.training import init_from, sharding
 from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric, write_config
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state
@@ -170,6 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
+  elif config.init_from:
+    state = init_from.initialise(state, config, mesh)
   start_step = int(state.step)
 
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)

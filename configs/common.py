@@ -113,8 +113,13 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.seed = 0
   # validation: a fraction of the train split held out (stratified, seeded) to choose the
   # best checkpoint on; None keeps the reference's choice on the test split (optimistic).
-  config.dataset = ml_collections.ConfigDict(dict(name=dataset, data_dir=None, download=True,
-                                                  validation=None))
+  # pipeline: 'device' (both splits resident on every device), 'grain' (streamed from the
+  # host) or 'auto' (resident when both splits fit resident_share of one device's memory);
+  # gmm_vit_jax/data/pipeline.py. grain_workers: grain's worker processes (0: read in this
+  # process with grain_threads threads); prefetch: batches read and placed ahead.
+  config.dataset = ml_collections.ConfigDict(dict(
+      name=dataset, data_dir=None, download=True, validation=None, pipeline='device',
+      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2))
   config.batch_size = 128
   config.epochs = 100
   config.passes_per_epoch = 3  # The reference's repeated-augmentation sampler, 3 repeats.

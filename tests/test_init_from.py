@@ -8,6 +8,7 @@ from flax import nnx
 from configs import common
 from gmm_vit_jax import export
 from gmm_vit_jax.models import build_model
+from gmm_vit_jax.data import sources
 from gmm_vit_jax.training import init_from, loop
 from gmm_vit_jax.training.checkpoint import restore_model
 from tests.test_training import tiny_config
@@ -86,7 +87,7 @@ def test_unknown_source_is_a_clear_error(tmp_path):
     init_from.read_source(config.init_from, config)
 
 
-LOAD_SPLIT = loop.sources.load_split
+LOAD_SPLIT = sources.load_split
 
 
 def half_loader(half: int):
@@ -100,7 +101,7 @@ def half_loader(half: int):
 
 def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch):
   """Trained on one half of the training split, fine-tuned for an epoch on the other."""
-  monkeypatch.setattr(loop.sources, 'load_split', half_loader(0))
+  monkeypatch.setattr(sources, 'load_split', half_loader(0))
   loop.train_and_evaluate(tiny_config(epochs=3), str(tmp_path / 'pretrain'))
   model, config = restore_model(str(tmp_path / 'pretrain'), 'best')
   export.save_bundle(model, config, str(tmp_path / 'bundle'), platforms=('cpu',))
@@ -111,7 +112,7 @@ def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch):
   for name, value in from_workdir.items():
     np.testing.assert_array_equal(from_bundle[name], value)
 
-  monkeypatch.setattr(loop.sources, 'load_split', half_loader(1))
+  monkeypatch.setattr(sources, 'load_split', half_loader(1))
   results = {}
   for name, source in (('scratch', None), ('fine_tuned', str(tmp_path / 'pretrain'))):
     config = tiny_config(epochs=1)

@@ -4,7 +4,7 @@ checkpoint is chosen on when set."""
 import numpy as np
 import pytest
 
-from gmm_vit_jax.data import validation
+from gmm_vit_jax.data import sources, validation
 from gmm_vit_jax.training import loop
 from tests.test_training import tiny_config
 
@@ -38,7 +38,7 @@ def test_training_holds_out_and_selects_on_validation(tmp_path):
   config = tiny_config(epochs=2)
   config.dataset.validation = 0.2
   summary = loop.train_and_evaluate(config, str(tmp_path))
-  counts = np.bincount(loop.sources.load_split('digits', 'train', data_dir=None,
+  counts = np.bincount(sources.load_split('digits', 'train', data_dir=None,
                                                download=False)[1])
   held = int(np.round(0.2 * counts).sum())
   # Fewer training rows, fewer steps: (1437 - held) // 64 per epoch.

@@ -15,9 +15,8 @@ from PIL import Image
 
 from gmm_vit_jax import patches
 from gmm_vit_jax.augment import augmentation_grid
-from gmm_vit_jax.data import sources, validation
 from gmm_vit_jax.data.info import dataset_info
-from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
+from gmm_vit_jax.data.pipeline import make_pipeline
 from gmm_vit_jax.training import init_from, sharding
 from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric, write_config
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
@@ -27,6 +26,7 @@ from gmm_vit_jax.training.step import make_eval_step, make_train_step
 SUMMARY_FILE = 'summary.json'
 PICTURE_EXAMPLES = 8
 PICTURE_MIN_SIDE = 64
+EVAL_PREFIXES = {'test': 'eval', 'validation': 'val'}  # Of the metrics of each split.
 KEPT_PATCHES_SCALE = 4  # Upscaling that lets the hatching of dropped patches show.
 
 
@@ -101,33 +101,20 @@ def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> No
         f'Lower optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun to resume.')
 
 
-def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh,
-             prefix: str = 'eval') -> dict:
+def evaluate(eval_step, state: TrainState, batches, mesh, prefix: str = 'eval') -> dict:
   """<prefix>_loss and <prefix>_accuracy of the raw weights, and <prefix>_ema_* of their
-  moving average when the state keeps one."""
+  moving average when the state keeps one; batches() yields the eval step's data arguments
+  (gmm_vit_jax/data/pipeline.py)."""
   weights = {prefix: state.params}
   if state.ema is not None:
     weights[f'{prefix}_ema'] = state.ema
   results = {}
   for name, params in weights.items():
     metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-    for index, weight in eval_batches(labels.shape[0], batch_size):
-      metrics = eval_step(params, state.buffers, metrics, images, labels,
-                          sharding.global_batch(index, mesh), sharding.global_batch(weight, mesh))
+    for batch in batches():
+      metrics = eval_step(params, state.buffers, metrics, *batch)
     results.update(metrics.summary(name))
   return results
-
-
-def _validation_split(config: ml_collections.ConfigDict, images: np.ndarray,
-                      labels: np.ndarray) -> dict:
-  """{'train': ...} or, with dataset.validation set, {'train': ..., 'validation': ...}, the
-  validation rows held out of the training split (gmm_vit_jax/data/validation.py)."""
-  fraction = validation.check_fraction(config.dataset.validation)
-  if fraction is None:
-    return {'train': (images, labels)}
-  train_rows, val_rows = validation.holdout(labels, fraction, config.seed)
-  return {'train': (images[train_rows], labels[train_rows]),
-          'validation': (images[val_rows], labels[val_rows])}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -143,25 +130,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
 
-  host = {split: sources.load_split(config.dataset.name, split,
-                                    data_dir=config.dataset.data_dir,
-                                    download=config.dataset.download)
-          for split in ('train', 'test')}
-  host.update(_validation_split(config, *host.pop('train')))
-  splits, host_images = {}, {}
-  for split, (images, labels) in host.items():
-    host_images[split] = images[:PICTURE_EXAMPLES]
-    splits[split] = sharding.put_replicated((images, labels), mesh)
-    logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
-                 images.shape[1:])
+  pipeline = make_pipeline(config, mesh)
   selection = selection_metric(config)
   logging.info('The best checkpoint is chosen on %s.', selection)
-  train_images, train_labels = splits['train']
-  sampler = EpochSampler(train_labels.shape[0], config.batch_size, config.passes_per_epoch,
-                         config.seed)
-  total_steps = config.epochs * sampler.steps_per_epoch
+  steps_per_epoch = pipeline.steps_per_epoch
+  total_steps = config.epochs * steps_per_epoch
 
-  tx = make_optimizer(config, sampler.steps_per_epoch)
+  tx = make_optimizer(config, steps_per_epoch)
   graphdef, state = create_train_state(config, tx, replicated)
   logging.info('Parameters of %s:\n%s', config.model.name,
                parameter_overview.get_parameter_overview(state.params))
@@ -176,16 +151,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
   eval_step = make_eval_step(graphdef, info, out_sharding=replicated)
-  learning_rate = learning_rate_schedule(config, sampler.steps_per_epoch)
+  learning_rate = learning_rate_schedule(config, steps_per_epoch)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     write_picture(writer, workdir, 'augmentation', augmentation_grid(
-        host_images['train'], jax.random.key(config.seed), config.augment, mean=info['mean'],
+        pipeline.examples('train', PICTURE_EXAMPLES), jax.random.key(config.seed), config.augment, mean=info['mean'],
         std=info['std']), step=0, image_size=info['image_size'])
     if config.patch_selection.kind != 'none':
       write_picture(writer, workdir, 'kept_patches',
-                    _kept_patches_picture(config, host_images['train'], info), step=0,
+                    _kept_patches_picture(config, pipeline.examples('train', PICTURE_EXAMPLES), info), step=0,
                     image_size=info['image_size'] * KEPT_PATCHES_SCALE)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()
@@ -195,16 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_time = 0.0
   timed_from = None  # (time, step) once the first step has compiled and run.
   step = start_step
+  train_batches = pipeline.train_batches(start_step, total_steps)
   try:
     with metric_writers.ensure_flushes(writer):
       while step < total_steps and not stop.check(step):
         if config.profile_steps and step == config.profile_start_step:
           jax.profiler.start_trace(os.path.join(workdir, 'profile'))
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, metrics = train_step(
-              state, metrics, train_images, train_labels,
-              sharding.global_batch(sampler.batch(step), mesh),
-              _selects_patches(config, step, sampler.steps_per_epoch))
+          state, metrics = train_step(state, metrics, *next(train_batches),
+                                      _selects_patches(config, step, steps_per_epoch))
         step += 1
         if config.profile_steps and step == config.profile_start_step + config.profile_steps:
           jax.block_until_ready(state)
@@ -215,21 +189,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           jax.block_until_ready(state)
           timed_from = (time.perf_counter(), step)
         progress(step)
-        epoch_end = step % sampler.steps_per_epoch == 0
+        epoch_end = step % steps_per_epoch == 0
         if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
           _check_finite(metrics, step, checkpointer)
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
           writer.write_scalars(step, scalars)
           metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-        epoch = step // sampler.steps_per_epoch
+        epoch = step // steps_per_epoch
         if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
           eval_started = time.perf_counter()
           with progress.timed('eval'):
-            eval_results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
-            if 'validation' in splits:
-              eval_results.update(evaluate(eval_step, state, *splits['validation'],
-                                           config.eval_batch_size, mesh, prefix='val'))
+            eval_results = {}
+            for split in pipeline.eval_splits:
+              eval_results.update(evaluate(
+                  eval_step, state, lambda: pipeline.eval_batches(split), mesh,
+                  prefix=EVAL_PREFIXES[split]))
           eval_time += time.perf_counter() - eval_started
           writer.write_scalars(step, {**eval_results, 'epoch': epoch})
           if eval_results[selection] >= best.get(selection, -1.0):
@@ -254,8 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  completed=step == total_steps,
                  best_eval_accuracy=best.get('eval_accuracy'),
                  best_step=best.get('step'),
-                 **({'best_val_accuracy': best.get('val_accuracy')} if 'validation' in splits
-                    else {}),
+                 **({'best_val_accuracy': best.get('val_accuracy')}
+                    if 'validation' in pipeline.eval_splits else {}),
                  train_wall_time_s=time.time() - started,
                  train_steps_per_s=timed_steps / train_time,
                  train_images_per_s=timed_steps * config.batch_size / train_time,

@@ -1,7 +1,7 @@
 """The jitted train and eval steps.
 
-Each step reads its batch from the device-resident dataset by index, augments it on
-the device, and adds its metrics to sums kept on the device; nothing waits for the
+Each step reads its batch from the device-resident dataset by index (or takes it as
+streamed), augments it on the device, and adds its metrics to sums kept on the device; nothing waits for the
 host inside the step loop.
 """
 
@@ -25,6 +25,11 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float)
   return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
+def _rows(images, labels, index):
+  """The batch: rows `index` of resident arrays, or the arrays themselves when index is None."""
+  return (images, labels) if index is None else (images[index], labels[index])
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, info: dict, *,
                     out_sharding, donate: bool = True) -> Callable:
@@ -37,7 +42,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   it returns (benchmarks/levers.py measures the memory this saves).
 
   images: (N, H, W, C) uint8 and labels (N,) int32, the whole training split on the
-  device; index: (B,) int32 rows of this step's batch, sharded over 'data'.
+  device; index: (B,) int32 rows of this step's batch, sharded over 'data'. Or, from a
+  streaming pipeline, images (B, H, W, C) and labels (B,) of the batch itself, sharded
+  over 'data', and index None.
   select_patches (static): filter this batch with the configured patch heuristic; the
   host draws it per batch (patches.application_probability), so each choice compiles once.
   """
@@ -47,7 +54,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def step(state: TrainState, metrics: Metrics, images, labels, index, select_patches: bool):
     aug_key, dropout_key, select_key = jax.random.split(jax.random.fold_in(seed_key, state.step), 3)
     x, targets = augment.augment_batch(
-        images[index], labels[index], aug_key, config.augment,
+        *_rows(images, labels, index), aug_key, config.augment,
         num_classes=info['num_classes'], mean=info['mean'], std=info['std'])
     selected = {}
     if select_patches:
@@ -75,7 +82,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       state = state.replace(ema=optax.incremental_update(
           params, state.ema, jnp.where(moved, 1.0 - decay, 0.0)))
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    batch = jnp.float32(index.shape[0])
+    batch = jnp.float32(targets.shape[0])
     correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     return state, metrics + Metrics(loss=loss * batch, correct=correct.astype(jnp.float32),
                                     count=batch,
@@ -88,13 +95,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding) -> Callable:
   """Returns step(params, buffers, metrics, images, labels, index, weight) -> metrics.
 
-  weight: (B,) 1 for real rows, 0 for the padding that fills the last batch.
+  images, labels, index: as for the train step; weight: (B,) 1 for real rows, 0 for the
+  padding that fills the last batch.
   """
 
   def step(params, buffers, metrics: Metrics, images, labels, index, weight):
-    x = normalize(images[index], info['mean'], info['std'])
+    images, y = _rows(images, labels, index)
+    x = normalize(images, info['mean'], info['std'])
     logits = nnx.merge(graphdef, params, buffers)(x, deterministic=True)
-    y = labels[index]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     return metrics + Metrics(loss=jnp.sum(loss * weight), correct=jnp.sum(correct * weight),

@@ -43,6 +43,9 @@ def _holdout(config: ml_collections.ConfigDict, labels: np.ndarray) -> dict:
   if fraction is None:
     return {'train': np.arange(len(labels))}
   train, held = validation.holdout(labels, fraction, config.seed)
+  if not len(held):
+    raise ValueError(f'dataset.validation={fraction} holds out no example: every class has '
+                     f'fewer than {0.5 / fraction:.0f} examples; raise it or set None.')
   return {'train': train, 'validation': held}
 
 
@@ -51,10 +54,13 @@ class DevicePipeline:
 
   def __init__(self, config: ml_collections.ConfigDict, mesh):
     self.mesh, self.eval_batch_size = mesh, config.eval_batch_size
-    host = {split: sources.load_split(config.dataset.name, split,
-                                      data_dir=config.dataset.data_dir,
-                                      download=config.dataset.download)
-            for split in ('train', 'test')}
+    d = config.dataset
+    if d.name in records.VARIABLE_SIZE:
+      host = {split: records.read_all(records.open_records(d.name, split, data_dir=d.data_dir))
+              for split in ('train', 'test')}
+    else:
+      host = {split: sources.load_split(d.name, split, data_dir=d.data_dir, download=d.download)
+              for split in ('train', 'test')}
     images, labels = host.pop('train')
     for split, rows in _holdout(config, labels).items():
       host[split] = (images[rows], labels[rows])

@@ -106,6 +106,18 @@ class FolderRecords:
     return self._labels
 
 
+# Datasets whose images come in many sizes: tfds cannot batch them whole, so even a
+# resident split is read through the records, each image fitted to the dataset's size.
+VARIABLE_SIZE = ('imagenet2012',)
+
+
+def read_all(records) -> tuple[np.ndarray, np.ndarray]:
+  """Every record as (N, S, S, C) uint8 images and (N,) int32 labels."""
+  examples = [records[i] for i in range(len(records))]
+  return (np.stack([image for image, _ in examples]),
+          np.array([label for _, label in examples], np.int32))
+
+
 def open_records(name: str, split: str, *, data_dir: str | None):
   """The records of `split` ('train' or 'test') of dataset `name`."""
   info = dataset_info(name)
@@ -128,4 +140,7 @@ def num_examples(name: str, split: str, *, data_dir: str | None) -> int:
     return len(open_records(name, split, data_dir=data_dir))
   import tensorflow_datasets as tfds
   splits = tfds.builder(name, data_dir=data_dir).info.splits
-  return splits[sources.tfds_split(name, split)].num_examples
+  tfds_name = sources.tfds_split(name, split)
+  if tfds_name in splits:
+    return splits[tfds_name].num_examples
+  return len(open_records(name, split, data_dir=data_dir))  # Metadata without split sizes.

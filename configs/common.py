@@ -5,6 +5,7 @@ value a run uses is in the resolved config it writes to its workdir.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 # The datasets of the published table, the offline one, and ImageNet (configs/*_imagenet.py).
 DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012')
@@ -113,12 +114,14 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.seed = 0
   # validation: a fraction of the train split held out (stratified, seeded) to choose the
   # best checkpoint on; None keeps the reference's choice on the test split (optimistic).
+  # Fields that default to None are typed placeholders, so a flag can set them.
   # pipeline: 'device' (both splits resident on every device), 'grain' (streamed from the
   # host) or 'auto' (resident when both splits fit resident_share of one device's memory);
   # gmm_vit_jax/data/pipeline.py. grain_workers: grain's worker processes (0: read in this
   # process with grain_threads threads); prefetch: batches read and placed ahead.
   config.dataset = ml_collections.ConfigDict(dict(
-      name=dataset, data_dir=None, download=True, validation=None, pipeline='device',
+      name=dataset, data_dir=None, download=True,
+      validation=config_dict.placeholder(float), pipeline='device',
       resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2))
   config.batch_size = 128
   config.epochs = 100
@@ -140,10 +143,10 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.grad_accum_steps = 1
   # Decay of an exponential moving average of the weights, evaluated beside them
   # (eval_ema_*); None or 0: none kept.
-  config.ema_decay = None
+  config.ema_decay = config_dict.placeholder(float)
   # Fine-tuning: the initial weights from a run workdir, an export bundle or a reference
   # .pth (gmm_vit_jax/training/init_from.py); None: a fresh initialisation.
-  config.init_from = None
+  config.init_from = config_dict.placeholder(str)
   # Regular expressions of parameter names (e.g. 'head\\..*') that init_from leaves fresh.
   config.init_from_dont_load = ()
   config.label_smoothing = 0.1

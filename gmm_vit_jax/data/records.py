@@ -122,7 +122,8 @@ def open_records(name: str, split: str, *, data_dir: str | None):
   """The records of `split` ('train' or 'test') of dataset `name`."""
   info = dataset_info(name)
   if split not in sources.TFDS_SPLITS:
-    raise ValueError(f'split={split!r} is not supported; choose one of {tuple(sources.TFDS_SPLITS)}.')
+    raise ValueError(f'split={split!r} is not supported; choose one of '
+                     f'{tuple(sources.TFDS_SPLITS)}.')
   size, channels = info['image_size'], info['channels']
   if name == 'digits':
     return ArrayRecords(*sources.load_split(name, split, data_dir=None, download=False))

@@ -155,12 +155,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+    examples = pipeline.examples('train', PICTURE_EXAMPLES)
     write_picture(writer, workdir, 'augmentation', augmentation_grid(
-        pipeline.examples('train', PICTURE_EXAMPLES), jax.random.key(config.seed), config.augment, mean=info['mean'],
+        examples, jax.random.key(config.seed), config.augment, mean=info['mean'],
         std=info['std']), step=0, image_size=info['image_size'])
     if config.patch_selection.kind != 'none':
       write_picture(writer, workdir, 'kept_patches',
-                    _kept_patches_picture(config, pipeline.examples('train', PICTURE_EXAMPLES), info), step=0,
+                    _kept_patches_picture(config, examples, info), step=0,
                     image_size=info['image_size'] * KEPT_PATCHES_SCALE)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()

@@ -1,8 +1,8 @@
 """The jitted train and eval steps.
 
 Each step reads its batch from the device-resident dataset by index (or takes it as
-streamed), augments it on the device, and adds its metrics to sums kept on the device; nothing waits for the
-host inside the step loop.
+streamed), augments it on the device, and adds its metrics to sums kept on the device;
+nothing waits for the host inside the step loop.
 """
 
 from typing import Callable

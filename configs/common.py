@@ -5,13 +5,14 @@ value a run uses is in the resolved config it writes to its workdir.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
-# The datasets of the published table, and the offline one.
-DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits')
+# The datasets of the published table, the offline one, and ImageNet (configs/*_imagenet.py).
+DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012')
 
 # The reference's AutoAugment policy for each dataset; the offline digits go without.
 AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped': 'svhn',
-                      'tiny_imagenet': 'imagenet', 'digits': 'none'}
+                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet'}
 # Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
 TINY_IMAGENET = 'tiny_imagenet'
 
@@ -130,7 +131,17 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   """SPEC section 4: AdamW 1e-3, wd 5e-2, batch 128, 100 epochs of 3 passes, warmup 10."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.dataset = ml_collections.ConfigDict(dict(name=dataset, data_dir=None, download=True))
+  # validation: a fraction of the train split held out (stratified, seeded) to choose the
+  # best checkpoint on; None keeps the reference's choice on the test split (optimistic).
+  # Fields that default to None are typed placeholders, so a flag can set them.
+  # pipeline: 'device' (both splits resident on every device), 'grain' (streamed from the
+  # host) or 'auto' (resident when both splits fit resident_share of one device's memory);
+  # gmm_vit_jax/data/pipeline.py. grain_workers: grain's worker processes (0: read in this
+  # process with grain_threads threads); prefetch: batches read and placed ahead.
+  config.dataset = ml_collections.ConfigDict(dict(
+      name=dataset, data_dir=None, download=True,
+      validation=config_dict.placeholder(float), pipeline='device',
+      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2))
   config.batch_size = 128
   config.epochs = 100
   config.passes_per_epoch = 3  # The reference's repeated-augmentation sampler, 3 repeats.
@@ -146,6 +157,17 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   ))
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))
+  # Train steps (micro-batches of batch_size) whose averaged gradients make one update:
+  # the effective batch is batch_size * grad_accum_steps (optax.MultiSteps).
+  config.grad_accum_steps = 1
+  # Decay of an exponential moving average of the weights, evaluated beside them
+  # (eval_ema_*); None or 0: none kept.
+  config.ema_decay = config_dict.placeholder(float)
+  # Fine-tuning: the initial weights from a run workdir, an export bundle or a reference
+  # .pth (gmm_vit_jax/training/init_from.py); None: a fresh initialisation.
+  config.init_from = config_dict.placeholder(str)
+  # Regular expressions of parameter names (e.g. 'head\\..*') that init_from leaves fresh.
+  config.init_from_dont_load = ()
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')
@@ -160,6 +182,35 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # On CPU-only machines, run each step on the calling thread and keep its memory mapped
   # between steps (gmm_vit_jax/cpu_runtime.py): 1.3x on GMM-ViT at batch 128 on 2 cores.
   config.cpu_keep_step_memory = True
+  return config
+
+
+def imagenet_recipe() -> ml_collections.ConfigDict:
+  """The ImageNet-1k recipe at 224x224 that HAT-Net and the DeiT line of ViTs train with:
+  AdamW lr 5e-4 per 512 images (1e-3 at batch 1024), weight decay 0.05, 300 epochs with 5
+  of warmup, label smoothing 0.1, random erasing 0.25, Mixup 0.8 / CutMix 1.0 on every
+  batch, stochastic depth in the model. Two departures, both the device augmentation's:
+  AutoAugment's ImageNet policy stands in for RandAugment, and a 28-pixel padded random
+  crop of the centre-cropped 224x224 image for RandomResizedCrop. Streamed by grain unless
+  both splits fit (dataset.pipeline='auto'); the best checkpoint is chosen on a 1%
+  validation hold-out, since ImageNet's labelled 'validation' split is the test set."""
+  config = paper_recipe('imagenet2012')
+  config.dataset.pipeline = 'auto'
+  config.dataset.validation = 0.01
+  config.dataset.download = False  # ImageNet needs its manual download (README).
+  config.dataset.grain_workers = 16
+  config.dataset.grain_threads = 16
+  config.dataset.prefetch = 4
+  config.batch_size = 1024
+  config.eval_batch_size = 1000
+  config.epochs = 300
+  config.passes_per_epoch = 1
+  config.optimizer.learning_rate = 1e-3
+  config.schedule.warmup_epochs = 5
+  config.augment.update(dict(crop_padding=28, mix_prob=1.0, cutmix_prob=0.5, mixup_alpha=0.8,
+                             cutmix_beta=1.0))
+  config.checkpoint.every_steps = 2000
+  config.log_every_steps = 200
   return config
 
 

@@ -14,8 +14,9 @@ A bundle is a directory:
 `load` runs the serialized forward, so predicting needs none of the model code;
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
-    python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--step=best|latest|N]
-turns a training run's checkpoint into a bundle: by default the best by eval accuracy.
+    python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--step=best|latest|N] [--weights=ema]
+turns a training run's checkpoint into a bundle: by default the best one, and its raw
+weights, or with --weights=ema their moving average (runs trained with ema_decay).
 """
 
 import json
@@ -194,10 +195,12 @@ def main(argv):
   # The trainer may write bundles itself, so it is imported only when exporting a run.
   from gmm_vit_jax.training.checkpoint import restore_run
   workdir = flags.FLAGS.workdir
-  run = restore_run(workdir, _step(flags.FLAGS.step))
+  run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
   metrics = run.metrics or {}
-  source = dict(workdir=os.path.abspath(workdir), step=run.step,
-                eval_accuracy=metrics.get('eval_accuracy'), eval_loss=metrics.get('eval_loss'))
+  prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'
+  source = dict(workdir=os.path.abspath(workdir), step=run.step, weights=flags.FLAGS.weights,
+                eval_accuracy=metrics.get(f'{prefix}_accuracy'),
+                eval_loss=metrics.get(f'{prefix}_loss'))
   save_bundle(run.model, run.config, flags.FLAGS.out, source=source)
   accuracy = ('not evaluated' if source['eval_accuracy'] is None
               else f'eval accuracy {source["eval_accuracy"]:.4f}')
@@ -208,6 +211,9 @@ if __name__ == '__main__':
   # Defined only when run as a program: modules that import this one have flags of their own.
   flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
   flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
-  flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy), 'latest', "
+  flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy, or by "
+                      "validation accuracy for runs that hold a validation split out), 'latest', "
                       'or a step number.')
+  flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
+                    'average (runs trained with ema_decay).')
   app.run(lambda argv: cli.run(main, argv))

@@ -91,11 +91,16 @@ def _apply(rule: Rule, inputs: tuple[np.ndarray, ...], to_flax: bool) -> tuple[n
 
 
 def to_flax(mapping: Mapping, state_dict: dict[str, np.ndarray],
-            flax_shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-  """torch {key: array} -> Flax {flat name: array}, checked against the model's shapes."""
+            flax_shapes: dict[str, tuple[int, ...]] | None) -> dict[str, np.ndarray]:
+  """torch {key: array} -> Flax {flat name: array}, checked against the model's shapes.
+
+  flax_shapes None: no check of the shapes or the constants, for weights that a model of
+  another class count or token grid will adapt (gmm_vit_jax/training/init_from.py).
+  """
   check_names('torch state_dict keys', state_dict, mapping.torch_keys())
-  check_names('mapped variables', mapping.flax_names(), flax_shapes)
-  for key, value in mapping.constants.items():
+  if flax_shapes is not None:
+    check_names('mapped variables', mapping.flax_names(), flax_shapes)
+  for key, value in (mapping.constants if flax_shapes is not None else {}).items():
     given = state_dict[key]
     if given.shape != value.shape or not np.allclose(given, value, rtol=0, atol=1e-6):
       raise ValueError(f'torch {key!r} (shape {given.shape}) is not the constant the config '
@@ -105,7 +110,7 @@ def to_flax(mapping: Mapping, state_dict: dict[str, np.ndarray],
   for rule in mapping.rules:
     arrays = _apply(rule, tuple(state_dict[k] for k in rule.torch), to_flax=True)
     for name, array in zip(rule.flax, arrays):
-      if array.shape != tuple(flax_shapes[name]):
+      if flax_shapes is not None and array.shape != tuple(flax_shapes[name]):
         raise ValueError(f'torch {list(rule.torch)} gives {name!r} shape {array.shape}; '
                          f'the config\'s model has {tuple(flax_shapes[name])}.')
       out[name] = array

@@ -53,6 +53,11 @@ DATASET_INFO = {
     'tiny_imagenet': dict(image_size=64, channels=3, num_classes=200,
                           mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821),
                           class_names=None),
+    # ILSVRC-2012 at 224x224 (the shorter side resized, the centre cropped), streamed by the
+    # grain pipeline; the usual ImageNet constants. Its test split is tfds 'validation'.
+    'imagenet2012': dict(image_size=224, channels=3, num_classes=1000,
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         class_names=None),
 }
 
 

@@ -16,6 +16,8 @@ from gmm_vit_jax.data import tiny_imagenet
 from gmm_vit_jax.data.info import dataset_info, digits_to_uint8
 
 TFDS_SPLITS = {'train': 'train', 'test': 'test'}
+# Datasets whose labelled held-out split has another tfds name.
+TFDS_SPLIT_NAMES = {'imagenet2012': {'test': 'validation'}}
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 READ_CHUNK = 10_000
@@ -40,6 +42,11 @@ def load_split(name: str, split: str, *, data_dir: str | None,
     # Its labelled test set is the 'val' folder.
     return tiny_imagenet.load(data_dir, 'train' if split == 'train' else 'val')
   return _tfds(name, split, data_dir, download)
+
+
+def tfds_split(name: str, split: str) -> str:
+  """The tfds name of `split` ('train' or 'test') of dataset `name`."""
+  return TFDS_SPLIT_NAMES.get(name, {}).get(split, TFDS_SPLITS[split])
 
 
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +118,7 @@ def _tfds(name: str, split: str, data_dir: str | None,
   # TensorFlow only reads files here; the accelerator belongs to JAX.
   tf.config.set_visible_devices([], 'GPU')
   builder = tfds.builder(name, data_dir=data_dir)
-  read = lambda: tfds.as_numpy(builder.as_dataset(split=TFDS_SPLITS[split], as_supervised=True)
+  read = lambda: tfds.as_numpy(builder.as_dataset(split=tfds_split(name, split), as_supervised=True)
                               .batch(READ_CHUNK))
   try:
     chunks = read()

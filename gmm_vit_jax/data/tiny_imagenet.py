@@ -76,6 +76,21 @@ def _decode(path: str) -> np.ndarray:
   return array
 
 
+def files(data_dir: str, split: str) -> list[tuple[str, int]]:
+  """(path, label) of every image of `split` ('train' or 'val'), in a fixed order."""
+  if split not in SPLITS:
+    raise ValueError(f'Tiny-ImageNet split={split!r} is not supported; choose one of {SPLITS}.')
+  wnids = class_ids(_require(data_dir))
+  split_dir = _require(os.path.join(data_dir, split))
+  if split == 'val' and os.path.exists(os.path.join(split_dir, 'val_annotations.txt')):
+    found = _annotated_files(split_dir, wnids)
+  else:
+    found = _class_folder_files(split_dir, wnids)
+  if not found:
+    raise FileNotFoundError(f'Tiny-ImageNet: no images under {split_dir}. {HOW_TO_GET}')
+  return found
+
+
 def load(data_dir: str, split: str, workers: int = 8) -> tuple[np.ndarray, np.ndarray]:
   """One split as (N, 64, 64, 3) uint8 images and (N,) int32 labels in [0, 200).
 
@@ -84,16 +99,7 @@ def load(data_dir: str, split: str, workers: int = 8) -> tuple[np.ndarray, np.nd
     split: 'train' or 'val' (the labelled splits).
     workers: threads decoding the JPEGs.
   """
-  if split not in SPLITS:
-    raise ValueError(f'Tiny-ImageNet split={split!r} is not supported; choose one of {SPLITS}.')
-  wnids = class_ids(_require(data_dir))
-  split_dir = _require(os.path.join(data_dir, split))
-  if split == 'val' and os.path.exists(os.path.join(split_dir, 'val_annotations.txt')):
-    files = _annotated_files(split_dir, wnids)
-  else:
-    files = _class_folder_files(split_dir, wnids)
-  if not files:
-    raise FileNotFoundError(f'Tiny-ImageNet: no images under {split_dir}. {HOW_TO_GET}')
+  found = files(data_dir, split)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    images = list(pool.map(_decode, [path for path, _ in files]))
-  return np.stack(images), np.array([label for _, label in files], np.int32)
+    images = list(pool.map(_decode, [path for path, _ in found]))
+  return np.stack(images), np.array([label for _, label in found], np.int32)

@@ -30,6 +30,8 @@ from gmm_vit_jax.training.state import TrainState
 BEST_METRIC = 'eval_accuracy'
 CHECKPOINTS = 'checkpoints'
 DAMAGED = 'checkpoints_damaged'
+# Which weights restore_run can return: the TrainState field holding them.
+WEIGHTS = {'raw': 'params', 'ema': 'ema'}
 
 
 class _QuietOrbax(logging.Filter):
@@ -75,8 +77,15 @@ def _storage_errors(where: str):
     raise errors.StorageError(described) from e
 
 
-def _best_value(metrics: dict) -> float:
-  return metrics[BEST_METRIC]
+def selection_metric(config: ml_collections.ConfigDict) -> str:
+  """The metric the best checkpoint of a run with `config` is chosen on: the validation
+  split's accuracy when dataset.validation holds one out, else the test split's."""
+  return 'val_accuracy' if config.dataset.get('validation') else BEST_METRIC
+
+
+def _value_of(metric: str):
+  """best_fn for orbax: a checkpoint's saved metrics -> the value ranking it."""
+  return lambda metrics: metrics[metric]
 
 
 def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
@@ -84,11 +93,12 @@ def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.Checkpo
                                options=options)
 
 
-def _policy(config: ml_collections.ConfigDict) -> policies.PreservationPolicy:
+def _policy(config: ml_collections.ConfigDict, best_metric: str) -> policies.PreservationPolicy:
   latest = policies.LatestN(n=config.keep_last)
   if not config.keep_best:
     return latest
-  best = policies.BestN(get_metric_fn=_best_value, n=1, keep_checkpoints_without_metrics=False)
+  best = policies.BestN(get_metric_fn=_value_of(best_metric), n=1,
+                        keep_checkpoints_without_metrics=False)
   return policies.AnyPreservationPolicy([latest, best])
 
 
@@ -102,14 +112,17 @@ def nonfinite_count(tree) -> jax.Array:
 class Checkpointer:
   """Saves and restores TrainState under WORKDIR/checkpoints."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict,
+               best_metric: str = BEST_METRIC):
+    """best_metric: the saved metric whose highest value marks the best checkpoint."""
     self.workdir = workdir
+    self.best_metric = best_metric
     logging.getLogger('absl').addFilter(_QUIET_ORBAX)
     if not getattr(sys.excepthook, 'quiet_closed_loops', False):
       sys.excepthook = _quiet_closed_loop_callbacks(sys.excepthook)
     self.manager = _manager(workdir, ocp.CheckpointManagerOptions(
-        preservation_policy=_policy(config), best_fn=_best_value, create=False,
-        enable_async_checkpointing=True))
+        preservation_policy=_policy(config, best_metric), best_fn=_value_of(best_metric),
+        create=False, enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -214,19 +227,28 @@ class RestoredRun:
   metrics: dict | None  # Eval metrics saved with the checkpoint; None if not evaluated.
 
 
-def restore_run(workdir: str, which: str | int = 'best') -> RestoredRun:
-  """The model of a run at `which`: 'best' (by eval accuracy; the latest if none was
-  evaluated), 'latest', or a step number."""
+def restore_run(workdir: str, which: str | int = 'best', weights: str = 'raw') -> RestoredRun:
+  """The model of a run at `which`: 'best' (by the run's selection metric; the latest if
+  none was evaluated), 'latest', or a step number.
+
+  weights: 'raw', the trained params, or 'ema', their moving average (runs with ema_decay).
+  """
   if which not in ('best', 'latest') and not isinstance(which, int):
     raise errors.UserError(f"the step {which!r} is not one of 'best', 'latest' or a number.")
+  if weights not in WEIGHTS:
+    raise errors.UserError(f'weights={weights!r} is not supported; choose one of '
+                           f'{tuple(WEIGHTS)}.')
   stored = RunDirectory(workdir).stored_config()
   if stored is None:
     raise errors.UserError(f'{workdir} holds no config.json: it is not a training run directory.')
   config = ml_collections.ConfigDict(stored)
+  if weights == 'ema' and not config.get('ema_decay'):
+    raise errors.UserError(f'weights=ema: the run in {workdir} kept no moving average (its '
+                           'ema_decay is off).')
   model = nnx.eval_shape(lambda: build_from_config(config))
   graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
   manager = _manager(workdir, ocp.CheckpointManagerOptions(
-      best_fn=_best_value, create=False))
+      best_fn=_value_of(selection_metric(config)), create=False))
   steps = manager.all_steps()
   if not steps:
     raise errors.CheckpointError(f'{workdir}/{CHECKPOINTS} holds no checkpoint yet.')
@@ -243,19 +265,20 @@ def restore_run(workdir: str, which: str | int = 'best') -> RestoredRun:
   # Onto this process's first device, whatever devices and processes wrote the checkpoint.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        {'params': nnx.to_pure_dict(params), 'buffers': nnx.to_pure_dict(buffers)})
+                        {WEIGHTS[weights]: nnx.to_pure_dict(params),
+                         'buffers': nnx.to_pure_dict(buffers)})
   restored = manager.restore(step, args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
   metrics = manager.metrics(step)
   manager.close()
-  logging.info('Restored the step %d weights from %s.', step, workdir)
-  return RestoredRun(model=nnx.merge(graphdef, restored['params'], restored['buffers']),
+  logging.info('Restored the step %d %s weights from %s.', step, weights, workdir)
+  return RestoredRun(model=nnx.merge(graphdef, restored[WEIGHTS[weights]], restored['buffers']),
                      config=config, step=step, metrics=None if metrics is None else dict(metrics))
 
 
-def restore_model(workdir: str, which: str | int = 'best') -> tuple[nnx.Module,
-                                                                    ml_collections.ConfigDict]:
+def restore_model(workdir: str, which: str | int = 'best',
+                  weights: str = 'raw') -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """The trained model of a run and its resolved config (see restore_run)."""
-  run = restore_run(workdir, which)
+  run = restore_run(workdir, which, weights)
   return run.model, run.config

@@ -40,6 +40,15 @@ def _bool():
   return (lambda v: isinstance(v, bool)), 'True or False'
 
 
+def _text():
+  return (lambda v: isinstance(v, str) and bool(v)), 'a non-empty string'
+
+
+def _texts():
+  return (lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v),
+          'a tuple of strings')
+
+
 def _optional(rule):
   ok, allowed = rule
   return (lambda v: v is None or ok(v)), f'None or {allowed}'
@@ -53,10 +62,20 @@ RULES = {
     'seed': _int(0),
     'dataset.name': _choice(*DATASET_INFO),
     'dataset.download': _bool(),
+    'dataset.validation': _optional(_number(0, 1, low_open=True, high_open=True)),
+    'dataset.pipeline': _choice('device', 'grain', 'auto'),
+    'dataset.resident_share': _number(0, 1, low_open=True),
+    'dataset.grain_workers': _int(0),
+    'dataset.grain_threads': _int(1),
+    'dataset.prefetch': _int(1),
     'batch_size': _int(1),
     'eval_batch_size': _int(1),
     'epochs': _int(1),
     'passes_per_epoch': _int(1),
+    'grad_accum_steps': _int(1),
+    'ema_decay': _optional(_number(0, 1, high_open=True)),
+    'init_from': _optional(_text()),
+    'init_from_dont_load': _texts(),
     'optimizer.learning_rate': POSITIVE,
     'optimizer.weight_decay': _number(0),
     'optimizer.b1': FRACTION_BELOW_ONE,

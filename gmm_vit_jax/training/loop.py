@@ -15,11 +15,10 @@ from PIL import Image
 
 from gmm_vit_jax import patches
 from gmm_vit_jax.augment import augmentation_grid
-from gmm_vit_jax.data import sources
 from gmm_vit_jax.data.info import dataset_info
-from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
-from gmm_vit_jax.training import config_checks, sharding
-from gmm_vit_jax.training.checkpoint import BEST_METRIC, Checkpointer
+from gmm_vit_jax.data.pipeline import make_pipeline
+from gmm_vit_jax.training import config_checks, init_from, sharding
+from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
@@ -27,6 +26,7 @@ from gmm_vit_jax.training.step import make_eval_step, make_train_step
 
 PICTURE_EXAMPLES = 8
 PICTURE_MIN_SIDE = 64
+EVAL_PREFIXES = {'test': 'eval', 'validation': 'val'}  # Of the metrics of each split.
 KEPT_PATCHES_SCALE = 4  # Upscaling that lets the hatching of dropped patches show.
 
 
@@ -95,12 +95,20 @@ def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> No
                                        f'{step}')
 
 
-def evaluate(eval_step, state: TrainState, images, labels, batch_size: int, mesh) -> dict:
-  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-  for index, weight in eval_batches(labels.shape[0], batch_size):
-    metrics = eval_step(state.params, state.buffers, metrics, images, labels,
-                        sharding.global_batch(index, mesh), sharding.global_batch(weight, mesh))
-  return metrics.summary('eval')
+def evaluate(eval_step, state: TrainState, batches, mesh, prefix: str = 'eval') -> dict:
+  """<prefix>_loss and <prefix>_accuracy of the raw weights, and <prefix>_ema_* of their
+  moving average when the state keeps one; batches() yields the eval step's data arguments
+  (gmm_vit_jax/data/pipeline.py)."""
+  weights = {prefix: state.params}
+  if state.ema is not None:
+    weights[f'{prefix}_ema'] = state.ema
+  results = {}
+  for name, params in weights.items():
+    metrics = sharding.put_replicated(Metrics.zeros(), mesh)
+    for batch in batches():
+      metrics = eval_step(params, state.buffers, metrics, *batch)
+    results.update(metrics.summary(name))
+  return results
 
 
 def _changes_structure(config: ml_collections.ConfigDict):
@@ -131,7 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   info = dataset_info(config.dataset.name)
   run = RunDirectory(workdir)
   with run.locked():
-    checkpointer = Checkpointer(workdir, config.checkpoint)
+    checkpointer = Checkpointer(workdir, config.checkpoint,
+                                best_metric=selection_metric(config))
     try:
       changes = run.check_config(config, has_checkpoint=checkpointer.latest_step() is not None,
                                  allowed=tuple(allow_config_change),
@@ -152,21 +161,13 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
 
-  splits, host_images = {}, {}
-  for split in ('train', 'test'):
-    images, labels = sources.load_split(config.dataset.name, split,
-                                        data_dir=config.dataset.data_dir,
-                                        download=config.dataset.download)
-    host_images[split] = images[:PICTURE_EXAMPLES]
-    splits[split] = sharding.put_replicated((images, labels), mesh)
-    logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
-                 images.shape[1:])
-  train_images, train_labels = splits['train']
-  sampler = EpochSampler(train_labels.shape[0], config.batch_size, config.passes_per_epoch,
-                         config.seed)
-  total_steps = config.epochs * sampler.steps_per_epoch
+  pipeline = make_pipeline(config, mesh)
+  selection = checkpointer.best_metric
+  logging.info('The best checkpoint is chosen on %s.', selection)
+  steps_per_epoch = pipeline.steps_per_epoch
+  total_steps = config.epochs * steps_per_epoch
 
-  tx = make_optimizer(config, sampler.steps_per_epoch)
+  tx = make_optimizer(config, steps_per_epoch)
   graphdef, state = create_train_state(config, tx, replicated)
   logging.info('Parameters of %s:\n%s', config.model.name,
                parameter_overview.get_parameter_overview(state.params))
@@ -174,6 +175,8 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   if restored is not None:
     state = restored
     logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
+  elif config.init_from:
+    state = init_from.initialise(state, config, mesh)
   start_step = int(state.step)
   for field, (old, new) in changes.items():
     logging.warning('Config change accepted: %s %r -> %r.', field, old, new)
@@ -181,16 +184,17 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
 
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
   eval_step = make_eval_step(graphdef, info, out_sharding=replicated)
-  learning_rate = learning_rate_schedule(config, sampler.steps_per_epoch)
+  learning_rate = learning_rate_schedule(config, steps_per_epoch)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+    examples = pipeline.examples('train', PICTURE_EXAMPLES)
     write_picture(writer, workdir, 'augmentation', augmentation_grid(
-        host_images['train'], jax.random.key(config.seed), config.augment, mean=info['mean'],
+        examples, jax.random.key(config.seed), config.augment, mean=info['mean'],
         std=info['std']), step=0, image_size=info['image_size'])
     if config.patch_selection.kind != 'none':
       write_picture(writer, workdir, 'kept_patches',
-                    _kept_patches_picture(config, host_images['train'], info), step=0,
+                    _kept_patches_picture(config, examples, info), step=0,
                     image_size=info['image_size'] * KEPT_PATCHES_SCALE)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   stop = _StopRequest()
@@ -200,16 +204,15 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   eval_time = 0.0
   timed_from = None  # (time, step) once the first step has compiled and run.
   step = start_step
+  train_batches = pipeline.train_batches(start_step, total_steps)
   try:
     with metric_writers.ensure_flushes(writer):
       while step < total_steps and not stop.check(step):
         if config.profile_steps and step == config.profile_start_step:
           jax.profiler.start_trace(os.path.join(workdir, 'profile'))
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, metrics = train_step(
-              state, metrics, train_images, train_labels,
-              sharding.global_batch(sampler.batch(step), mesh),
-              _selects_patches(config, step, sampler.steps_per_epoch))
+          state, metrics = train_step(state, metrics, *next(train_batches),
+                                      _selects_patches(config, step, steps_per_epoch))
         step += 1
         if config.profile_steps and step == config.profile_start_step + config.profile_steps:
           jax.block_until_ready(state)
@@ -220,22 +223,25 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
           jax.block_until_ready(state)
           timed_from = (time.perf_counter(), step)
         progress(step)
-        epoch_end = step % sampler.steps_per_epoch == 0
+        epoch_end = step % steps_per_epoch == 0
         if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
           _check_finite(metrics, step, checkpointer)
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
           writer.write_scalars(step, scalars)
           metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-        epoch = step // sampler.steps_per_epoch
+        epoch = step // steps_per_epoch
         if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
           eval_started = time.perf_counter()
           with progress.timed('eval'):
-            results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
+            results = {}
+            for split in pipeline.eval_splits:
+              results.update(evaluate(eval_step, state, lambda: pipeline.eval_batches(split),
+                                      mesh, prefix=EVAL_PREFIXES[split]))
           eval_time += time.perf_counter() - eval_started
           writer.write_scalars(step, {**results, 'epoch': epoch})
           last_eval = (step, results)
-          if best is None or results[BEST_METRIC] >= best[1][BEST_METRIC]:
+          if best is None or results[selection] >= best[1][selection]:
             best = last_eval
           checkpointer.save(state, metrics=results)
         elif step % config.checkpoint.every_steps == 0:
@@ -253,7 +259,9 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   summary = dict(
       step=step, total_steps=total_steps, completed=step == total_steps,
       **(last_eval[1] if last_eval else {}), eval_step=last_eval and last_eval[0],
-      best_eval_accuracy=best and best[1][BEST_METRIC], best_step=best and best[0],
+      best_eval_accuracy=best and best[1]['eval_accuracy'], best_step=best and best[0],
+      **({'best_val_accuracy': best and best[1]['val_accuracy']}
+         if 'validation' in pipeline.eval_splits else {}),
       train_wall_time_s=time.time() - started,
       train_steps_per_s=timed_steps / train_time if train_time else None,
       train_images_per_s=timed_steps * config.batch_size / train_time if train_time else None,

@@ -31,11 +31,21 @@ def _decay_mask(params, decay_mask_params: bool):
 
 def make_optimizer(config: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> optax.GradientTransformation:
+  """AdamW on the schedule, optionally clipped; with grad_accum_steps = k > 1, optax.MultiSteps
+  averages the gradients of k train steps (micro-batches) and updates once.
+
+  steps_per_epoch counts train steps (micro-batches). The schedule stays a function of the
+  train step: update n takes the learning rate of train step n * k.
+  """
   o = config.optimizer
+  accum = config.grad_accum_steps
+  if not (isinstance(accum, int) and accum >= 1):
+    raise ValueError(f'grad_accum_steps={accum!r} must be an integer >= 1.')
+  schedule = learning_rate_schedule(config, steps_per_epoch)
   adamw = optax.adamw(
-      learning_rate_schedule(config, steps_per_epoch), b1=o.b1, b2=o.b2, eps=o.eps,
-      weight_decay=o.weight_decay,
+      (lambda update: schedule(update * accum)) if accum > 1 else schedule,
+      b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
       mask=lambda params: _decay_mask(params, o.decay_mask_params))
-  if o.grad_clip_norm is None:
-    return adamw
-  return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+  tx = adamw if o.grad_clip_norm is None else optax.chain(
+      optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+  return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx

@@ -15,11 +15,14 @@ from gmm_vit_jax.models import build_from_config
 @flax.struct.dataclass
 class TrainState:
   """step: () int32; params: trainable arrays as a nested dict (nnx.to_pure_dict);
-  buffers: the model's other variables (fixed embeddings), likewise; opt_state: optax's."""
+  buffers: the model's other variables (fixed embeddings), likewise; opt_state: optax's;
+  ema: optax.EmaState of the params (its .ema holds the averaged weights), None when
+  config.ema_decay is off."""
   step: jax.Array
   params: Any
   buffers: Any
   opt_state: Any
+  ema: Any = None
 
 
 @flax.struct.dataclass
@@ -45,12 +48,23 @@ class Metrics:
             f'{prefix}_accuracy': float(self.correct) / count}
 
 
+def ema_decay(config: ml_collections.ConfigDict) -> float | None:
+  """config.ema_decay checked: None when off (None or 0), else the decay in (0, 1)."""
+  decay = config.ema_decay
+  if not decay:
+    return None
+  if not 0 < decay < 1:
+    raise ValueError(f'ema_decay={decay!r} must be in (0, 1), or None or 0 for no EMA.')
+  return float(decay)
+
+
 def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
   def init() -> TrainState:
     _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params))
+                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params),
+                      ema=jax.tree.map(jnp.copy, params) if ema_decay(config) else None)
   return init
 
 

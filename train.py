@@ -20,13 +20,17 @@ gs:// bucket). Single-process runs need none of this.
 import json
 import logging as py_logging
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
-from gmm_vit_jax.training.loop import train_and_evaluate
+from gmm_vit_jax import console, cpu_runtime
+
+# Before the loop's imports load TensorFlow (clu's writers, tfds).
+console.import_tensorflow_quietly(sys.argv)
+from gmm_vit_jax.training.loop import train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and the summary go '
@@ -73,6 +77,7 @@ def initialize_processes(distributed: bool, **explicit) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.quiet_jax()
   cpu_runtime.apply(FLAGS.config)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import optax
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import quickstart
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
@@ -28,6 +29,7 @@ def tiny_config(epochs=2):
   config.schedule.warmup_epochs = 0
   config.optimizer.learning_rate = 3e-3
   config.log_every_steps = 10
+  config.eval_every_epochs = 1
   config.checkpoint.every_steps = 10
   return config
 
@@ -49,6 +51,13 @@ def test_learns_checkpoints_and_resumes(tmp_path):
     assert key in written
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['dim'] == 16
   assert first['eval_accuracy'] > 0.2  # 10 classes on 360 images: chance is 0.10 +- 0.016.
+  events = EventAccumulator(workdir)
+  events.Reload()
+  assert [e.step for e in events.Scalars('eval_accuracy')] == [22, 44]
+  assert events.Scalars('eval_accuracy')[-1].value == pytest.approx(first['eval_accuracy'])
+  assert 'gmm_masks' in events.Tags()['tensors'] + events.Tags()['images']
+  for name in ('augmentation.png', 'gmm_masks.png', 'parameters.txt'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
 
   second = loop.train_and_evaluate(tiny_config(epochs=4), workdir)
   assert second['step'] == 4 * 22 and second['completed']

@@ -9,36 +9,25 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import metric_writers
 from jax.experimental import multihost_utils
-from PIL import Image
 
-from gmm_vit_jax import patches
-from gmm_vit_jax.augment import augmentation_grid
+from gmm_vit_jax import console, patches
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.checkpoint import Checkpointer, write_config
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
+from gmm_vit_jax.training.pictures import (augmentation_picture, gmm_masks_picture,
+                                           kept_patches_picture, write_picture)
+from gmm_vit_jax.training.progress import Progress
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
+from gmm_vit_jax.training.writers import create_writer, write_parameter_overview
 
 SUMMARY_FILE = 'summary.json'
 PICTURE_EXAMPLES = 8
-PICTURE_MIN_SIDE = 64
-KEPT_PATCHES_SCALE = 4  # Upscaling that lets the hatching of dropped patches show.
-
-
-def write_picture(writer, workdir: str, name: str, grid: np.ndarray, *, step: int,
-                  image_size: int) -> None:
-  """A uint8 (H, W, 3) grid of images to TensorBoard and WORKDIR/<name>.png; grids of
-  small images (8x8 digits) are enlarged so a person can see them."""
-  scale = max(1, PICTURE_MIN_SIDE // image_size)
-  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-  writer.write_images(step, {name: grid[None]})
-  if jax.process_index() == 0:
-    Image.fromarray(grid).save(os.path.join(workdir, f'{name}.png'))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,15 +71,6 @@ def _selects_patches(config: ml_collections.ConfigDict, step: int, steps_per_epo
     return False
   p = patches.application_probability(config.patch_selection, step // steps_per_epoch)
   return np.random.default_rng([config.seed, step]).random() < p
-
-
-def _kept_patches_picture(config, images: np.ndarray, info: dict) -> np.ndarray:
-  """Which patches the heuristic keeps for a few training images (no augmentation)."""
-  token_index = patches.select_tokens(images.astype(np.float32) / 255.0,
-                                      jax.random.key(config.seed), config.patch_selection,
-                                      patch_size=config.model.patch_size)
-  return patches.draw_kept_patches(images, token_index, patch_size=config.model.patch_size,
-                                   scale=KEPT_PATCHES_SCALE)
 
 
 def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> None:
@@ -138,8 +118,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   tx = make_optimizer(config, sampler.steps_per_epoch)
   graphdef, state = create_train_state(config, tx, replicated)
-  logging.info('Parameters of %s:\n%s', config.model.name,
-               parameter_overview.get_parameter_overview(state.params))
 
   checkpointer = Checkpointer(workdir, config.checkpoint)
   if checkpointer.latest_step() is not None:
@@ -150,26 +128,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
   eval_step = make_eval_step(graphdef, info, out_sharding=replicated)
   learning_rate = learning_rate_schedule(config, sampler.steps_per_epoch)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = create_writer(workdir, log_metrics=console.verbose())
+  write_parameter_overview(writer, workdir, config.model.name, state.params,
+                           log_table=console.verbose())
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
-    write_picture(writer, workdir, 'augmentation', augmentation_grid(
-        host_images['train'], jax.random.key(config.seed), config.augment, mean=info['mean'],
-        std=info['std']), step=0, image_size=info['image_size'])
+    write_picture(writer, workdir, 'augmentation', augmentation_picture(
+        host_images['train'], jax.random.key(config.seed), config, info), step=0)
     if config.patch_selection.kind != 'none':
       write_picture(writer, workdir, 'kept_patches',
-                    _kept_patches_picture(config, host_images['train'], info), step=0,
-                    image_size=info['image_size'] * KEPT_PATCHES_SCALE)
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+                    kept_patches_picture(config, host_images['train']), step=0)
+  progress = Progress(total_steps=total_steps, steps_per_epoch=sampler.steps_per_epoch,
+                      batch_size=config.batch_size, every_s=config.progress_every_s)
   stop = _StopRequest()
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best_metrics() or {}
-  eval_results = {}
+  eval_results, last_train = {}, {}
   eval_time = 0.0
   timed_from = None  # (time, step) once the first step has compiled and run.
   step = start_step
   try:
-    with metric_writers.ensure_flushes(writer):
+    with metric_writers.ensure_flushes(writer), progress.attached():
       while step < total_steps and not stop.check(step):
         if config.profile_steps and step == config.profile_start_step:
           jax.profiler.start_trace(os.path.join(workdir, 'profile'))
@@ -187,21 +166,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if timed_from is None:
           jax.block_until_ready(state)
           timed_from = (time.perf_counter(), step)
-        progress(step)
+        progress(step, lambda: metrics.summary('train'))
         epoch_end = step % sampler.steps_per_epoch == 0
         if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
           _check_finite(metrics, step, checkpointer)
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
           writer.write_scalars(step, scalars)
+          last_train = scalars
           metrics = sharding.put_replicated(Metrics.zeros(), mesh)
         epoch = step // sampler.steps_per_epoch
         if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
           eval_started = time.perf_counter()
-          with progress.timed('eval'):
-            eval_results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
-          eval_time += time.perf_counter() - eval_started
+          eval_results = evaluate(eval_step, state, *splits['test'], config.eval_batch_size, mesh)
           writer.write_scalars(step, {**eval_results, 'epoch': epoch})
+          if config.model.mask.kind == 'gmm':
+            write_picture(writer, workdir, 'gmm_masks', gmm_masks_picture(
+                graphdef, state.params, state.buffers, step=step, mode=config.model.mask.mode),
+                step=step)
+          eval_seconds = time.perf_counter() - eval_started
+          eval_time += eval_seconds
+          progress.eval_done(step, eval_results, eval_seconds)
           if eval_results['eval_accuracy'] >= best.get('eval_accuracy', -1.0):
             best = dict(eval_results, step=step)
           checkpointer.save(state, metrics=eval_results)
@@ -220,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   timed_steps = step - timed_from[1] if timed_from else 0
   train_time = time.perf_counter() - timed_from[0] - eval_time if timed_steps else float('nan')
 
-  summary = dict(eval_results, step=step, total_steps=total_steps,
+  summary = dict(eval_results, **last_train, step=step, total_steps=total_steps,
                  completed=step == total_steps,
                  best_eval_accuracy=best.get('eval_accuracy'),
                  best_step=best.get('step'),
@@ -231,5 +216,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
       json.dump(summary, f, indent=2)
-  logging.info('Summary: %s', json.dumps(summary))
+  if console.verbose():
+    logging.info('Summary: %s', json.dumps(summary))
+  logging.info('Done at step %d/%d: eval accuracy %.4g (best %.4g at step %s), %.0f s in all, '
+               '%.0f img/s of training; summary in %s.', step, total_steps,
+               eval_results.get('eval_accuracy', np.nan), best.get('eval_accuracy', np.nan),
+               best.get('step'), summary['train_wall_time_s'], summary['train_images_per_s'],
+               os.path.join(workdir, SUMMARY_FILE))
   return summary

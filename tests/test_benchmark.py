@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gmm_vit_jax.benchmark import peak_flops
+from gmm_vit_jax.benchmarks.speed import peak_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def run(*args):
 
 
 def test_benchmark_prints_one_json_line():
-  out = run('gmm_vit_jax.benchmark', '--config=tests/tiny_config.py', '--steps=2', '--warmup=1',
+  out = run('gmm_vit_jax.benchmarks.speed', '--config=tests/tiny_config.py', '--steps=2', '--warmup=1',
             '--json')
   result = json.loads(out.strip().splitlines()[-1])
   assert result['train_images_per_s'] > 0 and result['synthetic_train_images_per_s'] > 0
@@ -30,7 +30,7 @@ def test_benchmark_prints_one_json_line():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='step memory is kept with glibc')
 def test_benchmark_reports_no_dispatch_share_when_steps_run_inline():
-  out = run('gmm_vit_jax.benchmark', '--config=tests/tiny_config.py', '--steps=2', '--warmup=1',
+  out = run('gmm_vit_jax.benchmarks.speed', '--config=tests/tiny_config.py', '--steps=2', '--warmup=1',
             '--config.cpu_keep_step_memory=True', '--json')
   result = json.loads(out.strip().splitlines()[-1])
   assert result['train_images_per_s'] > 0 and result['dispatch_fraction'] is None

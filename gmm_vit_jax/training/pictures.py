@@ -12,7 +12,6 @@ carry meaning, a legend.
 import os
 
 import jax
-import matplotlib
 import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
@@ -24,6 +23,7 @@ from PIL import Image
 
 from gmm_vit_jax import patches
 from gmm_vit_jax.augment import augmentation_grid
+from gmm_vit_jax.patches.visualize import HATCH_COLOUR
 from gmm_vit_jax.visualize import plot_gmm_masks
 
 DPI = 100
@@ -38,7 +38,7 @@ GRID_PAD = 2  # White pixels between the images of a grid.
 KEPT_PATCHES_SCALE = 8  # Nearest upscaling that lets the hatching of dropped patches show.
 
 
-def rendered(fig: matplotlib.figure.Figure) -> np.ndarray:
+def rendered(fig: Figure) -> np.ndarray:
   """A figure drawn off-screen -> (H, W, 3) uint8 RGB."""
   canvas = FigureCanvasAgg(fig)
   canvas.draw()
@@ -108,7 +108,7 @@ def kept_patches_picture(config: ml_collections.ConfigDict, images: np.ndarray) 
              f'kept per image ({kept / total:.0%}) on the steps that select'),
       xlabel='training image')
   fig.legend(handles=[Patch(facecolor='white', edgecolor='black', label='kept'),
-                      Patch(facecolor='0.3', edgecolor=patches.visualize.HATCH_COLOUR / 255,
+                      Patch(facecolor='0.3', edgecolor=HATCH_COLOUR / 255,
                             hatch='//', label='dropped (dimmed, hatched)')],
              loc='outside right center', frameon=False)
   return rendered(fig)

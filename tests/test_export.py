@@ -158,6 +158,7 @@ def test_predict_cli_prints_top5(gmm_bundle, tmp_path):
   result = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.predict',
                            f'--export={gmm_bundle[2]}', path],
                           cwd=ROOT, check=True, capture_output=True, text=True)
+  assert 'Unable to initialize backend' not in result.stderr, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[0] == path and len(lines) == 6
   names = [line.split()[1] for line in lines[1:]]

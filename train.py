@@ -25,13 +25,17 @@ gs:// bucket). Single-process runs need none of this.
 import json
 import logging as py_logging
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmm_vit_jax import cli, cpu_runtime, errors
-from gmm_vit_jax.training.loop import train_and_evaluate
+from gmm_vit_jax import cli, console, cpu_runtime, errors
+
+# Before the loop's imports load TensorFlow (clu's writers, tfds).
+console.import_tensorflow_quietly(sys.argv)
+from gmm_vit_jax.training.loop import train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and the summary go '
@@ -70,7 +74,7 @@ def initialize_processes(distributed: bool, **explicit) -> None:
   try:
     jax.distributed.initialize(**explicit)
   except ValueError as e:
-    raise ValueError(f'jax.distributed.initialize failed: {e} Outside Cloud TPU pods, SLURM, '
+    raise errors.UserError(f'jax.distributed.initialize failed: {e} Outside Cloud TPU pods, SLURM, '
                      'Open MPI and Kubernetes pass --coordinator_address, --num_processes and '
                      '--process_id.') from e
   logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
@@ -80,6 +84,7 @@ def initialize_processes(distributed: bool, **explicit) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.quiet_jax()
   cpu_runtime.apply(FLAGS.config)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,

@@ -1,7 +1,9 @@
-"""Parameter and multiply-accumulate counts of a config's model.
+"""Parameter and multiply-accumulate counts of a config's model, as a table (by default),
+Markdown (--markdown) or one JSON object per config (--json).
 
     python -m gmm_vit_jax.complexity --config=configs/gmm_vit_cifar10.py
     python -m gmm_vit_jax.complexity --config=configs/a.py --config=configs/b.py --markdown
+    python -m gmm_vit_jax.complexity --config=configs/gmm_vit_cifar10.py --json
 
 MACs are counted on the traced forward pass of one image, from every matrix product
 and convolution in it:
@@ -25,6 +27,7 @@ from absl import app, flags
 from flax import nnx
 from jax.extend import core as jex_core
 
+from gmm_vit_jax import console
 from gmm_vit_jax.attention import Attention
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model, layers
@@ -131,18 +134,32 @@ def markdown_table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def text_table(rows: list[dict]) -> str:
+  """The rows as aligned columns, for a terminal."""
+  header = ('config', 'params', 'MACs (paper-style)', 'MACs (full)', 'depth')
+  body = [(r['config'], f"{r['params']:,}", f"{r['macs_paper'] / 1e6:.1f}M",
+           f"{r['macs_full'] / 1e6:.1f}M", str(r['depth'])) for r in rows]
+  widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+  return '\n'.join('  '.join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                              for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+                   for line in [header] + body)
+
+
 def main(argv):
   del argv
+  console.quiet_jax()
   rows = []
   for path in FLAGS.config:
     name, _, arg = path.partition(':')
     config = _load_config(name, arg)
     rows.append(dict(config=path.split('/')[-1], **model_complexity(config)))
-  if FLAGS.markdown:
-    print(markdown_table(rows))
-  else:
+  if FLAGS.json:
     for r in rows:
       print(json.dumps(r))
+  elif FLAGS.markdown:
+    print(markdown_table(rows))
+  else:
+    print(text_table(rows))
 
 
 def _load_config(path: str, arg: str) -> ml_collections.ConfigDict:
@@ -154,6 +171,7 @@ def _load_config(path: str, arg: str) -> ml_collections.ConfigDict:
 
 if __name__ == '__main__':
   flags.DEFINE_multi_string('config', None, 'Config file(s), optionally with :argument.')
-  flags.DEFINE_bool('markdown', False, 'Print a Markdown table instead of JSON lines.')
+  flags.DEFINE_bool('json', False, 'Print one JSON object per config instead of a table.')
+  flags.DEFINE_bool('markdown', False, 'Print a Markdown table (as in README).')
   flags.mark_flags_as_required(['config'])
   app.run(main)

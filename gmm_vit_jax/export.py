@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from gmm_vit_jax import cli, errors
+from gmm_vit_jax import cli, console, errors
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model
@@ -192,6 +192,7 @@ def _step(flag: str) -> str | int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  console.quiet_jax()
   # The trainer may write bundles itself, so it is imported only when exporting a run.
   from gmm_vit_jax.training.checkpoint import restore_run
   workdir = flags.FLAGS.workdir

@@ -18,7 +18,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from gmm_vit_jax import cli, errors, export
+from gmm_vit_jax import cli, console, errors, export
 
 TOP_K = 5
 
@@ -54,6 +54,7 @@ def top_classes(logits: np.ndarray, class_names: list[str],
 
 
 def main(argv):
+  console.quiet_jax()
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more image files.')

@@ -62,6 +62,6 @@ def plot_gmm_masks(model: nnx.Module, panel_size: float = 1.3):
       if layer == 0:
         ax.set_title(f'head {head}', fontsize=8)
     row[0].set_ylabel(name, fontsize=8)
-    fig.colorbar(image, ax=list(row), shrink=0.8)
+    fig.colorbar(image, ax=list(row), shrink=0.8, label='mask value')
   fig.suptitle('Gaussian mixture mask seen from the centre token')
   return fig

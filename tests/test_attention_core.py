@@ -221,7 +221,7 @@ def test_models_train_the_same_with_either_core(tiny_config, mask_kind):
       logits = model(images)
       return jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), logits
 
-    grads, logits = nnx.grad(loss, has_aux=True)(model)
+    grads, logits = nnx.jit(nnx.grad(loss, has_aux=True))(model)  # Eager Swin takes minutes.
     results.append((logits, jax.tree.leaves(nnx.state(grads, nnx.Param))))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
   for a, b in zip(results[0][1], results[1][1]):

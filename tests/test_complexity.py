@@ -34,11 +34,21 @@ def test_plain_vit_counts_include_the_cls_token():
   assert counts['macs_paper'] == linear and counts['macs_full'] == linear + attention
 
 
-def test_cli_prints_a_markdown_table():
-  out = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.complexity',
-                        '--config=configs/gmm_vit_cifar10.py', '--markdown'],
-                       cwd=ROOT, capture_output=True, text=True, check=True).stdout
-  assert '| gmm_vit_cifar10.py | 2,693,122 | 170.5M | 184.6M | 9 |' in out
+def test_cli_prints_a_table_and_nothing_else():
+  done = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.complexity',
+                         '--config=configs/gmm_vit_cifar10.py'],
+                        cwd=ROOT, capture_output=True, text=True, check=True)
+  header, row = done.stdout.splitlines()
+  assert row.split() == ['gmm_vit_cifar10.py', '2,693,122', '170.5M', '184.6M', '9']
+  for name, value in [('params', '2,693,122'), ('(full)', '184.6M'), ('depth', '9')]:
+    assert header.index(name) + len(name) == row.rindex(value) + len(value)  # Right-aligned.
+  assert done.stderr == ''
+
+
+def test_markdown_row():
+  row = dict(config='gmm_vit_cifar10.py', **model_complexity(gmm_vit_cifar10.get_config()))
+  assert markdown_table([row]).splitlines()[-1] == (
+      '| gmm_vit_cifar10.py | 2,693,122 | 170.5M | 184.6M | 9 |')
 
 
 def hatnet_hand_count(model, *, image_size: int, num_classes: int, channels: int = 3):

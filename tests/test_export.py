@@ -176,6 +176,7 @@ def test_predict_cli_prints_top5_and_names_each_unreadable_file(gmm_bundle, tmp_
                            f'--export={gmm_bundle[2]}', missing, path, text, bomb],
                           cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 1
+  assert 'Unable to initialize backend' not in result.stderr, result.stderr
   errors = [l for l in result.stderr.splitlines() if 'cannot read' in l or 'could not' in l]
   assert errors[0] == f'{missing}: cannot read: no such file'
   assert errors[1] == f'{text}: cannot read: not an image file PIL can read'

@@ -7,7 +7,6 @@ collectives), and wait for them to compile and train the tiny config.
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -74,10 +73,6 @@ def printed_summary(output: str) -> dict:
   return summary
 
 
-def last_train_log(output: str) -> str:
-  return re.findall(r'\] (learning_rate=.*train_loss=\S+)', output)[-1]
-
-
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   port = free_port()
   multi, single = tmp_path / 'two_processes', tmp_path / 'one_process'
@@ -93,9 +88,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   first, second, alone = (printed_summary(out) for out in outputs)
   timing = ('train_wall_time_s', 'train_steps_per_s', 'train_images_per_s')
   strip = lambda s: {k: v for k, v in s.items() if k not in timing}
-  assert strip(first) == strip(second)
+  assert strip(first) == strip(second)  # The last train loss and accuracy among them.
+  assert 'train_loss' in first
   assert first['step'] == 22 and first['completed'] and first['devices'] == 4
-  assert last_train_log(outputs[0]) == last_train_log(outputs[1])
 
   # Written once, by process 0 or through orbax's coordination: one config, one summary,
   # one event file, one directory per checkpointed step.

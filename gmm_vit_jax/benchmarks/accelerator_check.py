@@ -36,7 +36,7 @@ from absl import app, flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The speed benchmark's module, in one place: where `python -m` finds it.
-SPEED_MODULE = 'gmm_vit_jax.benchmark'
+SPEED_MODULE = 'gmm_vit_jax.benchmarks.speed'
 BACKBONES = ('vit', 'swin', 'cait', 'pit', 't2t')
 DTYPES = ('bfloat16', 'float32')
 INSTALLS = ('cuda13', 'tpu', 'none')

@@ -46,6 +46,8 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
 flags.DEFINE_integer('batch_size', 128, 'Global batch.')
 flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+flags.DEFINE_list('variants', list(VARIANTS), 'The variants to run, in order, from: '
+                  + ', '.join(VARIANTS) + '; the first is the baseline of "vs all on".')
 flags.DEFINE_string('variant', None, 'Run one variant in this process and print it as JSON.')
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
@@ -59,7 +61,7 @@ def run_variant(name: str) -> dict:
     cpu_runtime.set_xla_flags()
   if lever.get('keep_step_memory', FLAGS.config.cpu_keep_step_memory):
     cpu_runtime.keep_step_memory()
-  from gmm_vit_jax.benchmark import random_dataset, train_rate
+  from gmm_vit_jax.benchmarks.speed import random_dataset, train_rate
   from gmm_vit_jax.training import sharding
 
   config = FLAGS.config.copy_and_resolve_references()
@@ -83,8 +85,11 @@ def main(argv):
   if FLAGS.variant:
     print(json.dumps(run_variant(FLAGS.variant)))
     return
+  unknown = [name for name in FLAGS.variants if name not in VARIANTS]
+  if unknown:
+    raise app.UsageError(f'--variants: {unknown} are not variants; choose from {list(VARIANTS)}.')
   rows = []
-  for name in VARIANTS:
+  for name in FLAGS.variants:
     print(f'running: {name}', file=sys.stderr, flush=True)
     done = subprocess.run([sys.executable, '-m', __spec__.name, *sys.argv[1:],
                            f'--variant={name}'], capture_output=True, text=True, check=False)

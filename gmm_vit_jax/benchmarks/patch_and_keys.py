@@ -1,18 +1,20 @@
 """What patch dropping and mixture-of-keys attention cost on the CIFAR-size GMM-ViT.
 
-    python -m gmm_vit_jax.benchmarks.patch_and_keys [--batch 128] [--steps 5]
+    python -m gmm_vit_jax.benchmarks.patch_and_keys --config=configs/gmm_vit_cifar10.py \
+        --keys_config=configs/gmm_hvit_cifar10.py [--batch=128] [--steps=5]
 
-For each model: trainable parameters, the FLOPs XLA counts for one jitted train step
+--config gives the softmax model and the optimizer, --keys_config the mixture-of-keys
+model and the patch selection (its keep fraction replaced by each row's). For each
+model: trainable parameters, the FLOPs XLA counts for one jitted train step
 (patch selection, forward, backward and AdamW on a batch of 32x32 RGB images), and the
 step's measured time (median over --steps runs after a warm-up): wall-clock, and the
 CPU time of this process (all its threads), which other work on a shared machine
 disturbs less. Rows: the GMM-ViT
 (12 softmax heads x 16) keeping all, 70% and 50% of the tokens, and mixture-of-keys
-attention on 6 heads x 16 (the GMM-HViT) keeping all and 70%. Patches are selected by
-the variance heuristic with sampling, as configs/gmm_hvit_cifar10.py does.
+attention on 6 heads x 16 (the GMM-HViT) keeping all and 70%. With configs/gmm_hvit_cifar10.py, patches are selected by the variance heuristic with
+sampling.
 """
 
-import argparse
 import statistics
 import time
 
@@ -21,9 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import app, flags
 from flax import nnx
+from ml_collections import config_flags
 
-from configs import common, gmm_hvit_cifar10, vit_cifar10
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.patches import select_tokens
 
@@ -60,15 +63,19 @@ def train_step_fn(model: nnx.Module, tx: optax.GradientTransformation,
   return step
 
 
-def measure(model_cfg: ml_collections.ConfigDict, keep: float, *, batch: int, steps: int,
-            warmup: int) -> dict:
+def measure(model_cfg: ml_collections.ConfigDict, keep: float, *,
+            optimizer: ml_collections.ConfigDict, patch_selection: ml_collections.ConfigDict,
+            batch: int, steps: int, warmup: int) -> dict:
+  """optimizer: a config's optimizer section; patch_selection: a config's patch selection,
+  used with `keep` in place of its own keep fraction (keep 1.0: no selection)."""
   model = build_model(model_cfg, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE,
                       channels=CHANNELS, rngs=nnx.Rngs(0))
-  recipe = common.paper_recipe('cifar10').optimizer
-  tx = optax.adamw(recipe.learning_rate, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps,
-                   weight_decay=recipe.weight_decay)
-  selection = (None if keep == 1.0
-               else common.patch_selection('variance', keep=keep, selection='sample'))
+  tx = optax.adamw(optimizer.learning_rate, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps,
+                   weight_decay=optimizer.weight_decay)
+  selection = None
+  if keep != 1.0:
+    selection = patch_selection.copy_and_resolve_references()
+    selection.keep = keep
   _, params, buffers = nnx.split(model, nnx.Param, ...)
   buffers = nnx.to_pure_dict(buffers)
   opt_state = tx.init(params)
@@ -92,14 +99,11 @@ def measure(model_cfg: ml_collections.ConfigDict, keep: float, *, batch: int, st
               seconds=statistics.median(wall), cpu_seconds=statistics.median(cpu))
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch', type=int, default=128)
-  parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--warmup', type=int, default=1)
-  args = parser.parse_args()
-  softmax = vit_cifar10.model('gmm')
-  mixture = gmm_hvit_cifar10.get_config().model
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
+  softmax, mixture = args.config.model, args.keys_config.model
   rows = [('GMM-ViT softmax', softmax, 1.0), ('GMM-ViT softmax', softmax, 0.7),
           ('GMM-ViT softmax', softmax, 0.5), ('GMM-ViT mixture-of-keys', mixture, 1.0),
           ('GMM-ViT mixture-of-keys', mixture, 0.7)]
@@ -113,7 +117,9 @@ def main() -> None:
   print('-' * len(header))
   base = None
   for name, model_cfg, keep in rows:
-    r = measure(model_cfg, keep, batch=args.batch, steps=args.steps, warmup=args.warmup)
+    r = measure(model_cfg, keep, optimizer=args.config.optimizer,
+                patch_selection=args.keys_config.patch_selection, batch=args.batch,
+                steps=args.steps, warmup=args.warmup)
     base = base or r
     tokens = max(1, round(keep * (IMAGE_SIZE // model_cfg.patch_size) ** 2))
     heads = f'{model_cfg.num_heads}x{model_cfg.head_dim}'
@@ -123,5 +129,12 @@ def main() -> None:
           f'{r["seconds"]:>7.2f} {r["seconds"] / base["seconds"]:>5.2f} '
           f'{r["cpu_seconds"]:>7.2f} {r["cpu_seconds"] / base["cpu_seconds"]:>5.2f}', flush=True)
 
+
 if __name__ == '__main__':
-  main()
+  config_flags.DEFINE_config_file('config', None, 'The softmax GMM-ViT config.')
+  config_flags.DEFINE_config_file('keys_config', None, 'The mixture-of-keys (GMM-HViT) config.')
+  flags.DEFINE_integer('batch', 128, 'Images per train step.')
+  flags.DEFINE_integer('steps', 5, 'Timed steps; the median counts.')
+  flags.DEFINE_integer('warmup', 1, 'Untimed steps first.')
+  flags.mark_flags_as_required(['config', 'keys_config'])
+  app.run(main)

@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gmm_vit_jax import cpu_runtime
-from gmm_vit_jax.benchmark import NO_AUGMENTATION, random_dataset, time_steps
+from gmm_vit_jax.benchmarks.speed import NO_AUGMENTATION, random_dataset, time_steps
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler
 from gmm_vit_jax.torch_models import build_torch_model

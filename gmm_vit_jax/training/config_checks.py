@@ -106,6 +106,7 @@ RULES = {
     'checkpoint.keep_last': _int(1),
     'checkpoint.keep_best': _bool(),
     'log_every_steps': _int(1),
+    'progress_every_s': POSITIVE,
     'eval_every_epochs': _int(1),
     'profile_steps': _int(0),
     'profile_start_step': _int(0),

@@ -9,36 +9,25 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import metric_writers
 from jax.experimental import multihost_utils
-from PIL import Image
 
-from gmm_vit_jax import patches
-from gmm_vit_jax.augment import augmentation_grid
+from gmm_vit_jax import console, patches
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.pipeline import make_pipeline
 from gmm_vit_jax.training import config_checks, init_from, sharding
 from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
+from gmm_vit_jax.training.pictures import (augmentation_picture, gmm_masks_picture,
+                                           kept_patches_picture, write_picture)
+from gmm_vit_jax.training.progress import Progress
 from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
+from gmm_vit_jax.training.writers import create_writer, write_parameter_overview
 
 PICTURE_EXAMPLES = 8
-PICTURE_MIN_SIDE = 64
 EVAL_PREFIXES = {'test': 'eval', 'validation': 'val'}  # Of the metrics of each split.
-KEPT_PATCHES_SCALE = 4  # Upscaling that lets the hatching of dropped patches show.
-
-
-def write_picture(writer, workdir: str, name: str, grid: np.ndarray, *, step: int,
-                  image_size: int) -> None:
-  """A uint8 (H, W, 3) grid of images to TensorBoard and WORKDIR/<name>.png; grids of
-  small images (8x8 digits) are enlarged so a person can see them."""
-  scale = max(1, PICTURE_MIN_SIDE // image_size)
-  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-  writer.write_images(step, {name: grid[None]})
-  if jax.process_index() == 0:
-    Image.fromarray(grid).save(os.path.join(workdir, f'{name}.png'))
 
 
 class _StopRequest:
@@ -78,15 +67,6 @@ def _selects_patches(config: ml_collections.ConfigDict, step: int, steps_per_epo
     return False
   p = patches.application_probability(config.patch_selection, step // steps_per_epoch)
   return np.random.default_rng([config.seed, step]).random() < p
-
-
-def _kept_patches_picture(config, images: np.ndarray, info: dict) -> np.ndarray:
-  """Which patches the heuristic keeps for a few training images (no augmentation)."""
-  token_index = patches.select_tokens(images.astype(np.float32) / 255.0,
-                                      jax.random.key(config.seed), config.patch_selection,
-                                      patch_size=config.model.patch_size)
-  return patches.draw_kept_patches(images, token_index, patch_size=config.model.patch_size,
-                                   scale=KEPT_PATCHES_SCALE)
 
 
 def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> None:
@@ -169,8 +149,6 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
 
   tx = make_optimizer(config, steps_per_epoch)
   graphdef, state = create_train_state(config, tx, replicated)
-  logging.info('Parameters of %s:\n%s', config.model.name,
-               parameter_overview.get_parameter_overview(state.params))
   restored = checkpointer.restore(state)
   if restored is not None:
     state = restored
@@ -185,28 +163,30 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
   eval_step = make_eval_step(graphdef, info, out_sharding=replicated)
   learning_rate = learning_rate_schedule(config, steps_per_epoch)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = create_writer(workdir, log_metrics=console.verbose())
+  write_parameter_overview(writer, workdir, config.model.name, state.params,
+                           log_table=console.verbose())
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     examples = pipeline.examples('train', PICTURE_EXAMPLES)
-    write_picture(writer, workdir, 'augmentation', augmentation_grid(
-        examples, jax.random.key(config.seed), config.augment, mean=info['mean'],
-        std=info['std']), step=0, image_size=info['image_size'])
+    write_picture(writer, workdir, 'augmentation', augmentation_picture(
+        examples, jax.random.key(config.seed), config, info), step=0)
     if config.patch_selection.kind != 'none':
-      write_picture(writer, workdir, 'kept_patches',
-                    _kept_patches_picture(config, examples, info), step=0,
-                    image_size=info['image_size'] * KEPT_PATCHES_SCALE)
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+      write_picture(writer, workdir, 'kept_patches', kept_patches_picture(config, examples),
+                    step=0)
+  progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                      batch_size=config.batch_size, every_s=config.progress_every_s)
   stop = _StopRequest()
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
   last_eval = checkpointer.latest_evaluated()
+  last_train = {}
   eval_time = 0.0
   timed_from = None  # (time, step) once the first step has compiled and run.
   step = start_step
   train_batches = pipeline.train_batches(start_step, total_steps)
   try:
-    with metric_writers.ensure_flushes(writer):
+    with metric_writers.ensure_flushes(writer), progress.attached():
       while step < total_steps and not stop.check(step):
         if config.profile_steps and step == config.profile_start_step:
           jax.profiler.start_trace(os.path.join(workdir, 'profile'))
@@ -222,24 +202,30 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
         if timed_from is None:
           jax.block_until_ready(state)
           timed_from = (time.perf_counter(), step)
-        progress(step)
+        progress(step, lambda: metrics.summary('train'))
         epoch_end = step % steps_per_epoch == 0
         if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
           _check_finite(metrics, step, checkpointer)
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
           writer.write_scalars(step, scalars)
+          last_train = scalars
           metrics = sharding.put_replicated(Metrics.zeros(), mesh)
         epoch = step // steps_per_epoch
         if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
           eval_started = time.perf_counter()
-          with progress.timed('eval'):
-            results = {}
-            for split in pipeline.eval_splits:
-              results.update(evaluate(eval_step, state, lambda: pipeline.eval_batches(split),
-                                      mesh, prefix=EVAL_PREFIXES[split]))
-          eval_time += time.perf_counter() - eval_started
+          results = {}
+          for split in pipeline.eval_splits:
+            results.update(evaluate(eval_step, state, lambda: pipeline.eval_batches(split),
+                                    mesh, prefix=EVAL_PREFIXES[split]))
           writer.write_scalars(step, {**results, 'epoch': epoch})
+          if config.model.mask.kind == 'gmm':
+            write_picture(writer, workdir, 'gmm_masks', gmm_masks_picture(
+                graphdef, state.params, state.buffers, step=step, mode=config.model.mask.mode),
+                step=step)
+          eval_seconds = time.perf_counter() - eval_started
+          eval_time += eval_seconds
+          progress.eval_done(step, results, eval_seconds)
           last_eval = (step, results)
           if best is None or results[selection] >= best[1][selection]:
             best = last_eval
@@ -262,10 +248,19 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
       best_eval_accuracy=best and best[1]['eval_accuracy'], best_step=best and best[0],
       **({'best_val_accuracy': best and best[1]['val_accuracy']}
          if 'validation' in pipeline.eval_splits else {}),
+      **last_train,
       train_wall_time_s=time.time() - started,
       train_steps_per_s=timed_steps / train_time if train_time else None,
       train_images_per_s=timed_steps * config.batch_size / train_time if train_time else None,
       devices=jax.device_count(), platform=jax.devices()[0].platform)
   run.write_summary(summary)
-  logging.info('Summary: %s', json.dumps(summary))
+  if console.verbose():
+    logging.info('Summary: %s', json.dumps(summary))
+  if summary['completed']:
+    rate = summary['train_images_per_s']
+    logging.info('Done at step %d/%d: eval accuracy %.4g (best %.4g at step %s), %.0f s in all%s; '
+                 'summary in %s.', step, total_steps, summary.get('eval_accuracy', np.nan),
+                 summary['best_eval_accuracy'] or np.nan, summary['best_step'],
+                 summary['train_wall_time_s'], f', {rate:.0f} img/s of training' if rate else '',
+                 run.path('summary.json'))
   return summary

@@ -1,6 +1,6 @@
 """Training and evaluation speed of a config's model on this machine's devices.
 
-    python -m gmm_vit_jax.benchmark --config=configs/gmm_vit_cifar10.py [--batch_size=N] \
+    python -m gmm_vit_jax.benchmarks.speed --config=configs/gmm_vit_cifar10.py [--batch_size=N] \
         [--steps=N] [--json]
 
 It runs the trainer's own jitted steps (gmm_vit_jax/training/step.py) on a

@@ -26,7 +26,8 @@ from absl import app, flags
 from configs import tiny
 from gmm_vit_jax import cpu_runtime
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
-from gmm_vit_jax.training.loop import SUMMARY_FILE, train_and_evaluate
+from gmm_vit_jax.training.loop import train_and_evaluate
+from gmm_vit_jax.training.run_directory import SUMMARY_FILE
 
 TABLES = ('gmm_paper',)
 VARIANTS = ('plain', 'gmm')

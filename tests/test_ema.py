@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from gmm_vit_jax import export
+from gmm_vit_jax import errors, export
 from gmm_vit_jax.data.sources import load_split
 from gmm_vit_jax.training import loop
 from gmm_vit_jax.training.checkpoint import restore_model
@@ -58,9 +58,9 @@ def test_ema_weights_of_a_run_without_ema_is_a_clear_error(tmp_path):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(tiny_config().to_json())
-  with pytest.raises(ValueError, match='ema_decay is off'):
+  with pytest.raises(errors.UserError, match='ema_decay is off'):
     restore_model(workdir, weights='ema')
-  with pytest.raises(ValueError, match='weights='):
+  with pytest.raises(errors.UserError, match='weights='):
     restore_model(workdir, weights='average')
 
 

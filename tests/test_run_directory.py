@@ -216,6 +216,10 @@ def test_patch_selection_on_a_full_grid_backbone_is_refused_at_once():
 def test_every_config_file_passes_the_checks():
   import importlib
   names = [f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('.py') and f not in ('common.py', '__init__.py')]
+  checked = 0
   for name in names:
-    config_checks.check(importlib.import_module(f'configs.{name}').get_config())
-  assert len(names) >= 12
+    module = importlib.import_module(f'configs.{name}')
+    if hasattr(module, 'get_config'):  # configs/tiny.py shrinks configs, it is none.
+      config_checks.check(module.get_config())
+      checked += 1
+  assert checked >= 12

@@ -23,7 +23,6 @@ gs:// bucket). Single-process runs need none of this.
 """
 
 import json
-import logging as py_logging
 import os
 import sys
 
@@ -54,13 +53,6 @@ flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 
-class _QuietLibraries(py_logging.Filter):
-  """Keeps checkpoint-library chatter below WARNING out of the console."""
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
-
-
 def initialize_processes(distributed: bool, **explicit) -> None:
   """Connects the processes of a multi-process run before JAX touches a device.
 
@@ -86,7 +78,6 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_jax()
   cpu_runtime.apply(FLAGS.config)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   workdir = FLAGS.workdir or os.path.join(

@@ -6,6 +6,7 @@ By default the console leaves out notices a user cannot act on:
   reaches, so TensorFlow is imported once with file descriptor 2 pointed at /dev/null.
   train.py does that before anything else imports it (clu's writers, tfds), when flags
   are not parsed yet, so --verbosity is read from the command line itself.
+- the checkpoint library's INFO records (every save and restore logs a dozen lines).
 - JAX's probe of backends that cannot exist here ("Unable to initialize backend 'tpu'"):
   where no accelerator plugin is installed (cpu_runtime.cpu_only), JAX is told to start
   the CPU backend alone. With a plugin installed, or JAX_PLATFORMS set, nothing changes.
@@ -17,6 +18,7 @@ as a log line).
 
 import contextlib
 import importlib
+import logging as py_logging
 import os
 import sys
 from collections.abc import Sequence
@@ -76,9 +78,23 @@ def import_tensorflow_quietly(argv: Sequence[str]) -> None:
     importlib.import_module('tensorflow')
 
 
+class _QuietCheckpointLibrary(py_logging.Filter):
+  """Keeps orbax's records below WARNING off the console."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
+_QUIET_CHECKPOINT_LIBRARY = _QuietCheckpointLibrary()
+
+
 def quiet_jax() -> None:
-  """Starts only the CPU backend where nothing else can exist, unless verbose. Call it
-  after flag parsing and before anything touches jax.devices()."""
-  if not verbose() and cpu_runtime.cpu_only(os.environ):
+  """Starts only the CPU backend where nothing else can exist, and keeps the checkpoint
+  library's INFO records off the console, unless verbose. Call it after flag parsing and
+  before anything touches jax.devices()."""
+  if verbose():
+    return
+  logging.get_absl_handler().addFilter(_QUIET_CHECKPOINT_LIBRARY)
+  if cpu_runtime.cpu_only(os.environ):
     jax.config.update('jax_platforms', 'cpu')
 

@@ -197,14 +197,15 @@ class RunDirectory:
 
   def finished_summary(self, config: ml_collections.ConfigDict,
                        latest_step: int | None) -> dict | None:
-    """The stored summary, if the run is complete with `config` and nothing has been saved
-    after it; then there is nothing left to train."""
+    """The stored summary, if the run is complete with `config` (up to fields free to change)
+    and nothing has been saved after it; then there is nothing left to train."""
     summary = self.read_summary()
     stored = self.stored_config()
-    if (summary and summary.get('completed') and summary.get('step') == latest_step
-        and stored is not None and not config_changes(stored, config_as_data(config))):
-      return summary
-    return None
+    if not (summary and summary.get('completed') and summary.get('step') == latest_step
+            and stored is not None):
+      return None
+    changes = config_changes(stored, config_as_data(config))
+    return None if any(not _is_free(field) for field in changes) else summary
 
   def write_summary(self, summary: dict) -> None:
     if jax.process_index() == 0:

@@ -139,7 +139,7 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # gmm_vit_jax/data/pipeline.py. grain_workers: grain's worker processes (0: read in this
   # process with grain_threads threads); prefetch: batches read and placed ahead.
   config.dataset = ml_collections.ConfigDict(dict(
-      name=dataset, data_dir=None, download=True,
+      name=dataset, data_dir=config_dict.placeholder(str), download=True,
       validation=config_dict.placeholder(float), pipeline='device',
       resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2))
   config.batch_size = 128
@@ -153,7 +153,7 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
       b2=0.999,
       eps=1e-8,
       decay_mask_params=True,  # The reference decays GMM sigma/alpha like every weight.
-      grad_clip_norm=None,
+      grad_clip_norm=config_dict.placeholder(float),  # None: no clipping.
   ))
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))

@@ -223,3 +223,19 @@ def test_every_config_file_passes_the_checks():
       config_checks.check(module.get_config())
       checked += 1
   assert checked >= 12
+
+
+def test_every_field_left_none_can_be_set_from_the_command_line():
+  """A None field is typed (config_dict.placeholder), or a flag cannot set it:
+  --config.dataset.data_dir=DIR failed with a flags error before."""
+  import ml_collections
+
+  def untyped(config, prefix=''):
+    for key, value in config.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from untyped(value, f'{prefix}{key}.')
+      elif value is None and config.get_type(key) is type(None):
+        yield f'{prefix}{key}'
+
+  for dataset in common.DATASETS:
+    assert list(untyped(common.paper_recipe(dataset))) == [], dataset

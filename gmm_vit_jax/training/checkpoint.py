@@ -50,16 +50,26 @@ class _QuietOrbax(logging.Filter):
 _QUIET_ORBAX = _QuietOrbax()
 
 
-def _quiet_closed_loop_callbacks(hook):
-  """sys.excepthook that drops the 'Event loop is closed' errors of callbacks orbax's array
+def _closed_loop(value: BaseException | None) -> bool:
+  """Whether `value` is the 'Event loop is closed' error of a callback that orbax's array
   writes schedule after a failed save has closed their event loop: noise behind the one
   error the save raises."""
-  def excepthook(kind, value, traceback):
-    if kind is RuntimeError and str(value) == 'Event loop is closed':
-      return
-    hook(kind, value, traceback)
-  excepthook.quiet_closed_loops = True
-  return excepthook
+  return isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+
+
+def _quiet_closed_loop_callbacks(excepthook, unraisablehook):
+  """sys.excepthook and sys.unraisablehook that drop those errors (Python reports them
+  through either, depending on the thread that runs the callback)."""
+  def quiet_excepthook(kind, value, traceback):
+    if not _closed_loop(value):
+      excepthook(kind, value, traceback)
+
+  def quiet_unraisablehook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      unraisablehook(unraisable)
+
+  quiet_excepthook.quiet_closed_loops = quiet_unraisablehook.quiet_closed_loops = True
+  return quiet_excepthook, quiet_unraisablehook
 
 
 @contextlib.contextmanager
@@ -118,8 +128,9 @@ class Checkpointer:
     self.workdir = workdir
     self.best_metric = best_metric
     logging.getLogger('absl').addFilter(_QUIET_ORBAX)
-    if not getattr(sys.excepthook, 'quiet_closed_loops', False):
-      sys.excepthook = _quiet_closed_loop_callbacks(sys.excepthook)
+    if not getattr(sys.unraisablehook, 'quiet_closed_loops', False):
+      sys.excepthook, sys.unraisablehook = _quiet_closed_loop_callbacks(sys.excepthook,
+                                                                        sys.unraisablehook)
     self.manager = _manager(workdir, ocp.CheckpointManagerOptions(
         preservation_policy=_policy(config, best_metric), best_fn=_value_of(best_metric),
         create=False, enable_async_checkpointing=True))

@@ -9,7 +9,7 @@ from gmm_vit_jax import cpu_runtime
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Steps of a jitted function whose temporaries are one 256 MiB block (65,536 pages of
-# 4 KiB); prints the page faults of three steps after two.
+# 4 KiB); prints the page faults of ten steps after two.
 STEP_FAULTS = '''
 import resource, sys
 import jax, jax.numpy as jnp
@@ -21,7 +21,7 @@ x = jnp.ones(8192)
 for _ in range(2):
   step(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(10):
   step(x).block_until_ready()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 '''
@@ -47,9 +47,10 @@ def step_faults(mode: str) -> int:
 def test_kept_step_memory_is_not_faulted_in_again():
   # By default each step faults its block in afresh. Kept, the blocks are reused; a step's
   # block is sometimes freed just after the next step allocates, so the heap may still
-  # grow by one block to hold two steps at once.
-  assert step_faults('default') > 3 * 60_000
-  assert step_faults('keep') < 70_000
+  # grow by a block or two to hold two steps at once (seen: two, 131,090 faults), but not
+  # by one per step.
+  assert step_faults('default') > 10 * 60_000
+  assert step_faults('keep') < 3 * 70_000
 
 
 def test_jax_platforms_decides_cpu_only_when_set():

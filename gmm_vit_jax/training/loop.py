@@ -92,15 +92,16 @@ def evaluate(eval_step, state: TrainState, batches, mesh, prefix: str = 'eval') 
 
 
 def _changes_structure(config: ml_collections.ConfigDict):
-  """changes_structure(old config) for RunDirectory.check_config."""
+  """changes_structure(old config) for RunDirectory.check_config; it traces the two train
+  states only when asked, which is only when a resumed run's config changed."""
   layout = lambda c: state_layout(c, make_optimizer(c, steps_per_epoch=1))
-  new = layout(config)
 
   def changes_structure(old: ml_collections.ConfigDict) -> bool:
     try:
-      return layout(old) != new
+      old_layout = layout(old)
     except (ValueError, TypeError, KeyError, AttributeError):  # Not even buildable any more.
       return True
+    return old_layout != layout(config)
   return changes_structure
 
 

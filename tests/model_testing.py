@@ -110,11 +110,18 @@ TINY_CONFIGS = {'vit': tiny_vit_config, 'swin': tiny_swin_config, 'cait': tiny_c
                 'pit': tiny_pit_config, 't2t': tiny_t2t_config, 'hatnet': tiny_hatnet_config}
 
 
+# The same for a subprocess (train.py, a notebook's kernel): its environment.
+QUICK_COMPILES_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
+
+
 @contextlib.contextmanager
 def quick_compiles():
   """XLA with most optimisations off: tiny test programs spend far longer compiling than running.
 
-  Use it around a test module, e.g. in an autouse module-scoped fixture.
+  For a whole module: `pytestmark = pytest.mark.usefixtures('quick_compiles')` (conftest.py).
+  Modules that check behaviour (models against NumPy and their twins, the training loop's
+  files and resumes) take it; those that measure speed, memory, or the CPU-only forms XLA
+  optimises keep the optimising compiler.
   """
   previous = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)

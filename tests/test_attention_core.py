@@ -16,6 +16,8 @@ from gmm_vit_jax.attention.masks import MaskValues
 from gmm_vit_jax.models import build_model
 from tests.model_testing import random_batch, tiny_cait_config, tiny_swin_config, tiny_vit_config
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 B, H, N, D = 6, 3, 8, 8
 
 

@@ -16,6 +16,8 @@ from gmm_vit_jax.augment.autoaugment import apply_op, autoaugment
 from gmm_vit_jax.augment.erasing import random_erasing
 from gmm_vit_jax.augment.mix import cutmix_box, mix_batch, symmetric_beta
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 

@@ -12,7 +12,7 @@ from configs import cait_cifar10, common, gmm_cait_cifar10
 from gmm_vit_jax.attention import ElementwiseMask, GaussianMixtureMask
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.cait import layer_scale_init
-from tests.model_testing import count_params, quick_compiles, random_batch, train_losses
+from tests.model_testing import count_params, random_batch, train_losses
 
 # Trainable parameters of the reference code at 32x32, 10 classes, K=5 (SPEC section 2).
 # Its README's 5.1M does not match the code.
@@ -20,10 +20,7 @@ REFERENCE_PLAIN = 9_020_618
 REFERENCE_GMM = 9_021_578
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 def full_model(kind: str):

@@ -15,7 +15,7 @@ from gmm_vit_jax import export
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.torch_models import build_torch_model
-from tests.model_testing import quick_compiles, tiny_cait_config, tiny_swin_config, tiny_vit_config
+from tests.model_testing import tiny_cait_config, tiny_swin_config, tiny_vit_config
 from tests.twin_testing import strong_twin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,10 +27,7 @@ REFERENCE_MODELS = [
 ]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 def _twin(config, seed: int = 0) -> torch.nn.Module:

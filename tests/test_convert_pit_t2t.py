@@ -20,17 +20,13 @@ from gmm_vit_jax.models import build_model
 from gmm_vit_jax.torch_models import build_torch_model
 from gmm_vit_jax.torch_models import pit as torch_pit
 from gmm_vit_jax.torch_models import vit as torch_vit
-from tests.model_testing import quick_compiles
 from tests.twin_testing import strong_twin
 
 KINDS = ('none', 'gmm', 'elm')
 CASES = [(name, kind) for name in ('pit', 't2t') for kind in KINDS]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 def tiny_config(name: str, kind: str, dataset: str = 'cifar10'):

@@ -12,6 +12,8 @@ from gmm_vit_jax import errors
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.training import loop
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100', 'svhn_cropped'])
 def test_tfds_splits_load_as_uint8_arrays(name):

@@ -14,6 +14,8 @@ from gmm_vit_jax.training.checkpoint import restore_model
 from tests.test_grad_accum import deterministic_config, train
 from tests.test_training import tiny_config
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 
 @pytest.mark.parametrize('accum', [1, 2])
 def test_ema_is_the_average_of_the_updated_params(accum):

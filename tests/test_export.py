@@ -21,6 +21,8 @@ from gmm_vit_jax.data.info import CIFAR10_CLASSES, DATASET_INFO
 from gmm_vit_jax.models import build_model
 from tests.model_testing import tiny_vit_config
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

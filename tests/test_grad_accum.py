@@ -15,6 +15,8 @@ from gmm_vit_jax.training.state import Metrics, TrainState
 from gmm_vit_jax.training.step import make_train_step
 from tests.test_training import tiny_config
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 
 def deterministic_config(accum: int):
   """No randomness that depends on the step: no augmentation, dropout or stochastic depth,

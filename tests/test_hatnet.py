@@ -11,13 +11,10 @@ from configs import common, gmm_hatnet_cifar10, hatnet_cifar10
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.initializers import reinit_kernels
 from gmm_vit_jax.models.hatnet import HierarchicalAttention, window_merge, window_partition
-from tests.model_testing import count_params, quick_compiles, random_batch, train_losses
+from tests.model_testing import count_params, random_batch, train_losses
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 def tiny_config(mask_kind: str):

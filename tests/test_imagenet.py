@@ -11,6 +11,8 @@ from configs import gmm_vit_imagenet, hatnet_imagenet
 from gmm_vit_jax.models import build_from_config
 from gmm_vit_jax.training import loop
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 # The HAT-Net paper's parameter counts, in millions, at 224x224 and 1000 classes.
 PUBLISHED_PARAMS = {'tiny': 12.7, 'small': 25.7, 'medium': 42.9, 'large': 63.1}
 

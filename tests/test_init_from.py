@@ -13,6 +13,8 @@ from gmm_vit_jax.training import init_from, loop
 from gmm_vit_jax.training.checkpoint import restore_model
 from tests.test_training import tiny_config
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 
 def keys_cubic(t: np.ndarray) -> np.ndarray:
   """The Keys cubic kernel, a = -0.5."""

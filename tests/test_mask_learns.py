@@ -9,15 +9,12 @@ from flax import nnx
 
 from gmm_vit_jax.attention.masks import ElementwiseMask, GaussianMixtureMask
 from gmm_vit_jax.models import build_from_config
-from tests.model_testing import TINY_CONFIGS, quick_compiles, random_batch
+from tests.model_testing import TINY_CONFIGS, random_batch
 
 MASK_PARAMS = ('sigma', 'alpha', 'weight')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 def mask_leaves(tree) -> dict[str, np.ndarray]:

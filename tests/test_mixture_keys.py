@@ -16,6 +16,8 @@ from gmm_vit_jax.attention.scores import DotProductScore
 from gmm_vit_jax.models import build_model
 from tests import model_testing
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 DIM, HEADS, HEAD_DIM, SIDE = 8, 2, 4, 3
 N = SIDE * SIDE
 

@@ -19,9 +19,12 @@ import numpy as np
 import pytest
 
 from gmm_vit_jax import errors
+from gmm_vit_jax.training import loop
 from gmm_vit_jax.training.checkpoint import restore_model
+from tests.model_testing import QUICK_COMPILES_ENV
+from tests.test_training import tiny_config
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures('quick_compiles')]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Launchers' variables would make JAX detect a cluster these tests do not run in.
@@ -39,7 +42,8 @@ def free_port() -> int:
 def launch(workdir, log_path, *flags, devices, env=None):
   """Starts train.py on the tiny config with `devices` local CPU devices; output to log_path."""
   base = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_PREFIXES)}
-  base.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  base.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              **QUICK_COMPILES_ENV)
   log = open(log_path, 'w')
   proc = subprocess.Popen(
       [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}', *flags],
@@ -74,24 +78,26 @@ def printed_summary(output: str) -> dict:
   return summary
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+def test_two_processes_train_like_one_device_with_the_same_global_batch(tmp_path):
+  """Two processes of two devices each against one device in this process: data
+  parallelism over processes and over devices together leaves the result unchanged."""
   port = free_port()
-  multi, single = tmp_path / 'two_processes', tmp_path / 'one_process'
-  logs = [tmp_path / f'process_{i}.log' for i in range(2)] + [tmp_path / 'single.log']
+  multi, single = tmp_path / 'two_processes', tmp_path / 'one_device'
+  logs = [tmp_path / f'process_{i}.log' for i in range(2)]
   procs = [launch(multi, logs[i], '--config.epochs=1', f'--coordinator_address=localhost:{port}',
                   '--num_processes=2', f'--process_id={i}', devices=2) for i in range(2)]
-  procs.append(launch(single, logs[2], '--config.epochs=1', devices=4))
+  alone = loop.train_and_evaluate(tiny_config(epochs=1), str(single))
   outputs = finish(procs, logs)
 
   for i in range(2):
     assert f'Process {i} of 2; 2 local and 4 global devices.' in outputs[i]
-  assert 'Process 0 of' not in outputs[2]
-  first, second, alone = (printed_summary(out) for out in outputs)
+  first, second = (printed_summary(out) for out in outputs)
   timing = ('train_wall_time_s', 'train_steps_per_s', 'train_images_per_s')
   strip = lambda s: {k: v for k, v in s.items() if k not in timing}
   assert strip(first) == strip(second)  # The last train loss and accuracy among them.
   assert 'train_loss' in first
   assert first['step'] == 22 and first['completed'] and first['devices'] == 4
+  assert alone['devices'] == 1
 
   # Written once, by process 0 or through orbax's coordination: one config, one summary,
   # one event file, one directory per checkpointed step.
@@ -100,12 +106,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   steps = sorted(int(d) for d in os.listdir(multi / 'checkpoints'))
   assert steps == sorted(int(d) for d in os.listdir(single / 'checkpoints')) == [10, 20, 22]
 
-  np.testing.assert_allclose(first['eval_loss'], alone['eval_loss'], rtol=1e-5)
+  np.testing.assert_allclose(first['eval_loss'], alone['eval_loss'], rtol=1e-4)
   assert first['eval_accuracy'] == alone['eval_accuracy']
   trained = [jax.tree.leaves(restore_model(str(d), 'latest')[0]) for d in (multi, single)]
   assert len(trained[0]) == len(trained[1])
   for a, b in zip(*trained):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):

@@ -12,6 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.model_testing import QUICK_COMPILES_ENV
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {'model.dim': 16, 'model.depth': 2, 'model.num_heads': 2, 'model.head_dim': 8,
         'schedule.warmup_epochs': 0}
@@ -42,6 +44,8 @@ def images_shown(nb: nbformat.NotebookNode, source_part: str) -> int:
 def cpu_kernel(monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   monkeypatch.delenv('XLA_FLAGS', raising=False)
+  for name, value in QUICK_COMPILES_ENV.items():  # The notebooks' flow is under test.
+    monkeypatch.setenv(name, value)
 
 
 def test_quickstart_notebook(tmp_path):

@@ -10,6 +10,8 @@ from gmm_vit_jax.data import records
 from gmm_vit_jax.training import loop, sharding
 from tests.test_training import tiny_config
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 
 def both(config):
   mesh = sharding.make_mesh()

@@ -11,13 +11,10 @@ from flax import nnx
 from configs import gmm_pit_cifar10, pit_cifar10
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.pit import Pool
-from tests.model_testing import count_params, quick_compiles, random_batch, train_losses
+from tests.model_testing import count_params, random_batch, train_losses
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 @functools.cache

@@ -17,6 +17,8 @@ from gmm_vit_jax.training.state import TrainState
 from tests.test_training import tiny_config
 from tests.workdir_testing import files_with_times, restored_state, strict_json
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 22  # One epoch of the tiny config: checkpoints at 10, 20 and 22 (evaluated).
 

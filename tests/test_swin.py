@@ -12,17 +12,14 @@ from gmm_vit_jax.attention.grid import grid_coords
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.swin import (PatchMerging, WindowAttention, relative_position_index,
                                      shift_mask, window_partition, window_reverse)
-from tests.model_testing import count_params, quick_compiles, random_batch, train_losses
+from tests.model_testing import count_params, random_batch, train_losses
 
 # Trainable parameters of the reference code at 32x32, 10 classes, K=5 (SPEC section 2).
 REFERENCE_PLAIN = 7_073_188
 REFERENCE_GMM = 7_074_088
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 def full_model(kind: str):

@@ -14,13 +14,10 @@ from configs import common, gmm_t2t_cifar10, t2t_cifar10
 from gmm_vit_jax.attention.masks import GaussianMixtureMask
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.t2t import TokenTransformer, sinusoid_position_embedding, unfold
-from tests.model_testing import count_params, quick_compiles, random_batch, train_losses
+from tests.model_testing import count_params, random_batch, train_losses
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _quick_compiles():
-  with quick_compiles():
-    yield
+pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
 @functools.cache

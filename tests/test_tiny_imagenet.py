@@ -8,6 +8,8 @@ from PIL import Image
 
 from gmm_vit_jax.data import tiny_imagenet
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 # wnids.txt is not in sorted order in the download; labels follow the sorted order.
 WNIDS = ('n09999999', 'n01443537', 'n04067472')
 COLOURS = {'n01443537': (200, 30, 30), 'n04067472': (30, 200, 30), 'n09999999': (30, 30, 200)}

@@ -8,6 +8,8 @@ from gmm_vit_jax.data import sources, validation
 from gmm_vit_jax.training import loop
 from tests.test_training import tiny_config
 
+pytestmark = pytest.mark.usefixtures('quick_compiles')
+
 
 def test_holdout_is_stratified_seeded_and_a_partition():
   rng = np.random.default_rng(3)

@@ -19,8 +19,8 @@ figures come first. In order:
 Each entry records the command, its exit status ('timeout', 'skipped' where the budget
 ran out), wall seconds, and its output: the JSON line the tool prints, or its printed
 table, and the tail of its errors. A step that fails does not stop the others. --cheap
-runs the same plumbing on a CPU: one tiny backbone, float32, two steps, one lever, no
-install (the test suite runs it).
+runs the same plumbing on a CPU: one tiny backbone, float32, two steps, the levers table
+with donation on and off, no install (the test suite runs it).
 """
 
 import json
@@ -143,7 +143,7 @@ def check(*, cheap: bool, install: str, budget_s: float) -> dict:
                              TIMEOUT_S['two_epochs'], budget)
   report['levers'] = run([sys.executable, '-m', 'gmm_vit_jax.benchmarks.levers',
                           '--config=configs/gmm_vit_cifar10.py', f'--steps={steps}', *extra,
-                          *batch, *(['--variant=all on'] if cheap else [])],
+                          *batch, *(['--variants=all on,no donation'] if cheap else [])],
                          TIMEOUT_S['levers'], budget)
   report['finished'] = time.strftime('%Y-%m-%d %H:%M:%S %Z')
   return report

@@ -35,6 +35,7 @@ MASK_MEANING = {
     'add': "the mask value is added to each key's attention logit",
 }
 GRID_PAD = 2  # White pixels between the images of a grid.
+TITLE_MARGIN_IN = 0.4  # Inches of white beside a figure's widest title line.
 KEPT_PATCHES_SCALE = 8  # Nearest upscaling that lets the hatching of dropped patches show.
 
 
@@ -119,8 +120,14 @@ def gmm_masks_picture(graphdef: nnx.GraphDef, params, buffers, *, step: int,
   """The model's Gaussian mixture masks at training step `step`, one panel per layer and
   head, as an RGB picture; `mode` (model.mask.mode) says what the colours mean."""
   fig = plot_gmm_masks(nnx.merge(graphdef, params, buffers))
-  fig.suptitle(f'Gaussian mixture masks at step {step}, seen from the centre query (dot)\n'
-               f'{MASK_MEANING[mode]}', fontsize=10)
+  title = fig.suptitle(f'Gaussian mixture masks at step {step}, seen from the centre query '
+                       f'(dot)\n{MASK_MEANING[mode]}', fontsize=10)
+  # A model of one or two heads makes a figure narrower than its title: scaled up whole,
+  # its panels grow with it rather than drift apart.
+  title_in = title.get_window_extent(FigureCanvasAgg(fig).get_renderer()).width / fig.dpi
+  scale = (title_in + TITLE_MARGIN_IN) / fig.get_figwidth()
+  if scale > 1:
+    fig.set_size_inches(fig.get_figwidth() * scale, fig.get_figheight() * scale)
   try:
     return rendered(fig)
   finally:

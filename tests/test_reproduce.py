@@ -5,9 +5,17 @@ import os
 import pytest
 
 from configs import tiny
-from gmm_vit_jax import reproduce
+from gmm_vit_jax import errors, reproduce
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
 from tests.model_testing import quick_compiles
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def one_epoch(config):
+  config = tiny.shrink(config)
+  config.epochs = 1
+  return config
 
 
 def test_published_table_has_every_cell_of_spec_section_4():
@@ -17,12 +25,11 @@ def test_published_table_has_every_cell_of_spec_section_4():
   assert all(0 < a < 100 and 0 < b < 100 for a, b in PUBLISHED.values())
 
 
-def test_digits_runs_then_skips_finished_runs(tmp_path, monkeypatch):
-  monkeypatch.setitem(tiny.RECIPE, 'epochs', 1)
+def test_digits_runs_then_skips_finished_runs(tmp_path):
   workdir = str(tmp_path)
   with quick_compiles():
     rows = reproduce.reproduce(workdir, datasets=['digits'], backbones=['vit', 'cait'],
-                               tiny_run=True)
+                               configs=CONFIGS, shrink=one_epoch)
   reproduce.write_table(rows, workdir, tiny_run=True)
   assert [(r['dataset'], r['backbone']) for r in rows] == [('digits', 'vit'), ('digits', 'cait')]
   for row in rows:
@@ -38,7 +45,7 @@ def test_digits_runs_then_skips_finished_runs(tmp_path, monkeypatch):
   stamps = {p: os.path.getmtime(os.path.join(workdir, 'digits', p, 'summary.json'))
             for p in os.listdir(os.path.join(workdir, 'digits'))}
   again = reproduce.reproduce(workdir, datasets=['digits'], backbones=['vit', 'cait'],
-                              tiny_run=True)
+                              configs=CONFIGS, shrink=one_epoch)
   assert again == rows
   assert stamps == {p: os.path.getmtime(os.path.join(workdir, 'digits', p, 'summary.json'))
                     for p in stamps}
@@ -55,3 +62,12 @@ def test_table_puts_each_cell_beside_the_published_number():
 def test_unknown_backbone_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match='--backbones=hatnet must name some of vit'):
     reproduce.reproduce(str(tmp_path), datasets=['digits'], backbones=['hatnet'])
+
+
+def test_the_config_files_are_read_from_the_folder_given(tmp_path):
+  (tmp_path / 'vit_cifar10.py').write_text(
+      'from configs import vit_cifar10\n\n\ndef get_config(dataset):\n'
+      '  config = vit_cifar10.get_config(dataset)\n  config.epochs = 7\n  return config\n')
+  assert reproduce.run_config(str(tmp_path), 'vit', 'plain', 'digits').epochs == 7
+  with pytest.raises(errors.ConfigError, match='gmm_vit_cifar10.py does not exist: --configs'):
+    reproduce.run_config(str(tmp_path), 'vit', 'gmm', 'digits')

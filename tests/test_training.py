@@ -285,18 +285,23 @@ def test_eval_batches_cover_every_row_once():
   np.testing.assert_array_equal(seen, 1)
 
 
-def test_schedule_is_linear_warmup_then_cosine():
+@pytest.mark.parametrize('warmup_epochs', [2, 0])
+def test_schedule_is_linear_warmup_then_cosine(warmup_epochs, caplog):
+  caplog.set_level('INFO')
   config = tiny_config(epochs=10)
-  config.schedule.warmup_epochs = 2
+  config.schedule.warmup_epochs = warmup_epochs
+  config.schedule.end_learning_rate = 1e-6
   steps_per_epoch = 5
   schedule = learning_rate_schedule(config, steps_per_epoch)
   peak, low = config.optimizer.learning_rate, config.schedule.init_learning_rate
+  end, warmup = config.schedule.end_learning_rate, warmup_epochs * steps_per_epoch
   for step in range(50):
-    if step <= 10:
-      expected = low + (peak - low) * step / 10
+    if step < warmup:
+      expected = low + (peak - low) * step / warmup
     else:
-      expected = low + 0.5 * (peak - low) * (1 + np.cos(np.pi * (step - 10) / 40))
+      expected = end + 0.5 * (peak - end) * (1 + np.cos(np.pi * (step - warmup) / (50 - warmup)))
     np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5)
+  assert 'transition_steps' not in caplog.text  # optax's notice about an empty warmup.
 
 
 @pytest.mark.parametrize('decay_mask_params', [True, False])

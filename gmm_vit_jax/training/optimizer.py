@@ -13,10 +13,14 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   if not 0 <= s.warmup_epochs < config.epochs:
     raise ValueError(f'schedule.warmup_epochs={s.warmup_epochs} must be at least 0 and below '
                      f'epochs={config.epochs}.')
+  peak, decay_steps = config.optimizer.learning_rate, config.epochs * steps_per_epoch
+  if s.warmup_epochs == 0:  # The same cosine, without optax's notice about an empty warmup.
+    return optax.cosine_decay_schedule(init_value=peak, decay_steps=decay_steps,
+                                       alpha=s.end_learning_rate / peak if peak else 0.0)
   return optax.warmup_cosine_decay_schedule(
-      init_value=s.init_learning_rate, peak_value=config.optimizer.learning_rate,
-      warmup_steps=s.warmup_epochs * steps_per_epoch,
-      decay_steps=config.epochs * steps_per_epoch, end_value=s.end_learning_rate)
+      init_value=s.init_learning_rate, peak_value=peak,
+      warmup_steps=s.warmup_epochs * steps_per_epoch, decay_steps=decay_steps,
+      end_value=s.end_learning_rate)
 
 
 def _decay_mask(params, decay_mask_params: bool):

@@ -110,10 +110,6 @@ TINY_CONFIGS = {'vit': tiny_vit_config, 'swin': tiny_swin_config, 'cait': tiny_c
                 'pit': tiny_pit_config, 't2t': tiny_t2t_config, 'hatnet': tiny_hatnet_config}
 
 
-# The same for a subprocess (train.py, a notebook's kernel): its environment.
-QUICK_COMPILES_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
-
-
 @contextlib.contextmanager
 def quick_compiles():
   """XLA with most optimisations off: tiny test programs spend far longer compiling than running.
@@ -129,3 +125,7 @@ def quick_compiles():
     yield
   finally:
     jax.config.update('jax_disable_most_optimizations', previous)
+
+
+# quick_compiles() for a subprocess (train.py, a notebook's kernel): its environment.
+QUICK_COMPILES_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from gmm_vit_jax.attention import grid
 from gmm_vit_jax.attention.masks import GaussianMixtureMask
@@ -63,5 +65,19 @@ def plot_gmm_masks(model: nnx.Module, panel_size: float = 1.3):
         ax.set_title(f'head {head}', fontsize=8)
     row[0].set_ylabel(name, fontsize=8)
     fig.colorbar(image, ax=list(row), shrink=0.8, label='mask value')
-  fig.suptitle('Gaussian mixture mask seen from the centre token')
+  suptitle_fitted(fig, 'Gaussian mixture mask seen from the centre token')
   return fig
+
+
+TITLE_MARGIN_IN = 0.4  # Inches of white beside a figure's widest title line.
+
+
+def suptitle_fitted(fig: Figure, title: str, **kwargs) -> None:
+  """Sets the figure's title, scaling the figure up whole where the title is wider: a
+  model of one or two heads makes a figure narrower than its title, and scaled whole its
+  panels grow with it rather than drift apart."""
+  text = fig.suptitle(title, **kwargs)
+  width_in = text.get_window_extent(FigureCanvasAgg(fig).get_renderer()).width / fig.dpi
+  scale = (width_in + TITLE_MARGIN_IN) / fig.get_figwidth()
+  if scale > 1:
+    fig.set_size_inches(fig.get_figwidth() * scale, fig.get_figheight() * scale)

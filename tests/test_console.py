@@ -130,13 +130,20 @@ def test_pictures_are_large_enough_to_see():
 @pytest.mark.parametrize('heads', [1, 4])
 def test_the_masks_picture_holds_its_whole_title(heads):
   """A one-head model made a figure narrower than its title, which lost both ends."""
+  import matplotlib.pyplot as plt
   from flax import nnx
   from gmm_vit_jax.models import build_from_config
+  from gmm_vit_jax.visualize import plot_gmm_masks
   config = tiny_config()
   config.model.update(num_heads=heads, head_dim=16 // heads)
-  graphdef, params, buffers = nnx.split(build_from_config(config), nnx.Param, ...)
-  picture = pictures.gmm_masks_picture(graphdef, params, buffers, step=7, mode='multiply')
-  title = picture[:picture.shape[0] // 8]  # The three title lines sit above the panels.
-  assert (title < 128).any()
-  for edge in (title[:, :3], title[:, -3:]):
-    assert (edge == 255).all()
+  model = build_from_config(config)
+  graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+  written = pictures.gmm_masks_picture(graphdef, params, buffers, step=7, mode='multiply')
+  figure = plot_gmm_masks(model)  # The notebooks' picture, with a title of its own.
+  shown = pictures.rendered(figure)
+  plt.close(figure)
+  for picture in (written, shown):
+    title = picture[:picture.shape[0] // 8]  # The title lines sit above the panels.
+    assert (title < 128).any()
+    for edge in (title[:, :3], title[:, -3:]):
+      assert (edge == 255).all()

@@ -24,7 +24,7 @@ from PIL import Image
 from gmm_vit_jax import patches
 from gmm_vit_jax.augment import augmentation_grid
 from gmm_vit_jax.patches.visualize import HATCH_COLOUR
-from gmm_vit_jax.visualize import plot_gmm_masks
+from gmm_vit_jax.visualize import plot_gmm_masks, suptitle_fitted
 
 DPI = 100
 MIN_GRID_PX = 360  # Grids of small images (8x8 digits) are drawn at least this tall,
@@ -35,7 +35,6 @@ MASK_MEANING = {
     'add': "the mask value is added to each key's attention logit",
 }
 GRID_PAD = 2  # White pixels between the images of a grid.
-TITLE_MARGIN_IN = 0.4  # Inches of white beside a figure's widest title line.
 KEPT_PATCHES_SCALE = 8  # Nearest upscaling that lets the hatching of dropped patches show.
 
 
@@ -120,14 +119,8 @@ def gmm_masks_picture(graphdef: nnx.GraphDef, params, buffers, *, step: int,
   """The model's Gaussian mixture masks at training step `step`, one panel per layer and
   head, as an RGB picture; `mode` (model.mask.mode) says what the colours mean."""
   fig = plot_gmm_masks(nnx.merge(graphdef, params, buffers))
-  title = fig.suptitle(f'Gaussian mixture masks at step {step}, seen from the centre query '
-                       f'(dot)\n{MASK_MEANING[mode]}', fontsize=10)
-  # A model of one or two heads makes a figure narrower than its title: scaled up whole,
-  # its panels grow with it rather than drift apart.
-  title_in = title.get_window_extent(FigureCanvasAgg(fig).get_renderer()).width / fig.dpi
-  scale = (title_in + TITLE_MARGIN_IN) / fig.get_figwidth()
-  if scale > 1:
-    fig.set_size_inches(fig.get_figwidth() * scale, fig.get_figheight() * scale)
+  suptitle_fitted(fig, f'Gaussian mixture masks at step {step}, seen from the centre query '
+                  f'(dot)\n{MASK_MEANING[mode]}', fontsize=10)
   try:
     return rendered(fig)
   finally:

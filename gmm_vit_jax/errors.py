@@ -24,6 +24,12 @@ class ConfigError(UserError, ValueError):
   """A config value, or a combination of values, that the trainer does not accept."""
 
 
+def check_choice(field: str, value, allowed) -> None:
+  """Raises ConfigError naming the field, the value and the allowed ones unless value is one."""
+  if value not in allowed:
+    raise ConfigError(f'{field}={value!r} is not supported; choose one of {tuple(allowed)}.')
+
+
 class ConfigChangedError(UserError):
   """The workdir holds a run trained with a config that differs from the one given."""
 

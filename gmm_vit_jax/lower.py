@@ -32,9 +32,9 @@ from jax._src.lib import _jax, cuda_versions
 from ml_collections import config_flags
 
 from gmm_vit_jax import platforms
+from gmm_vit_jax import sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import compute_dtype
-from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.optimizer import make_optimizer
 from gmm_vit_jax.training.state import Metrics, create_train_state
 from gmm_vit_jax.training.step import make_eval_step, make_train_step

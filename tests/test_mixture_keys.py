@@ -229,12 +229,12 @@ def test_e_step_pi_is_state_not_a_parameter():
 def test_e_step_in_the_jitted_train_step():
   """pi leaves the train step in the new state's buffers; the parameters never hold it."""
   from configs import quickstart_hvit
+  from gmm_vit_jax import sharding
   from gmm_vit_jax.data.info import dataset_info
-  from gmm_vit_jax.training import sharding
+  from gmm_vit_jax.models import build_from_config
   from gmm_vit_jax.training.optimizer import make_optimizer
   from gmm_vit_jax.training.state import Metrics, TrainState
   from gmm_vit_jax.training.step import make_train_step
-  from gmm_vit_jax.models import build_from_config
   config = quickstart_hvit.get_config()
   config.model.update(dict(dim=16, depth=1, num_heads=2, head_dim=8))
   config.model.attention.mixture.pi_per_position = True

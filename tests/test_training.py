@@ -335,8 +335,8 @@ def test_patch_selection_trains_and_really_drops_tokens(tmp_path):
 
 def test_selected_steps_compute_less():
   from configs import common
+  from gmm_vit_jax import sharding
   from gmm_vit_jax.data.info import dataset_info
-  from gmm_vit_jax.training import sharding
   from gmm_vit_jax.models import build_from_config
   from gmm_vit_jax.training.state import Metrics, TrainState
   from gmm_vit_jax.training.step import make_train_step

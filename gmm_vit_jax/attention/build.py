@@ -6,9 +6,10 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention.attention import Attention
-from gmm_vit_jax.attention.masks import check_choice, make_mask
+from gmm_vit_jax.attention.masks import make_mask
 from gmm_vit_jax.attention.mixture_keys import MixtureOfKeysScore
 from gmm_vit_jax.attention.scores import DotProductScore
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.initializers import dense_init
 
 SCORE_KINDS = ('dot_product', 'mixture_of_keys')

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.augment.autoaugment import AUTOAUGMENT_POLICIES, autoaugment
 from gmm_vit_jax.augment.basic import normalize, random_crop, random_flip
 from gmm_vit_jax.augment.erasing import random_erasing
 from gmm_vit_jax.augment.mix import mix_batch
+from gmm_vit_jax.errors import check_choice
 
 
 def _check(config: ml_collections.ConfigDict) -> None:

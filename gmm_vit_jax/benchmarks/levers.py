@@ -61,8 +61,8 @@ def run_variant(name: str) -> dict:
     cpu_runtime.set_xla_flags()
   if lever.get('keep_step_memory', FLAGS.config.cpu_keep_step_memory):
     cpu_runtime.keep_step_memory()
+  from gmm_vit_jax import sharding
   from gmm_vit_jax.benchmarks.speed import random_dataset, train_rate
-  from gmm_vit_jax.training import sharding
 
   config = FLAGS.config.copy_and_resolve_references()
   config.batch_size = FLAGS.batch_size

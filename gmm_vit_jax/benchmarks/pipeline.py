@@ -21,9 +21,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gmm_vit_jax import cpu_runtime
+from gmm_vit_jax import sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.pipeline import make_pipeline
-from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.optimizer import make_optimizer
 from gmm_vit_jax.training.state import Metrics, create_train_state
 from gmm_vit_jax.training.step import make_train_step

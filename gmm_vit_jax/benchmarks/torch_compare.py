@@ -26,11 +26,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gmm_vit_jax import cpu_runtime
+from gmm_vit_jax import sharding
 from gmm_vit_jax.benchmarks.speed import NO_AUGMENTATION, random_dataset, time_steps
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler
 from gmm_vit_jax.torch_models import build_torch_model
-from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.optimizer import make_optimizer
 from gmm_vit_jax.training.state import Metrics, create_train_state
 from gmm_vit_jax.training.step import make_train_step

@@ -16,7 +16,6 @@ import torch
 from flax import nnx
 
 from gmm_vit_jax import export
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.convert import cait
 from gmm_vit_jax.convert import core
 from gmm_vit_jax.convert import pit
@@ -24,6 +23,7 @@ from gmm_vit_jax.convert import swin
 from gmm_vit_jax.convert import t2t
 from gmm_vit_jax.convert import vit
 from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models import build_model
 
 MAPPINGS = {

@@ -12,7 +12,7 @@ mean and std are those of `digits_to_uint8(load_digits().images) / 255` over all
 
 import numpy as np
 
-from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.errors import check_choice
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
                    'ship', 'truck')

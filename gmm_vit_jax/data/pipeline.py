@@ -28,11 +28,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax import sharding
 from gmm_vit_jax.data import records, sources, validation
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
-from gmm_vit_jax.training import sharding
+from gmm_vit_jax.errors import check_choice
 
 PIPELINES = ('device', 'grain', 'auto')
 

@@ -5,8 +5,8 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax import platforms
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models.cait import CaiT
 from gmm_vit_jax.models.hatnet import HATNet
 from gmm_vit_jax.models.pit import PiT

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models.tokens import check_patch_size
 from gmm_vit_jax.patches.scores import SCORE_KINDS, patch_scores
 

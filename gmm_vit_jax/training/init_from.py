@@ -32,7 +32,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file
 
 from gmm_vit_jax import export
-from gmm_vit_jax.training import sharding
+from gmm_vit_jax import sharding
 from gmm_vit_jax.training.checkpoint import restore_model
 from gmm_vit_jax.training.state import TrainState
 

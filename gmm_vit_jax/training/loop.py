@@ -12,10 +12,10 @@ import numpy as np
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from gmm_vit_jax import console, patches
+from gmm_vit_jax import console, patches, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.pipeline import make_pipeline
-from gmm_vit_jax.training import config_checks, init_from, sharding
+from gmm_vit_jax.training import config_checks, init_from
 from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from gmm_vit_jax.training.pictures import (augmentation_picture, gmm_masks_picture,

@@ -14,16 +14,12 @@ A bundle is a directory:
 `load` runs the serialized forward, so predicting needs none of the model code;
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
-    python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--step=best|latest|N] [--weights=ema]
-turns a training run's checkpoint into a bundle: by default the best one, and its raw
-weights, or with --weights=ema their moving average (runs trained with ema_decay).
+`python -m gmm_vit_jax.export` (`__main__.py`) writes the bundle of a training run.
 """
 
 import json
 import os
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,7 +27,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from gmm_vit_jax import cli, console, errors
+from gmm_vit_jax import errors
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model
@@ -178,43 +174,3 @@ class Bundle:
 
 def load(directory: str) -> Bundle:
   return Bundle(directory)
-
-
-def _step(flag: str) -> str | int:
-  if flag in ('best', 'latest'):
-    return flag
-  try:
-    return int(flag)
-  except ValueError:
-    raise errors.UserError(f"--step={flag!r}: use 'best', 'latest' or a step number.") from None
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  console.quiet_jax()
-  # The trainer may write bundles itself, so it is imported only when exporting a run.
-  from gmm_vit_jax.training.checkpoint import restore_run
-  workdir = flags.FLAGS.workdir
-  run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
-  metrics = run.metrics or {}
-  prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'
-  source = dict(workdir=os.path.abspath(workdir), step=run.step, weights=flags.FLAGS.weights,
-                eval_accuracy=metrics.get(f'{prefix}_accuracy'),
-                eval_loss=metrics.get(f'{prefix}_loss'))
-  save_bundle(run.model, run.config, flags.FLAGS.out, source=source)
-  accuracy = ('not evaluated' if source['eval_accuracy'] is None
-              else f'eval accuracy {source["eval_accuracy"]:.4f}')
-  print(f'bundle of step {run.step} ({accuracy}) written to {flags.FLAGS.out}')
-
-
-if __name__ == '__main__':
-  # Defined only when run as a program: modules that import this one have flags of their own.
-  flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
-  flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
-  flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy, or by "
-                      "validation accuracy for runs that hold a validation split out), 'latest', "
-                      'or a step number.')
-  flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
-                    'average (runs trained with ema_decay).')
-  app.run(lambda argv: cli.run(main, argv))

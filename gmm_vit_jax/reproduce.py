@@ -29,6 +29,7 @@ import ml_collections
 from absl import app, flags
 
 from gmm_vit_jax import cli, console, cpu_runtime, errors
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
 from gmm_vit_jax.training.run_directory import SUMMARY_FILE
 
@@ -81,7 +82,7 @@ def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
   for name, chosen, allowed in (('backbones', backbones, BACKBONES),
                                 ('datasets', datasets, DATASETS + ('digits',))):
     if not chosen or set(chosen) - set(allowed):
-      raise ValueError(f'--{name}={",".join(chosen)} must name some of {",".join(allowed)}.')
+      raise ConfigError(f'--{name}={",".join(chosen)} must name some of {",".join(allowed)}.')
   rows = []
   for dataset in datasets:
     for backbone in backbones:

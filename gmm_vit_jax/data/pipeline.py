@@ -32,7 +32,7 @@ from gmm_vit_jax import sharding
 from gmm_vit_jax.data import records, sources, validation
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
-from gmm_vit_jax.errors import check_choice
+from gmm_vit_jax.errors import ConfigError, check_choice
 
 PIPELINES = ('device', 'grain', 'auto')
 
@@ -44,8 +44,8 @@ def _holdout(config: ml_collections.ConfigDict, labels: np.ndarray) -> dict:
     return {'train': np.arange(len(labels))}
   train, held = validation.holdout(labels, fraction, config.seed)
   if not len(held):
-    raise ValueError(f'dataset.validation={fraction} holds out no example: every class has '
-                     f'fewer than {0.5 / fraction:.0f} examples; raise it or set None.')
+    raise ConfigError(f'dataset.validation={fraction} holds out no example: every class has '
+                      f'fewer than {0.5 / fraction:.0f} examples; raise it or set None.')
   return {'train': train, 'validation': held}
 
 
@@ -138,8 +138,8 @@ class GrainPipeline:
     self.shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     for field in ('batch_size', 'eval_batch_size'):
       if config[field] % self.shard.shard_count:
-        raise ValueError(f'{field}={config[field]} does not divide by the '
-                         f'{self.shard.shard_count} processes.')
+        raise ConfigError(f'{field}={config[field]} does not divide by the '
+                          f'{self.shard.shard_count} processes.')
     train_records = opened['train']
     self.sources = {'test': (opened['test'], np.arange(len(opened['test'])))}
     held = (_holdout(config, train_records.labels()) if d.validation

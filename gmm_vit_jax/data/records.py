@@ -7,6 +7,7 @@ from PIL import Image
 
 from gmm_vit_jax.data import sources, tiny_imagenet
 from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.errors import ConfigError
 
 
 def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -129,7 +130,7 @@ def open_records(name: str, split: str, *, data_dir: str | None):
     return ArrayRecords(*sources.load_split(name, split, data_dir=None, download=False))
   if name == 'tiny_imagenet':
     if data_dir is None:
-      raise ValueError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder.')
+      raise ConfigError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder.')
     return FolderRecords(tiny_imagenet.files(data_dir, 'train' if split == 'train' else 'val'),
                          size, channels)
   return TfdsRecords(name, sources.tfds_split(name, split), data_dir, size, channels)

@@ -14,6 +14,7 @@ import numpy as np
 from gmm_vit_jax import errors
 from gmm_vit_jax.data import tiny_imagenet
 from gmm_vit_jax.data.info import dataset_info, digits_to_uint8
+from gmm_vit_jax.errors import ConfigError
 
 TFDS_SPLITS = {'train': 'train', 'test': 'test'}
 # Datasets whose labelled held-out split has another tfds name.
@@ -37,8 +38,8 @@ def load_split(name: str, split: str, *, data_dir: str | None,
     return _digits(split)
   if name == 'tiny_imagenet':
     if data_dir is None:
-      raise ValueError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder '
-                       '(Tiny-ImageNet is not in the tfds catalogue).')
+      raise ConfigError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder '
+                        '(Tiny-ImageNet is not in the tfds catalogue).')
     # Its labelled test set is the 'val' folder.
     return tiny_imagenet.load(data_dir, 'train' if split == 'train' else 'val')
   return _tfds(name, split, data_dir, download)

@@ -17,6 +17,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from gmm_vit_jax.errors import ConfigError
+
 NUM_CLASSES = 200
 IMAGE_SIZE = 64
 MEAN = (0.4802, 0.4481, 0.3975)
@@ -62,8 +64,8 @@ def _annotated_files(val_dir: str, wnids: list[str]) -> list[tuple[str, int]]:
         continue
       name, wnid = line.split('\t')[:2]
       if wnid not in label_of:
-        raise ValueError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class {wnid!r}, '
-                         'which wnids.txt does not list.')
+        raise ConfigError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class {wnid!r}, '
+                          'which wnids.txt does not list.')
       files.append((_require(os.path.join(val_dir, 'images', name)), label_of[wnid]))
   return files
 
@@ -72,7 +74,7 @@ def _decode(path: str) -> np.ndarray:
   with Image.open(path) as image:
     array = np.asarray(image.convert('RGB'))  # A few images are greyscale.
   if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-    raise ValueError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not {IMAGE_SIZE}x{IMAGE_SIZE}.')
+    raise ConfigError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not {IMAGE_SIZE}x{IMAGE_SIZE}.')
   return array
 
 

@@ -30,6 +30,7 @@ from safetensors.numpy import load_file, save_file
 from gmm_vit_jax import errors
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.models import build_model
 
 PARAMS_FILE = 'params.safetensors'
@@ -58,8 +59,8 @@ def check_names(what: str, given, expected) -> None:
   missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
   if missing or unexpected:
     more = ' (and more)' * (len(missing) > 8 or len(unexpected) > 8)
-    raise ValueError(f'{what} do not fit: missing {missing[:8]}, unexpected '
-                     f'{unexpected[:8]}{more}.')
+    raise ConfigError(f'{what} do not fit: missing {missing[:8]}, unexpected '
+                      f'{unexpected[:8]}{more}.')
 
 
 def _state_from_flat(flat_state, values: dict) -> nnx.State:
@@ -74,8 +75,8 @@ def set_flat_variables(model: nnx.Module, values: dict[str, np.ndarray]) -> None
   for path, var in flat_state:
     shape = np.shape(values[_name(path)])
     if shape != var.shape:
-      raise ValueError(f'variable {_name(path)!r} has shape {shape}, the model expects '
-                       f'{var.shape}.')
+      raise ConfigError(f'variable {_name(path)!r} has shape {shape}, the model expects '
+                        f'{var.shape}.')
   nnx.update(model, _state_from_flat(flat_state, values))
 
 

@@ -33,6 +33,7 @@ from safetensors.numpy import load_file
 
 from gmm_vit_jax import export
 from gmm_vit_jax import sharding
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.training.checkpoint import restore_model
 from gmm_vit_jax.training.state import TrainState
 
@@ -55,8 +56,8 @@ def read_source(path: str, config: ml_collections.ConfigDict) -> dict[str, np.nd
     from gmm_vit_jax import convert  # Imports torch, which only this source needs.
     state_dict = convert.read_torch_state_dict(path)
     return convert.core.to_flax(convert.reference_mapping(config), state_dict, None)
-  raise ValueError(f'init_from={path!r} is neither a run workdir (with checkpoints/), an export '
-                   f'bundle (with {export.PARAMS_FILE}) nor a .pth/.pt state_dict.')
+  raise ConfigError(f'init_from={path!r} is neither a run workdir (with checkpoints/), an export '
+                    f'bundle (with {export.PARAMS_FILE}) nor a .pth/.pt state_dict.')
 
 
 def _grid_side(tokens: int) -> int | None:

@@ -4,6 +4,8 @@ import jax
 import ml_collections
 import optax
 
+from gmm_vit_jax.errors import ConfigError
+
 MASK_PARAM_NAMES = ('sigma', 'alpha')
 
 
@@ -11,8 +13,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   """Per step: linear warmup from init_learning_rate, then cosine to end_learning_rate."""
   s = config.schedule
   if not 0 <= s.warmup_epochs < config.epochs:
-    raise ValueError(f'schedule.warmup_epochs={s.warmup_epochs} must be at least 0 and below '
-                     f'epochs={config.epochs}.')
+    raise ConfigError(f'schedule.warmup_epochs={s.warmup_epochs} must be at least 0 and below '
+                      f'epochs={config.epochs}.')
   peak, decay_steps = config.optimizer.learning_rate, config.epochs * steps_per_epoch
   if s.warmup_epochs == 0:  # The same cosine, without optax's notice about an empty warmup.
     return optax.cosine_decay_schedule(init_value=peak, decay_steps=decay_steps,
@@ -44,7 +46,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
   o = config.optimizer
   accum = config.grad_accum_steps
   if not (isinstance(accum, int) and accum >= 1):
-    raise ValueError(f'grad_accum_steps={accum!r} must be an integer >= 1.')
+    raise ConfigError(f'grad_accum_steps={accum!r} must be an integer >= 1.')
   schedule = learning_rate_schedule(config, steps_per_epoch)
   adamw = optax.adamw(
       (lambda update: schedule(update * accum)) if accum > 1 else schedule,

@@ -9,6 +9,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.models import build_from_config
 
 
@@ -54,7 +55,7 @@ def ema_decay(config: ml_collections.ConfigDict) -> float | None:
   if not decay:
     return None
   if not 0 < decay < 1:
-    raise ValueError(f'ema_decay={decay!r} must be in (0, 1), or None or 0 for no EMA.')
+    raise ConfigError(f'ema_decay={decay!r} must be in (0, 1), or None or 0 for no EMA.')
   return float(decay)
 
 

@@ -38,7 +38,8 @@ def mask(kind: str) -> ml_collections.ConfigDict:
 def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft',
                     pi: str = 'e_step', pi_per_position: bool = False,
                     learn_variance: bool = False) -> ml_collections.ConfigDict:
-  """The `attention.mixture` section of score 'mixture_of_keys' (SPEC section 3, MGK).
+  """The `attention.mixture` section of score 'mixture_of_keys' (MGK: Nguyen et al.,
+  'Improving Transformers with Probabilistic Attention Keys', ICML 2022).
 
   variant: 'mgk' (one key projection per component) or 'smgk' (one projection plus a
     learned shift per component).
@@ -82,7 +83,7 @@ def attention(score: str = 'dot_product', qkv_bias: bool = False,
 def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sample',
                     mode: str = 'drop', probability: float = 0.5,
                     decay: float = 0.0, entropy_bins: int = 256) -> ml_collections.ConfigDict:
-  """Training-time patch selection (SPEC section 3; gmm_vit_jax/patches). Evaluation keeps all.
+  """Training-time patch selection (docs/design.md; gmm_vit_jax/patches). Evaluation keeps all.
 
   kind: patch score, 'none', 'contrast', 'entropy', 'variance' or 'random'.
   keep: fraction of the tokens kept, K = round(keep * N).
@@ -109,7 +110,7 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
 
 
 def augment(dataset: str) -> ml_collections.ConfigDict:
-  """SPEC section 4's augmentation; the offline digits keep only flip and crop."""
+  """The recipe's augmentation (docs/design.md); the offline digits keep only flip and crop."""
   if dataset not in AUTOAUGMENT_POLICY:
     raise ValueError(f'dataset.name={dataset!r} is not supported; choose one of {DATASETS}.')
   heavy = dataset != 'digits'
@@ -128,7 +129,8 @@ def augment(dataset: str) -> ml_collections.ConfigDict:
 
 
 def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
-  """SPEC section 4: AdamW 1e-3, wd 5e-2, batch 128, 100 epochs of 3 passes, warmup 10."""
+  """The paper's recipe (docs/design.md): AdamW 1e-3, wd 5e-2, batch 128, 100 epochs of 3
+  passes, warmup 10."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   # validation: a fraction of the train split held out (stratified, seeded) to choose the

@@ -1,4 +1,7 @@
-"""Mixture-of-Gaussian-keys scores against a NumPy evaluation of the SPEC formula."""
+"""Mixture-of-Gaussian-keys scores against a NumPy evaluation of the MGK formula.
+
+Nguyen et al., 'Improving Transformers with Probabilistic Attention Keys', ICML 2022.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +43,8 @@ def np_heads(t):
 
 
 def np_gmm_values(coords, sigma, alpha):
-  """SPEC section 1: sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))), zero from d2 = 104."""
+  """The GMM paper's mask (docs/design.md): sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))), zero
+  from d2 = 104."""
   c = coords.astype(np.float64)
   d2 = ((c[..., :, None, :] - c[..., None, :, :]) ** 2).sum(-1)
   kern = np.exp(-d2[..., None, None, :, :] / (2 * (sigma[:, :, None, None] ** 2 + 1e-5)))
@@ -50,7 +54,7 @@ def np_gmm_values(coords, sigma, alpha):
 
 
 class Reference:
-  """The SPEC formula, with |q_i|^2 kept, from the modules' own weights."""
+  """The MGK formula, with |q_i|^2 kept, from the modules' own weights."""
 
   def __init__(self, attn: Attention):
     score = attn.score
@@ -388,7 +392,7 @@ def test_vit_with_half_the_heads_trains():
 
 
 def test_gmm_hvit_config_halves_heads_and_saves_parameters():
-  """CIFAR-size counts: the GMM-ViT's 2,693,122 (SPEC) less, per layer, the softmax
+  """CIFAR-size counts: the GMM-ViT's 2,693,122 (the reference code's) less, per layer, the softmax
   attention (4 C x 12*16 maps, output bias, 5x12x2 mask) plus the mixture's (q, two
   keys, v and output at 6*16, output bias, 5x6x2 mask; its 6x2 pi is E-step state, not
   a parameter)."""

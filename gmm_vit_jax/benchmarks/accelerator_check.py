@@ -40,7 +40,7 @@ SPEED_MODULE = 'gmm_vit_jax.benchmarks.speed'
 BACKBONES = ('vit', 'swin', 'cait', 'pit', 't2t')
 DTYPES = ('bfloat16', 'float32')
 INSTALLS = ('cuda13', 'tpu', 'none')
-CIFAR_STEPS_PER_EPOCH = 1171  # 50,000 images x 3 passes / batch 128 (SPEC section 4).
+CIFAR_STEPS_PER_EPOCH = 1171  # 50,000 images x 3 passes / batch 128 (docs/design.md, "The recipe").
 # Per step of the check, seconds: together well under 10 minutes on one H100/H200.
 TIMEOUT_S = dict(install=240, speed=120, torch=180, two_epochs=180, levers=300)
 # --cheap: a one-layer ViT 16 wide and two steps, which a CPU runs in seconds.

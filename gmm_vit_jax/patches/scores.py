@@ -1,4 +1,4 @@
-"""Per-patch scores of the patch heuristic (SPEC section 3), on patchified images.
+"""Per-patch scores of the patch heuristic (docs/design.md, "Patch selection"), on patches.
 
 Images are (B, H, W, C) floats with pixel values in [0, 1]: the contrast and entropy
 formulas are defined on that range. A patch's pixels are those of

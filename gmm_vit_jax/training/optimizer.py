@@ -1,4 +1,4 @@
-"""The learning-rate schedule and AdamW of the paper's recipe (SPEC section 4)."""
+"""The learning-rate schedule and AdamW of the paper's recipe (docs/design.md, "The recipe")."""
 
 import jax
 import ml_collections

@@ -202,7 +202,7 @@ def imagenet_recipe() -> ml_collections.ConfigDict:
   config = paper_recipe('imagenet2012')
   config.dataset.pipeline = 'auto'
   config.dataset.validation = 0.01
-  config.dataset.download = False  # ImageNet needs its manual download (README).
+  config.dataset.download = False  # ImageNet needs its manual download (docs/datasets.md).
   config.dataset.grain_workers = 16
   config.dataset.grain_threads = 16
   config.dataset.prefetch = 4

@@ -24,12 +24,6 @@ class ConfigError(UserError, ValueError):
   """A config value, or a combination of values, that the trainer does not accept."""
 
 
-def check_choice(field: str, value, allowed) -> None:
-  """Raises ConfigError naming the field, the value and the allowed ones unless value is one."""
-  if value not in allowed:
-    raise ConfigError(f'{field}={value!r} is not supported; choose one of {tuple(allowed)}.')
-
-
 class ConfigChangedError(UserError):
   """The workdir holds a run trained with a config that differs from the one given."""
 
@@ -97,3 +91,9 @@ def describe_storage_error(exc: BaseException, where: str | None = None) -> str 
       path = (path.group(1) or path.group(2)) if path else where or 'a file'
       return f'{os.strerror(int(code.group(1)))}: {path} ({_FIXES[int(code.group(1))]}).'
   return None
+
+
+def check_choice(field: str, value, allowed) -> None:
+  """Raises ConfigError naming the field, the value and the allowed ones unless value is one."""
+  if value not in allowed:
+    raise ConfigError(f'{field}={value!r} is not supported; choose one of {tuple(allowed)}.')

@@ -36,8 +36,8 @@ RUN = (
 
 _PLACEHOLDERS = 'a usage form with placeholders in brackets, not a command to paste'
 _QUICKSTART = ('the quick start: creates a virtual environment and installs requirements.txt '
-               'from PyPI, then trains for about a minute; the notebooks test runs its '
-               'training with tiny settings')
+               'from PyPI, then trains for about a minute; tests/test_training.py trains '
+               'configs/quickstart.py shrunk')
 _TRAINED_RUN = 'needs runs/quickstart, a trained quick start (about a minute of training)'
 _CIFAR = 'downloads CIFAR or SVHN through tfds (no network here) and trains for hours on a GPU'
 NOT_RUN = {
@@ -117,7 +117,8 @@ NOT_RUN = {
     'python train.py --helpshort': 'imports TensorFlow and the whole trainer (tens of seconds '
                                    'on a loaded CPU); test_flags_exist checks its flags',
     'python train.py --config=configs/quickstart.py --workdir=runs/quickstart':
-        'the quick start, about a minute of training; tests/test_init_from.py trains it tiny',
+        'the quick start, about a minute of training; tests/test_training.py trains '
+        'configs/quickstart.py shrunk',
     "python train.py --config=configs/quickstart.py --workdir=runs/quickstart_finetuned "
     "--config.init_from=runs/quickstart --config.init_from_dont_load=('head\\..*',) "
     "--config.epochs=10 --config.schedule.warmup_epochs=1 --config.optimizer.learning_rate=1e-4":

@@ -233,12 +233,12 @@ def test_e_step_pi_is_state_not_a_parameter():
 def test_e_step_in_the_jitted_train_step():
   """pi leaves the train step in the new state's buffers; the parameters never hold it."""
   from configs import quickstart_hvit
-  from gmm_vit_jax import sharding
   from gmm_vit_jax.data.info import dataset_info
-  from gmm_vit_jax.models import build_from_config
+  from gmm_vit_jax import sharding
   from gmm_vit_jax.training.optimizer import make_optimizer
   from gmm_vit_jax.training.state import Metrics, TrainState
   from gmm_vit_jax.training.step import make_train_step
+  from gmm_vit_jax.models import build_from_config
   config = quickstart_hvit.get_config()
   config.model.update(dict(dim=16, depth=1, num_heads=2, head_dim=8))
   config.model.attention.mixture.pi_per_position = True
@@ -392,7 +392,7 @@ def test_vit_with_half_the_heads_trains():
 
 
 def test_gmm_hvit_config_halves_heads_and_saves_parameters():
-  """CIFAR-size counts: the GMM-ViT's 2,693,122 (the reference code's) less, per layer, the softmax
+  """CIFAR-size counts: the GMM-ViT's 2,693,122 (reference) less, per layer, the softmax
   attention (4 C x 12*16 maps, output bias, 5x12x2 mask) plus the mixture's (q, two
   keys, v and output at 6*16, output bias, 5x6x2 mask; its 6x2 pi is E-step state, not
   a parameter)."""

@@ -2,7 +2,7 @@
 
 init_from names one of
   a run workdir           WORKDIR/checkpoints and config.json: its best checkpoint
-  an export bundle        DIR/params.safetensors (gmm_vit_jax/export.py)
+  an export bundle        DIR/params.safetensors (gmm_vit_jax/export/)
   a reference state_dict  FILE.pth or FILE.pt, converted with the mapping of this run's
                           backbone (gmm_vit_jax/convert)
 Every parameter whose flat name and shape fit is loaded; the model's other variables are

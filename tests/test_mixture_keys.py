@@ -165,7 +165,7 @@ MIXINGS = [('soft', 'e_step'), ('hard', 'none'), ('soft', 'learned'), ('hard', '
 @pytest.mark.parametrize('e_step,pi', MIXINGS)
 @pytest.mark.parametrize('pi_per_position', [False, True])
 @pytest.mark.parametrize('learn_variance', [False, True])
-def test_weights_match_spec_formula(variant, e_step, pi, pi_per_position, learn_variance):
+def test_weights_match_the_mgk_formula(variant, e_step, pi, pi_per_position, learn_variance):
   if pi == 'none' and pi_per_position:
     pytest.skip('no mixing weights to place per position')
   attn = make_attention_layer(variant=variant, e_step=e_step, pi=pi,

@@ -33,8 +33,3 @@ def test_a_validation_split_that_holds_out_nothing():
   with pytest.raises(errors.UserError, match='dataset.validation=1.5'):
     validation.check_fraction(1.5)
 
-
-def test_reproduce_with_a_backbone_it_does_not_tabulate(tmp_path):
-  from gmm_vit_jax import reproduce
-  with pytest.raises(errors.UserError, match='--backbones=hatnet'):
-    reproduce.reproduce(str(tmp_path), datasets=('digits',), backbones=('hatnet',))

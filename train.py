@@ -22,7 +22,6 @@ The workdir must be one directory every process sees (a shared file system or a
 gs:// bucket). Single-process runs need none of this.
 """
 
-import json
 import os
 import sys
 
@@ -84,7 +83,6 @@ def main(argv):
       'runs', os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config'])))[0])
   summary = train_and_evaluate(FLAGS.config, workdir,
                                allow_config_change=tuple(FLAGS.allow_config_change))
-  print(json.dumps(summary, indent=2))
   return errors.EXIT_OK if summary['completed'] else errors.EXIT_STOPPED
 
 

@@ -179,6 +179,8 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # The console's progress line (epoch, step, images/s, loss, accuracy, ETA) at most this
   # often; TensorBoard gets the metrics every log_every_steps.
   config.progress_every_s = 3.0
+  # And at most this many progress lines in the whole run (0: no limit), spread over it.
+  config.progress_max_lines = 0
   config.eval_every_epochs = 1
   # A jax.profiler trace of profile_steps steps from profile_start_step into
   # WORKDIR/profile (TensorBoard's profile tab, or Perfetto); 0 steps: no trace.

@@ -107,6 +107,7 @@ RULES = {
     'checkpoint.keep_best': _bool(),
     'log_every_steps': _int(1),
     'progress_every_s': POSITIVE,
+    'progress_max_lines': _int(0),
     'eval_every_epochs': _int(1),
     'profile_steps': _int(0),
     'profile_start_step': _int(0),

@@ -20,7 +20,7 @@ from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from gmm_vit_jax.training.pictures import (augmentation_picture, gmm_masks_picture,
                                            kept_patches_picture, write_picture)
-from gmm_vit_jax.training.progress import Progress
+from gmm_vit_jax.training.progress import Progress, closing_line
 from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
@@ -128,7 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                  changes_structure=_changes_structure(config))
       finished = run.finished_summary(config, checkpointer.latest_step())
       if finished:
-        logging.info('%s is complete (step %d); its summary stands.', workdir, finished['step'])
+        logging.info('Already complete, nothing to train. %s', closing_line(
+            finished, run.path('summary.json'), checkpointer.best_metric))
         return finished
       return _train(config, run, checkpointer, changes, mesh, info, started)
     finally:
@@ -144,7 +145,7 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
 
   pipeline = make_pipeline(config, mesh)
   selection = checkpointer.best_metric
-  logging.info('The best checkpoint is chosen on %s.', selection)
+  logging.debug('The best checkpoint is chosen on %s.', selection)
   steps_per_epoch = pipeline.steps_per_epoch
   total_steps = config.epochs * steps_per_epoch
 
@@ -176,7 +177,8 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
       write_picture(writer, workdir, 'kept_patches', kept_patches_picture(config, examples),
                     step=0)
   progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                      batch_size=config.batch_size, every_s=config.progress_every_s)
+                      batch_size=config.batch_size, every_s=config.progress_every_s,
+                      max_lines=config.progress_max_lines)
   stop = _StopRequest()
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
@@ -258,10 +260,5 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   if console.verbose():
     logging.info('Summary: %s', json.dumps(summary))
   if summary['completed']:
-    rate = summary['train_images_per_s']
-    logging.info('Done at step %d/%d: eval accuracy %.4g (best %.4g at step %s), %.0f s in all%s; '
-                 'summary in %s.', step, total_steps, summary.get('eval_accuracy', np.nan),
-                 summary['best_eval_accuracy'] or np.nan, summary['best_step'],
-                 summary['train_wall_time_s'], f', {rate:.0f} img/s of training' if rate else '',
-                 run.path('summary.json'))
+    logging.info('%s', closing_line(summary, run.path('summary.json'), selection))
   return summary

@@ -98,7 +98,8 @@ def lower(config: ml_collections.ConfigDict, platform: str, *,
       result = dict(platform=platform, model=config.model.name, mask=config.model.mask.kind,
                     dtype=compute_dtype(config.model.dtype), batch_size=config.batch_size,
                     eval_batch_size=config.eval_batch_size, devices=jax.device_count())
-      exported = {name: _export(step, args, platform) for name, (step, args) in _steps(config).items()}
+      exported = {name: _export(step, args, platform)
+                  for name, (step, args) in _steps(config).items()}
       opaque = False
       for name, module in exported.items():
         calls = collections.Counter(CUSTOM_CALL.findall(module.mlir_module()))

@@ -84,8 +84,9 @@ def main(argv):
   cpu_runtime.apply(FLAGS.config)
   initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  config_file = config_flags.get_config_filename(FLAGS['config'])
   workdir = FLAGS.workdir or os.path.join(
-      'runs', os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config'])))[0])
+      'runs', os.path.splitext(os.path.basename(config_file))[0])
   summary = train_and_evaluate(FLAGS.config, workdir,
                                allow_config_change=tuple(FLAGS.allow_config_change))
   print(json.dumps(summary, indent=2))

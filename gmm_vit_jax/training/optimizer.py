@@ -19,7 +19,8 @@ TOP = ('norm', 'head')
 BETWEEN_STAGES = ('downsample', 'pools', 'downsamples')
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           steps_per_epoch: int) -> optax.Schedule:
   """Per step: linear warmup from init_learning_rate, then cosine to end_learning_rate."""
   s = config.schedule
   if not 0 <= s.warmup_epochs < config.epochs:

@@ -5,7 +5,7 @@ streamed), augments it on the device, and adds its metrics to sums kept on the d
 nothing waits for the host inside the step loop.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ ViT (CLS token) of the same size.
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str) -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ images and evaluated on the 360 held out (a fixed stratified split).
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:

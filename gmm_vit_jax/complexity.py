@@ -27,7 +27,7 @@ from absl import app, flags
 from flax import nnx
 from jax.extend import core as jex_core
 
-from gmm_vit_jax import console
+from gmm_vit_jax import config_files, console
 from gmm_vit_jax.attention import Attention
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model, layers
@@ -163,6 +163,7 @@ def main(argv):
 
 
 def _load_config(path: str, arg: str) -> ml_collections.ConfigDict:
+  config_files.make_importable(path)
   spec = importlib.util.spec_from_file_location('experiment_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

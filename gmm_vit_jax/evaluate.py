@@ -38,7 +38,7 @@ from gmm_vit_jax import export  # noqa: E402
 from gmm_vit_jax.augment.basic import normalize  # noqa: E402
 from gmm_vit_jax.data.info import dataset_info  # noqa: E402
 from gmm_vit_jax.data.pipeline import make_pipeline  # noqa: E402
-from gmm_vit_jax.training import sharding  # noqa: E402
+from gmm_vit_jax import sharding  # noqa: E402
 from gmm_vit_jax.training.checkpoint import restore_run  # noqa: E402
 
 TOP_K = 5

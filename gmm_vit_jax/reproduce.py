@@ -28,7 +28,7 @@ from types import ModuleType
 import ml_collections
 from absl import app, flags
 
-from gmm_vit_jax import cli, console, cpu_runtime, errors
+from gmm_vit_jax import cli, config_files, console, cpu_runtime, errors
 from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
 from gmm_vit_jax.training.run_directory import SUMMARY_FILE
@@ -46,6 +46,7 @@ def config_file(configs: str, name: str) -> ModuleType:
   if not os.path.isfile(path):
     raise errors.ConfigError(f'{path} does not exist: --configs names the folder of the '
                              "config files (the repository's configs/).")
+  config_files.make_importable(path)
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

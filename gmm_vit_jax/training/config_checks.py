@@ -83,6 +83,7 @@ RULES = {
     'optimizer.eps': POSITIVE,
     'optimizer.decay_mask_params': _bool(),
     'optimizer.grad_clip_norm': _optional(POSITIVE),
+    'optimizer.layer_decay': _number(0, 1, low_open=True),
     'schedule.warmup_epochs': _int(0),
     'schedule.init_learning_rate': _number(0),
     'schedule.end_learning_rate': _number(0),
@@ -130,7 +131,7 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     try:
       value = _get(config, field)
     except (KeyError, AttributeError):
-      found.append(f'{field} is missing (configs/common.py has every field)')
+      found.append(f'{field} is missing (gmm_vit_jax/configs_common.py has every field)')
       continue
     if not ok(value):
       found.append(f'{field}={value!r} is not allowed: use {allowed}')

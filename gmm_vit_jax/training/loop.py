@@ -24,6 +24,7 @@ from gmm_vit_jax.training.progress import Progress, closing_line
 from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
+from gmm_vit_jax.training.throughput import Throughput
 from gmm_vit_jax.training.writers import create_writer, write_parameter_overview
 
 PICTURE_EXAMPLES = 8
@@ -179,6 +180,7 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                       batch_size=config.batch_size, every_s=config.progress_every_s,
                       max_lines=config.progress_max_lines)
+  throughput = Throughput(config.batch_size)
   stop = _StopRequest()
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
@@ -205,13 +207,14 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
         if timed_from is None:
           jax.block_until_ready(state)
           timed_from = (time.perf_counter(), step)
+          throughput.start(step)
         progress(step, lambda: metrics.summary('train'))
         epoch_end = step % steps_per_epoch == 0
         if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
           _check_finite(metrics, step, checkpointer)
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
-          writer.write_scalars(step, scalars)
+          writer.write_scalars(step, {**scalars, **throughput.rates(step)})
           last_train = scalars
           metrics = sharding.put_replicated(Metrics.zeros(), mesh)
         epoch = step // steps_per_epoch
@@ -229,6 +232,7 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
           eval_seconds = time.perf_counter() - eval_started
           eval_time += eval_seconds
           progress.eval_done(step, results, eval_seconds)
+          throughput.pause(eval_seconds)
           last_eval = (step, results)
           if best is None or results[selection] >= best[1][selection]:
             best = last_eval

@@ -1,7 +1,12 @@
 """The pieces every experiment config shares: the paper's training recipe and model sections.
 
-Each experiment file in this folder composes these and states its own model; every
-value a run uses is in the resolved config it writes to its workdir.
+Each experiment file in the repository's configs/ composes these and states its own model,
+and so can a config file of your own, wherever it lives:
+
+    from gmm_vit_jax import configs_common as common
+    config = common.paper_recipe('cifar10')
+
+Every value a run uses is in the resolved config it writes to its workdir.
 """
 
 import ml_collections
@@ -156,6 +161,10 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
       eps=1e-8,
       decay_mask_params=True,  # The reference decays GMM sigma/alpha like every weight.
       grad_clip_norm=config_dict.placeholder(float),  # None: no clipping.
+      # Layer-wise learning-rate decay, for fine-tuning: layer l of a backbone of L blocks
+      # (embedding 0, head L + 1) learns at learning_rate * layer_decay**(L + 1 - l);
+      # gmm_vit_jax/training/optimizer.py numbers each backbone's layers. 1.0: off.
+      layer_decay=1.0,
   ))
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))

@@ -10,7 +10,8 @@ records and predict share, so a bundle sees what training saw.
   4. convert to `channels`: grey from RGB by ITU-R 601 luma (PIL's 'L' weights), RGB
      from grey by repeating it;
   5. `fit_image`: the centre square (side = the shorter side) resized to size x size, by
-     area averaging (a box filter) when it shrinks and bilinearly when it grows;
+     exact area averaging when it shrinks (each output pixel the mean of the input area it
+     covers, partly covered pixels weighted by their share) and bilinearly when it grows;
   6. round to uint8.
 Every step computes in float32, so 16-bit images keep their precision until the last.
 PREPROCESSING names this recipe in inference bundles.
@@ -90,14 +91,33 @@ def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     pixels = pixels[..., None]
   pixels = _channels(pixels.astype(np.float32), channels)
   h, w = pixels.shape[:2]
-  if (h, w) != (size, size):
-    side = min(h, w)
+  side = min(h, w)
+  if (h, w) == (size, size):
+    pass
+  elif side >= size:
+    pixels = _area_resize(_area_resize(pixels, (h - side) / 2, side, size), (w - side) / 2,
+                          side, size, axis=1)
+  else:
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    resample = Image.Resampling.BOX if side >= size else Image.Resampling.BILINEAR
     pixels = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c]), 'F')
-                                  .resize((size, size), resample, box=box))
+                                  .resize((size, size), Image.Resampling.BILINEAR, box=box))
                        for c in range(channels)], axis=-1)
   return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+
+
+def _area_resize(pixels: np.ndarray, start: float, length: float, size: int,
+                 axis: int = 0) -> np.ndarray:
+  """Averages of `pixels` along `axis` over `size` equal intervals of [start, start + length),
+  each input pixel j counted by its overlap with the interval: the integral of the
+  piecewise-constant signal, from its cumulative sum, differenced at the interval edges."""
+  x = np.moveaxis(pixels, axis, 0)
+  n = x.shape[0]
+  integral = np.concatenate([np.zeros_like(x[:1]), np.cumsum(x, axis=0, dtype=np.float64)])
+  edges = start + length * np.arange(size + 1) / size
+  k = np.clip(np.floor(edges).astype(int), 0, n - 1)
+  frac = (edges - k).reshape(-1, *([1] * (x.ndim - 1)))
+  at_edges = integral[k] + frac * (integral[k + 1] - integral[k])
+  return np.moveaxis((np.diff(at_edges, axis=0) * (size / length)).astype(np.float32), 0, axis)
 
 
 def open_image(path: str):

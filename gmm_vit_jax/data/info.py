@@ -107,7 +107,9 @@ def dataset_info(dataset: str | ml_collections.ConfigDict) -> dict:
     return DATASET_INFO[dataset]
   check_name(dataset.name)
   stated = {k: dataset.get(k) for k in FACTS if dataset.get(k) is not None}
-  if reads_facts_from_data(dataset.name):
+  if reads_facts_from_data(dataset.name) and set(FACTS) - {'background'} <= set(stated):
+    info = {'background': None, **stated}  # A run's resolved config: no data needed.
+  elif reads_facts_from_data(dataset.name):
     from gmm_vit_jax.data import facts  # It reads files; the built-in table needs none of it.
     info = {**facts.read(dataset), **stated}
   else:
@@ -117,6 +119,9 @@ def dataset_info(dataset: str | ml_collections.ConfigDict) -> dict:
         raise errors.ConfigError(
             f'dataset.{field}={stated[field]} does not fit {dataset.name!r}, whose images are '
             f'{info["image_size"]}x{info["image_size"]}x{info["channels"]}: leave it None.')
+    if len(stated.get('class_names', ())) not in (0, info['num_classes']):
+      raise errors.ConfigError(f'dataset.class_names names {len(stated["class_names"])} '
+                               f'classes; {dataset.name!r} has {info["num_classes"]}.')
     info.update(stated)
   if info['class_names'] is not None:
     info['class_names'] = tuple(info['class_names'])

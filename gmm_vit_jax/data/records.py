@@ -122,6 +122,10 @@ def open_records(dataset: ml_collections.ConfigDict, split: str):
   size, channels = info['image_size'], info['channels']
   if name == IMAGE_FOLDER:
     folder = image_folder.scan(data_dir, dataset.get('validation_split'))
+    if tuple(info['class_names']) != folder.class_names:
+      raise image_folder.ImageFolderError(
+          f'{data_dir} holds the classes {list(folder.class_names)[:8]}, not the '
+          f'{list(info["class_names"])[:8]} of dataset.class_names (the run\'s).')
     return FolderRecords(list(folder.files[split]), size, channels)
   if reads_facts_from_data(name):
     tfds_name = tfds_named.tfds_name(name)

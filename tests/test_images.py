@@ -15,8 +15,8 @@ def area_weights(n_in: int, n_out: int, start: float, length: float) -> np.ndarr
   [start + i * length / n_out, start + (i + 1) * length / n_out)."""
   step = length / n_out
   low = start + step * np.arange(n_out)[:, None]
-  overlap = np.clip(np.minimum(low + step, np.arange(1, n_in + 1)) - np.maximum(low, np.arange(n_in)),
-                    0, None)
+  pixel = np.arange(n_in)
+  overlap = np.clip(np.minimum(low + step, pixel + 1) - np.maximum(low, pixel), 0, None)
   return overlap / step
 
 
@@ -90,7 +90,8 @@ def test_float_images_are_scaled_to_their_range(tmp_path):
 
 def test_jpeg_bmp_webp_and_upscaling(tmp_path):
   pixels = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-  for name, options in (('a.jpg', dict(quality=95)), ('a.bmp', {}), ('a.webp', dict(lossless=True))):
+  for name, options in (('a.jpg', dict(quality=95)), ('a.bmp', {}),
+                        ('a.webp', dict(lossless=True))):
     path = str(tmp_path / name)
     Image.fromarray(pixels).save(path, **options)
     decoded = np.asarray(Image.open(path).convert('RGB')) / 255

@@ -2,6 +2,8 @@
 NumPy computations: area resizing of the centre square, 16-bit and float ranges, alpha over
 white, grey <-> RGB, refused files; predict's background hint."""
 
+import pickle
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -110,8 +112,10 @@ def test_multi_frame_and_undecodable_files_are_refused_with_their_name(tmp_path)
     images.read_image(animation, 6, 3)
   broken = tmp_path / 'broken.png'
   broken.write_bytes(b'\x89PNG not really')
-  with pytest.raises(images.ImageError, match=r'broken\.png.*not an image file PIL can read'):
+  with pytest.raises(images.ImageError, match=r'broken\.png.*not an image file PIL can read') as e:
     images.read_image(str(broken), 6, 3)
+  copied = pickle.loads(pickle.dumps(e.value))  # As grain's workers send it back.
+  assert (copied.path, copied.why, str(copied)) == (e.value.path, e.value.why, str(e.value))
 
 
 def test_exif_orientation_is_applied(tmp_path):

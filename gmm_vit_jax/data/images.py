@@ -37,6 +37,9 @@ class ImageError(errors.UserError):
     super().__init__(f'{path} cannot be used as an image: {why}.')
     self.path, self.why = path, why
 
+  def __reduce__(self):  # Raised in grain's worker processes, pickled back to the trainer.
+    return type(self), (self.path, self.why)
+
 
 def to_unit(image: Image.Image) -> np.ndarray:
   """A PIL image -> float32 (H, W, 1 or 3) in [0, 1], alpha composited over white."""

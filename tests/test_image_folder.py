@@ -4,6 +4,7 @@ a folder alike; every bad folder is one line naming the folder or file."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -135,7 +136,9 @@ def test_both_pipelines_read_a_mixed_folder_as_numpy_says(tmp_path):
       assert label == ('/dog/' in path)
       assert np.abs(image.astype(int) - expected[path]).max() <= 1, path
   mesh = sharding.make_mesh()
+  config.dataset.pipeline = 'auto'  # 48 images of 6x6x3 fit: resident.
   device = pipelines.make_pipeline(config, mesh)
+  assert isinstance(device, pipelines.DevicePipeline)
   config.dataset.pipeline = 'grain'
   grain = pipelines.make_pipeline(config, mesh)
   assert device.eval_splits == grain.eval_splits == ('test', 'validation')
@@ -143,6 +146,18 @@ def test_both_pipelines_read_a_mixed_folder_as_numpy_says(tmp_path):
     for a, b in zip(device.eval_batches(split), grain.eval_batches(split)):
       index = np.asarray(a[2])
       np.testing.assert_array_equal(np.asarray(a[0])[index], np.asarray(b[0]))
+
+
+def test_a_resolved_config_needs_the_folder_no_more(tmp_path):
+  for split in ('train', 'test'):
+    for name, value in (('b', 30), ('a', 220)):
+      tiny_png(str(tmp_path / 'data' / split / name / '0.png'), value)
+  config = resolve(folder_config(tmp_path / 'data'))
+  info = dataset_info(config.dataset)
+  assert info['class_names'] == ('a', 'b') and info['channels'] == 3
+  np.testing.assert_allclose(info['mean'], [(30 + 220) / 2 / 255] * 3, atol=1e-4)
+  shutil.rmtree(tmp_path / 'data')
+  assert dataset_info(config.dataset) == info
 
 
 def test_tfds_dataset_by_name_reads_its_features_from_the_builder():

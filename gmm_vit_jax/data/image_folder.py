@@ -15,6 +15,11 @@ image (images.IMAGE_EXTENSIONS) are skipped and counted in the log (README.txt,
 Thumbs.db), as are names starting with '.' (.DS_Store). A file that ends like an image
 but cannot be decoded stops the run with its name when it is read (images.read_image):
 dropping it would silently change the data a run claims to have trained on.
+
+tfds.ImageFolder reads the same layout, but takes only .jpg, .jpeg and .png, decodes
+through TensorFlow to 8 bits (not the preprocessing predict applies), offers no random
+access for grain, and took 11 s to list the 1,797 digits as PNG files where `scan` takes
+0.07 s (2-core CPU).
 """
 
 import dataclasses

@@ -103,7 +103,7 @@ def _depthwise_as_convolution():
 
 def model_complexity(config: ml_collections.ConfigDict) -> dict:
   """Counts for config.model on one image of config.dataset."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   model_config = config.model.copy_and_resolve_references()
   # The materialised core: 'blockwise' loops over batch slices, whose one traced body
   # the walk below would count once.

@@ -12,12 +12,17 @@ Every value a run uses is in the resolved config it writes to its workdir.
 import ml_collections
 from ml_collections import config_dict
 
-# The datasets of the published table, the offline one, and ImageNet (configs/*_imagenet.py).
-DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012')
+# The datasets of the published table, the offline one, ImageNet (configs/*_imagenet.py),
+# and the user's own: a folder of images (docs/own_images.md), or any tfds dataset as
+# 'tfds:NAME'.
+DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012',
+            'image_folder')
 
 # The reference's AutoAugment policy for each dataset; the offline digits go without.
+# Photographs of the user's own take ImageNet's.
 AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped': 'svhn',
-                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet'}
+                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet',
+                      'image_folder': 'imagenet'}
 # Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
 TINY_IMAGENET = 'tiny_imagenet'
 
@@ -116,13 +121,15 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
 
 def augment(dataset: str) -> ml_collections.ConfigDict:
   """The recipe's augmentation (docs/design.md); the offline digits keep only flip and crop."""
-  if dataset not in AUTOAUGMENT_POLICY:
-    raise ValueError(f'dataset.name={dataset!r} is not supported; choose one of {DATASETS}.')
+  policy = 'imagenet' if dataset.startswith('tfds:') else AUTOAUGMENT_POLICY.get(dataset)
+  if policy is None:
+    raise ValueError(f"dataset.name={dataset!r} is not supported; choose one of {DATASETS} "
+                     "or 'tfds:NAME'.")
   heavy = dataset != 'digits'
   return ml_collections.ConfigDict(dict(
       flip=True,
       crop_padding=4,
-      autoaugment=AUTOAUGMENT_POLICY[dataset],
+      autoaugment=policy,
       erasing_prob=0.25 if heavy else 0.0,
       erasing_area=(0.02, 0.4),
       erasing_min_aspect=0.3,
@@ -145,10 +152,21 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # host) or 'auto' (resident when both splits fit resident_share of one device's memory);
   # gmm_vit_jax/data/pipeline.py. grain_workers: grain's worker processes (0: read in this
   # process with grain_threads threads); prefetch: batches read and placed ahead.
+  # The dataset's facts (gmm_vit_jax/data/info.py), None for the dataset's own: image_size
+  # (image folders need it; images are resized to it), channels (1 grey, 3 RGB; image
+  # folders: 3), class_names, mean and std (per channel, pixels in [0, 1]), background
+  # ('dark' or 'light'). For image folders and 'tfds:NAME' the trainer reads the ones left
+  # None from the data and stores them in the run's config; so does validation_split, the
+  # name of a labelled validation split the data holds (an image folder's validation/ or
+  # val/), which takes the place of a dataset.validation hold-out.
   config.dataset = ml_collections.ConfigDict(dict(
       name=dataset, data_dir=config_dict.placeholder(str), download=True,
       validation=config_dict.placeholder(float), pipeline='device',
-      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2))
+      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2,
+      image_size=config_dict.placeholder(int), channels=config_dict.placeholder(int),
+      class_names=config_dict.placeholder(tuple), mean=config_dict.placeholder(tuple),
+      std=config_dict.placeholder(tuple), background=config_dict.placeholder(str),
+      validation_split=config_dict.placeholder(str)))
   config.batch_size = 128
   config.epochs = 100
   config.passes_per_epoch = 3  # The reference's repeated-augmentation sampler, 3 repeats.

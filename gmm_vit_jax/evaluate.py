@@ -63,7 +63,7 @@ class Evaluated:
 def from_run(workdir: str, which: str | int, weights: str) -> Evaluated:
   """The checkpoint `which` of the run in `workdir` (see training/checkpoint.restore_run)."""
   run = restore_run(workdir, which, weights)
-  info = dataset_info(run.config.dataset.name)
+  info = dataset_info(run.config.dataset)
   graphdef, state = nnx.split(run.model)
 
   @jax.jit
@@ -94,7 +94,7 @@ def from_bundle(directory: str) -> Evaluated:
 
 def _check_fits(evaluated: Evaluated, config: ml_collections.ConfigDict) -> None:
   """The dataset `config` names must give the images and classes the model was built for."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   shape = (info['image_size'], info['image_size'], info['channels'])
   if shape != evaluated.image_shape:
     raise errors.ConfigError(

@@ -52,7 +52,7 @@ FLOPS_SOURCE = 'xla_hlo_cost_analysis_of_the_lowered_module'
 
 def _steps(config: ml_collections.ConfigDict):
   """The trainer's jitted steps and abstract arguments for them, on this machine's mesh."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   mesh = sharding.make_mesh()
   sharding.check_batch_size('batch_size', config.batch_size, mesh)
   sharding.check_batch_size('eval_batch_size', config.eval_batch_size, mesh)

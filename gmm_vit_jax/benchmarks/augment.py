@@ -58,7 +58,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
-  info = dataset_info(args.config.dataset.name)
+  info = dataset_info(args.config.dataset)
   size, channels = info['image_size'], info['channels']
   device = jax.devices()[0]
   print(f'augment_batch, batch {args.batch}, {size}x{size}x{channels} uint8, '

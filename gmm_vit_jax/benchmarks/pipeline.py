@@ -43,7 +43,7 @@ def train_rate(config: ml_collections.ConfigDict, name: str, steps: int, warmup:
   replicated = sharding.replicated(mesh)
   tx = make_optimizer(config, pipeline.steps_per_epoch)
   graphdef, state = create_train_state(config, tx, replicated)
-  train_step = make_train_step(graphdef, tx, config, dataset_info(config.dataset.name),
+  train_step = make_train_step(graphdef, tx, config, dataset_info(config.dataset),
                                out_sharding=replicated)
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   batches = pipeline.train_batches(0, warmup + steps)

@@ -59,7 +59,7 @@ def synchronize(device: torch.device) -> None:
 def torch_window(config, batch_size: int, compile_model: bool,
                  dtype: str) -> Callable[[int], float]:
   """A PyTorch training step; returns steps -> seconds those steps took."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   torch.manual_seed(config.seed)
   device = torch_device()
   torch.backends.cuda.matmul.allow_tf32 = True
@@ -100,7 +100,7 @@ def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
   config.batch_size = batch_size
   config.model.dtype = dtype
   config.augment.update(NO_AUGMENTATION)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   mesh = sharding.make_mesh()
   num = 4 * batch_size
   images, labels = random_dataset(config, num, mesh)

@@ -4,7 +4,10 @@ A bundle is a directory:
   params.safetensors  the model's variables without optimizer state, under flat names
                       such as 'blocks.0.attention.query.kernel'
   config.json         the resolved config the model was built from
-  preprocess.json     dataset, image_size, channels, num_classes, mean, std, class_names
+  preprocess.json     dataset, image_size, channels, num_classes, mean, std, class_names,
+                      background ('dark', 'light' or None: the training images'), and
+                      preprocessing, the name of how image files become model inputs
+                      (gmm_vit_jax/data/images.py, which predict applies)
   forward.jax_export  a serialized `jax.export` (StableHLO) of
                       forward(params, images) -> logits, where images are uint8
                       (B, H, W, C) with a symbolic batch B, params a dict of the flat
@@ -29,6 +32,7 @@ from safetensors.numpy import load_file, save_file
 
 from gmm_vit_jax import errors
 from gmm_vit_jax.augment.basic import normalize
+from gmm_vit_jax.data.images import PREPROCESSING
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.models import build_model
@@ -81,11 +85,12 @@ def set_flat_variables(model: nnx.Module, values: dict[str, np.ndarray]) -> None
 
 
 def _preprocess_facts(config: ml_collections.ConfigDict) -> dict:
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   names = info['class_names'] or [str(i) for i in range(info['num_classes'])]
   return dict(dataset=config.dataset.name, image_size=info['image_size'],
               channels=info['channels'], num_classes=info['num_classes'],
-              mean=list(info['mean']), std=list(info['std']), class_names=list(names))
+              mean=list(info['mean']), std=list(info['std']), class_names=list(names),
+              background=info['background'], preprocessing=PREPROCESSING)
 
 
 def export_forward(model: nnx.Module, preprocess: dict,

@@ -13,7 +13,7 @@ from flax import nnx
 
 from gmm_vit_jax import errors
 from gmm_vit_jax.augment.autoaugment import AUTOAUGMENT_POLICIES
-from gmm_vit_jax.data.info import DATASET_INFO
+from gmm_vit_jax.data.info import DATASET_INFO, check_name
 from gmm_vit_jax.models import BACKBONES, build_from_config
 from gmm_vit_jax.patches.selection import KINDS, MODES, SELECTIONS
 
@@ -49,6 +49,17 @@ def _texts():
           'a tuple of strings')
 
 
+def _ok(check):
+  """A rule from a function that raises a ValueError for a bad value."""
+  def ok(v):
+    try:
+      check(v)
+    except ValueError:
+      return False
+    return True
+  return ok
+
+
 def _optional(rule):
   ok, allowed = rule
   return (lambda v: v is None or ok(v)), f'None or {allowed}'
@@ -60,7 +71,11 @@ FRACTION_BELOW_ONE = _number(0, 1, high_open=True)
 
 RULES = {
     'seed': _int(0),
-    'dataset.name': _choice(*DATASET_INFO),
+    'dataset.name': (_ok(check_name), f"one of {tuple(DATASET_INFO)}, 'image_folder' or "
+                     "'tfds:NAME'"),
+    'dataset.image_size': _optional(_int(1)),
+    'dataset.channels': _optional(_choice(1, 3)),
+    'dataset.validation_split': _optional(_text()),
     'dataset.download': _bool(),
     'dataset.validation': _optional(_number(0, 1, low_open=True, high_open=True)),
     'dataset.pipeline': _choice('device', 'grain', 'auto'),

@@ -13,7 +13,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from gmm_vit_jax import console, patches, sharding
-from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.data.info import dataset_info, resolve
 from gmm_vit_jax.data.pipeline import make_pipeline
 from gmm_vit_jax.training import config_checks, init_from
 from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric
@@ -115,10 +115,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   started = time.time()
   config_checks.check(config)
+  # Facts read from the data (an image folder's classes) go into the stored config.
+  config = resolve(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size('batch_size', config.batch_size, mesh)
   sharding.check_batch_size('eval_batch_size', config.eval_batch_size, mesh)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   run = RunDirectory(workdir)
   with run.locked():
     checkpointer = Checkpointer(workdir, config.checkpoint,

@@ -90,4 +90,4 @@ def main(argv):
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.INFO)
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

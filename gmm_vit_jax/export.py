@@ -217,4 +217,4 @@ if __name__ == '__main__':
                       'or a step number.')
   flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
                     'average (runs trained with ema_decay).')
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

@@ -31,7 +31,7 @@ from jax._src import xla_bridge
 from jax._src.lib import _jax, cuda_versions
 from ml_collections import config_flags
 
-from gmm_vit_jax import platforms
+from gmm_vit_jax import cli, platforms
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import compute_dtype
 from gmm_vit_jax.training import sharding
@@ -143,4 +143,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('batch_size', None, 'Global train batch (default: the config\'s).')
   flags.mark_flags_as_required(['config', 'platform'])
   FLAGS = flags.FLAGS
-  app.run(main)
+  cli.run_app(main)

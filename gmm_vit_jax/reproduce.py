@@ -215,4 +215,4 @@ if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
   logging.getLogger().setLevel(logging.INFO)
   console.import_tensorflow_quietly(sys.argv)
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

@@ -31,6 +31,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import cli
+
 VARIANTS = {
     'all on': {},
     "attention core 'xla'": {'implementation': 'xla'},
@@ -108,4 +110,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(main)

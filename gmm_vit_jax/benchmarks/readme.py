@@ -23,6 +23,8 @@ import time
 
 from absl import app, flags
 
+from gmm_vit_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # README's rows: (name, config path, extra environment, what README calls the row).
@@ -108,4 +110,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(main)

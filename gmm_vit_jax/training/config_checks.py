@@ -103,6 +103,7 @@ RULES = {
     'ema_decay': _optional(_number(0, 1, high_open=True)),
     'init_from': _optional(_text()),
     'init_from_dont_load': _texts(),
+    'init_from_partial': _bool(),
     'optimizer.learning_rate': POSITIVE,
     'optimizer.weight_decay': _number(0),
     'optimizer.b1': FRACTION_BELOW_ONE,

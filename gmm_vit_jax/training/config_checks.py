@@ -262,6 +262,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       found.append(f'{field}={value!r} is not allowed: use {allowed}')
   if found:
     return found
+  if config.dataset.name == 'tiny_imagenet' and not config.dataset.data_dir:
+    found.append("dataset.name='tiny_imagenet' needs dataset.data_dir, the unzipped "
+                 'tiny-imagenet-200 folder (it is not downloaded automatically)')
   if config.schedule.warmup_epochs >= config.epochs:
     found.append(f'schedule.warmup_epochs={config.schedule.warmup_epochs} must be below '
                  f'epochs={config.epochs}')

@@ -203,3 +203,14 @@ def test_a_new_head_and_grid_fill_enough(tmp_path):
   config.init_from = weights_folder(tmp_path / 'cifar', source)
   init_from.check(config)
 
+
+
+def test_filled_share_counts_values_and_leaves_dont_load_out():
+  source = flat_model(num_classes=5, patch_size=2)
+  target = flat_model(num_classes=10, patch_size=2)  # Only the head differs.
+  total = sum(value.size for value in target.values())
+  head = target['head.kernel'].size + target['head.bias'].size
+  _, table = init_from.adapt(source, target)
+  assert init_from.filled_share(table, target) == pytest.approx(1 - head / total)
+  _, table = init_from.adapt(source, target, dont_load=(r'head\..*',))
+  assert init_from.filled_share(table, target) == 1.0

@@ -45,6 +45,7 @@ from gmm_vit_jax.training.checkpoint import restore_model
 from gmm_vit_jax.training.state import TrainState
 
 LOADED, RESIZED, REINITIALISED = 'loaded', 'resized', 're-initialised'
+DONT_LOAD = 'init_from_dont_load'  # The table's reason for a parameter left fresh on purpose.
 # Parameters (last name part) laid out over the token grid, and over pairs of its cells.
 TOKEN_TABLES = ('pos_embed', 'relative_position_bias')
 PAIRWISE_TABLES = ('weight',)  # Of a mask: the element-wise learnable mask.
@@ -123,7 +124,7 @@ def adapt(source: dict[str, np.ndarray], target: dict[str, np.ndarray],
   for name, fresh in target.items():
     fresh = np.asarray(fresh)
     why_not = ('not in the source' if name not in source else
-               'init_from_dont_load' if any(re.fullmatch(p, name) for p in dont_load) else None)
+               DONT_LOAD if any(re.fullmatch(p, name) for p in dont_load) else None)
     if why_not:
       values[name] = fresh
       table.append((name, REINITIALISED, why_not))
@@ -165,11 +166,12 @@ def format_table(table: list[tuple[str, str, str]], unused: list[str]) -> str:
 
 
 def filled_share(table: list[tuple[str, str, str]], target: dict[str, np.ndarray]) -> float:
-  """The share of the target's parameter values that the table loads or resizes."""
+  """The share of the target's parameter values that the table loads or resizes; those
+  left fresh on purpose (init_from_dont_load) count on neither side."""
   size = lambda name: math.prod(np.shape(target[name]))
-  total = sum(size(name) for name in target)
-  filled = sum(size(name) for name, action, _ in table if action != REINITIALISED)
-  return filled / max(total, 1)
+  wanted = [(name, action) for name, action, why in table if why != DONT_LOAD]
+  filled = sum(size(name) for name, action in wanted if action != REINITIALISED)
+  return filled / max(sum(size(name) for name, _ in wanted), 1)
 
 
 def _source_backbone(path: str) -> str | None:

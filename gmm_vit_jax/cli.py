@@ -35,9 +35,9 @@ def run(main, argv) -> None:
     storage = errors.describe_storage_error(e)
     if storage is None and not isinstance(e, errors.UserError):
       raise
-    if logging.get_verbosity() > logging.INFO:
+    if _verbose():
       logging.exception('Traceback of the error below:')
-    sys.stderr.write(f'error: {storage or e}\n')
+    sys.stderr.write(f'error: {_one_line(storage or str(e))}\n')
     sys.stdout.flush()
     sys.stderr.flush()
     if storage is not None:
@@ -57,11 +57,15 @@ def _verbose() -> bool:
   return logging.get_verbosity() > logging.INFO
 
 
+def _one_line(message: str) -> str:
+  return ' '.join(message.split())
+
+
 def _fail(message: str, *, verbose: bool) -> NoReturn:
   if verbose:
     traceback.print_exc()
   sys.stdout.flush()
-  sys.stderr.write('error: ' + ' '.join(message.split()) + '\n')
+  sys.stderr.write(f'error: {_one_line(message)}\n')
   sys.stderr.flush()
   sys.exit(errors.EXIT_ERROR)
 

@@ -17,7 +17,6 @@ Writes WORKDIR/table.md and WORKDIR/table.png: the final eval accuracy of each r
 beside the published top-1 (gmm_vit_jax/published.py) and the difference.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from types import ModuleType
 import ml_collections
 from absl import app, flags
 
-from gmm_vit_jax import cli, console, cpu_runtime, errors
+from gmm_vit_jax import cli, config_files, console, cpu_runtime, errors
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
 from gmm_vit_jax.training.run_directory import SUMMARY_FILE
 
@@ -45,10 +44,7 @@ def config_file(configs: str, name: str) -> ModuleType:
   if not os.path.isfile(path):
     raise errors.ConfigError(f'{path} does not exist: --configs names the folder of the '
                              "config files (the repository's configs/).")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.module(path, flag='--configs')
 
 
 def run_config(configs: str, backbone: str, variant: str, dataset: str, *,

@@ -102,8 +102,9 @@ def half_loader(half: int):
   return load_split
 
 
-def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch):
+def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch, caplog):
   """Trained on one half of the training split, fine-tuned for an epoch on the other."""
+  caplog.set_level('INFO')
   monkeypatch.setattr(sources, 'load_split', half_loader(0))
   loop.train_and_evaluate(tiny_config(epochs=3), str(tmp_path / 'pretrain'))
   model, config = restore_model(str(tmp_path / 'pretrain'), 'best')
@@ -123,6 +124,9 @@ def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch):
     results[name] = loop.train_and_evaluate(config, str(tmp_path / name))
   table = (tmp_path / 'fine_tuned' / init_from.TABLE_FILE).read_text()
   assert 'blocks.0.attention.query.kernel' in table and '0 re-initialised' in table
+  counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Initialised')]
+  assert len(counts) == 1 and '0 re-initialised, 0 source variables unused' in counts[0]
+  assert 'query.kernel' not in counts[0]  # The table is in the file, not on the console.
   assert results['fine_tuned']['eval_loss'] < results['scratch']['eval_loss']
   assert results['fine_tuned']['eval_accuracy'] > results['scratch']['eval_accuracy']
 

@@ -237,7 +237,9 @@ def rules(config: ml_collections.ConfigDict) -> dict:
   if model.get('name') in BACKBONE_RULES:
     table.update(MODEL_RULES)
     table.update(BACKBONE_RULES[model.name])
-    if model.get('attention', {}).get('score') == 'mixture_of_keys':
+    attention = model.get('attention') or {}
+    # Without its section, building the score says which section is missing.
+    if attention.get('score') == 'mixture_of_keys' and 'mixture' in attention:
       table.update(MIXTURE_RULES)
   return table
 

@@ -48,6 +48,15 @@ def run(main, argv) -> None:
   sys.exit(errors.EXIT_OK if code is None else code)
 
 
+def child_failed(what: str, done) -> errors.UserError:
+  """The error of a child command (a subprocess.CompletedProcess) that failed: its own last
+  line; the rest of its output goes to the log at --verbosity=1."""
+  logging.debug('%s wrote:\n%s', what, done.stderr)
+  lines = done.stderr.strip().splitlines()
+  return errors.UserError(f'{what} failed with exit code {done.returncode}: '
+                          f'{lines[-1] if lines else "no output"}')
+
+
 def run_app(main) -> None:
   """absl's app.run of main with the flags parsed, and main run, inside the contract."""
   app.run(lambda argv: run(main, argv), flags_parser=parse_flags)

@@ -124,3 +124,10 @@ def test_verbosity_1_adds_the_traceback(tmp_path):
 ])
 def test_every_command_keeps_the_contract(command, contains):
   assert_one_error_line(run(*command), contains)
+
+
+def test_a_failed_child_command_is_its_own_last_line():
+  done = subprocess.CompletedProcess([], 1, stdout='', stderr='starting\nerror: no data.\n')
+  error = cli.child_failed('variant \'all\'', done)
+  assert isinstance(error, errors.UserError)
+  assert str(error) == "variant 'all' failed with exit code 1: error: no data."

@@ -52,7 +52,7 @@ def train_once(config: str, env: dict) -> dict:
                           capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if done.returncode:
-      raise RuntimeError(f'train.py --config={config} failed:\n{done.stderr[-3000:]}')
+      raise cli.child_failed(f'train.py --config={config}', done)
     with open(os.path.join(workdir, 'summary.json')) as f:
       return dict(json.load(f), command_seconds=seconds)
 

@@ -109,8 +109,8 @@ def test_train_answers_a_typo_with_one_line(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def test_verbosity_1_adds_the_traceback(tmp_path):
-  done = run('train.py', '--config=configs/nope.py', '--verbosity=1', f'--workdir={tmp_path}')
+def test_verbosity_1_adds_the_traceback():
+  done = run('-m', 'gmm_vit_jax.complexity', '--config=configs/nope.py', '--verbosity=1')
   assert done.returncode == errors.EXIT_ERROR
   assert 'Traceback' in done.stderr and done.stderr.strip().splitlines()[-1].startswith('error:')
 

@@ -11,12 +11,11 @@ sets them on the loaded config, each value read as the type of the value it repl
 """
 
 import ast
-import difflib
 from collections.abc import Sequence
 
 import ml_collections
 
-from gmm_vit_jax import errors
+from gmm_vit_jax import config_files, errors
 
 PREFIX = '--config.'
 KINDS = {bool: 'True or False', int: 'a whole number', float: 'a number', str: 'text'}
@@ -83,10 +82,10 @@ def apply(config: ml_collections.ConfigDict,
   config = ml_collections.ConfigDict(config.to_dict())
   fields = _fields(config)
   for field, text in overrides.items():
+    config_files.check_field(config, field)
     if field not in fields:
-      close = difflib.get_close_matches(field, fields, n=1)
-      hint = f' Did you mean --config.{close[0]}?' if close else ''
-      raise errors.ConfigError(f'--config.{field}: the config has no field {field!r}.{hint}')
+      raise errors.ConfigError(f'--config.{field} is a section: set its fields, '
+                               f'--config.{field}.FIELD=VALUE.')
     *parents, name = field.split('.')
     section = config
     for parent in parents:

@@ -197,6 +197,9 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.init_from = config_dict.placeholder(str)
   # Regular expressions of parameter names (e.g. 'head\\..*') that init_from leaves fresh.
   config.init_from_dont_load = ()
+  # init_from is refused when it would fill under half the model's parameter values (another
+  # backbone or width); True loads whatever fits and leaves the rest fresh.
+  config.init_from_partial = False
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')

@@ -249,4 +249,4 @@ if __name__ == '__main__':
     remaining, config_args = config_overrides.split_argv(sys.argv)
   except errors.UserError as e:
     sys.exit(f'error: {e}')
-  app.run(lambda argv: cli.run(lambda a: main(a, config_args), argv), argv=remaining)
+  cli.run_app(lambda argv: main(argv, config_args), remaining)

@@ -28,7 +28,7 @@ from absl import app, flags
 from jax import export
 from ml_collections import config_flags
 
-from gmm_vit_jax import jax_private, platforms, sharding
+from gmm_vit_jax import cli, jax_private, platforms, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import compute_dtype
 from gmm_vit_jax.training.optimizer import make_optimizer
@@ -127,4 +127,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('batch_size', None, 'Global train batch (default: the config\'s).')
   flags.mark_flags_as_required(['config', 'platform'])
   FLAGS = flags.FLAGS
-  app.run(main)
+  cli.run_app(main)

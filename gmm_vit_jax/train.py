@@ -33,7 +33,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmm_vit_jax import cli, config_files, console, cpu_runtime, errors
+from gmm_vit_jax import cli, console, cpu_runtime, errors
 
 # Before the loop's imports load TensorFlow (clu's writers, tfds).
 console.import_tensorflow_quietly(sys.argv)
@@ -93,9 +93,8 @@ def main(argv):
 
 def run() -> None:
   """The command: parses sys.argv, trains, exits with the code main returns."""
-  config_files.make_importable(config_files.flag_value(sys.argv, 'config'))
   logging.set_verbosity(logging.INFO)
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)
 
 
 if __name__ == '__main__':

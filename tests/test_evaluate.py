@@ -95,7 +95,7 @@ def test_overrides_take_the_type_of_the_value_they_replace():
   assert changed.eval_batch_size == 16 and changed.dataset.validation == 0.1
   assert changed.dataset.download is False and changed.dataset.data_dir == '/data'
   assert config.eval_batch_size == 8  # The original is untouched.
-  with pytest.raises(errors.ConfigError, match='Did you mean --config.dataset.name'):
+  with pytest.raises(errors.ConfigError, match="did you mean 'dataset.name'"):
     config_overrides.apply(config, {'dataset.nmae': 'digits'})
   with pytest.raises(errors.ConfigError, match='expected a whole number'):
     config_overrides.apply(config, {'eval_batch_size': 'many'})
@@ -103,7 +103,7 @@ def test_overrides_take_the_type_of_the_value_they_replace():
 
 @pytest.mark.parametrize('args, message', [
     ((), 'name what to evaluate'),
-    (('--config.dataset.nmae=x',), 'Did you mean --config.dataset.name'),
+    (('--config.dataset.nmae=x',), "did you mean 'dataset.name'"),
     (('--split=validation',), 'a validation split needs'),
 ])
 def test_mistakes_are_one_line_and_exit_1(trained, args, message):

@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import cli
 from gmm_vit_jax.augment import augment_batch
 from gmm_vit_jax.data.info import dataset_info
 
@@ -77,4 +78,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 20, 'Batches per timed run.')
   flags.DEFINE_integer('repeats', 3, 'Timed runs; the best counts.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

@@ -17,11 +17,10 @@ import time
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
-from gmm_vit_jax import sharding
+from gmm_vit_jax import cli, cpu_runtime, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.pipeline import make_pipeline
 from gmm_vit_jax.training.optimizer import make_optimizer
@@ -110,4 +109,4 @@ if __name__ == '__main__':
                        "config's dataset.grain_workers).")
   flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

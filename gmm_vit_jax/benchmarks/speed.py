@@ -21,11 +21,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
-from gmm_vit_jax import sharding
+from gmm_vit_jax import cli, cpu_runtime, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.models import compute_dtype
@@ -217,4 +216,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
   flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

@@ -51,4 +51,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

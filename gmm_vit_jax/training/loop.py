@@ -146,6 +146,8 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
 
+  if config.init_from and checkpointer.latest_step() is None:
+    init_from.check(config)  # Before the data loads; a resumed run restores its own weights.
   pipeline = make_pipeline(config, mesh)
   selection = checkpointer.best_metric
   logging.debug('The best checkpoint is chosen on %s.', selection)
@@ -159,7 +161,7 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
     state = restored
     logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
   elif config.init_from:
-    state = init_from.initialise(state, config, mesh)
+    state = init_from.initialise(state, config, mesh, workdir)
   start_step = int(state.step)
   for field, (old, new) in changes.items():
     logging.warning('Config change accepted: %s %r -> %r.', field, old, new)

@@ -37,7 +37,7 @@ FREE_TO_CHANGE = ('log_every_steps', 'progress_every_s', 'progress_max_lines',
                   'profile_steps', 'profile_start_step', 'cpu_keep_step_memory',
                   'dataset.data_dir', 'dataset.download', 'dataset.pipeline',
                   'dataset.resident_share', 'dataset.grain_workers', 'dataset.grain_threads',
-                  'dataset.prefetch', 'init_from', 'init_from_dont_load',
+                  'dataset.prefetch', 'init_from', 'init_from_dont_load', 'init_from_partial',
                   'model.attention.implementation', 'model.attention.max_slices')
 _ABSENT = '<absent>'
 

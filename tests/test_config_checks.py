@@ -32,7 +32,7 @@ ZERO_ALLOWED = {'seed', 'dataset.grain_workers', 'augment.crop_padding',
                 'augment.mix_prob', 'augment.cutmix_prob', 'patch_selection.probability',
                 'patch_selection.decay', 'optimizer.b1', 'optimizer.b2', 'ema_decay',
                 'model.dropout', 'model.emb_dropout', 'model.stochastic_depth',
-                'model.head_dropout'}
+                'model.head_dropout', 'progress_max_lines'}
 # Probabilities, fractions and rates: none may exceed 1.
 AT_MOST_ONE = {'dataset.validation', 'dataset.resident_share', 'label_smoothing',
                'optimizer.b1', 'optimizer.b2', 'ema_decay', 'augment.erasing_prob',

@@ -48,6 +48,13 @@ def _ints(low: int, count: int | None = None):
           and all(whole(x) for x in v), f'a tuple of {size} whole numbers >= {low}')
 
 
+def _numbers(rule):
+  """A tuple or list of one or more numbers, each allowed by `rule`."""
+  ok, allowed = rule
+  return (lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(ok, v)),
+          f'a tuple of one or more of: {allowed}')
+
+
 def _area():
   """(min, max) fractions of an image: 0 < min <= max < 1."""
   fraction, _ = _number(0, 1, low_open=True, high_open=True)
@@ -102,6 +109,10 @@ RULES = {
     'dataset.image_size': _optional(_int(1)),
     'dataset.channels': _optional(_choice(1, 3)),
     'dataset.validation_split': _optional(_text()),
+    'dataset.class_names': _optional(_texts()),
+    'dataset.mean': _optional(_numbers(_number(0, 1))),
+    'dataset.std': _optional(_numbers(_number(0, low_open=True))),
+    'dataset.background': _optional(_choice('dark', 'light')),
     'dataset.data_dir': _optional(_text()),
     'dataset.download': _bool(),
     'dataset.validation': _optional(_number(0, 1, low_open=True, high_open=True)),

@@ -5,6 +5,7 @@ host (in grain's workers), never held whole in memory except the offline digits.
 import numpy as np
 from PIL import Image
 
+from gmm_vit_jax import storage
 from gmm_vit_jax.data import sources, tiny_imagenet
 from gmm_vit_jax.data.info import dataset_info
 
@@ -98,7 +99,7 @@ class FolderRecords:
     return len(self.paths)
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-    with Image.open(self.paths[i]) as image:
+    with storage.open_file(self.paths[i], 'rb') as f, Image.open(f) as image:
       array = np.asarray(image.convert('L' if self.channels == 1 else 'RGB'))
     return fit_image(array, self.size, self.channels), int(self._labels[i])
 

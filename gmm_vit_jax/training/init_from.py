@@ -22,16 +22,15 @@ resized and re-initialised goes to the log.
 
 import logging
 import math
-import os
 import re
 
 import jax
 import ml_collections
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file
+from safetensors.numpy import load as load_safetensors
 
-from gmm_vit_jax import export
+from gmm_vit_jax import export, storage
 from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.checkpoint import restore_model
 from gmm_vit_jax.training.state import TrainState
@@ -45,13 +44,15 @@ MAX_LEADING_TOKENS = 2
 
 
 def read_source(path: str, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The {flat name: array} variables that `path` (see the module docstring) holds."""
-  if os.path.isfile(os.path.join(path, export.PARAMS_FILE)):
-    return load_file(os.path.join(path, export.PARAMS_FILE))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
+  """The {flat name: array} variables that `path` (see the module docstring; a local path or
+  a storage URL) holds."""
+  storage.check_reachable(path)
+  if storage.isfile(storage.join(path, export.PARAMS_FILE)):
+    return load_safetensors(storage.read_bytes(storage.join(path, export.PARAMS_FILE)))
+  if storage.isdir(storage.join(path, 'checkpoints')):
     model, _ = restore_model(path, 'best')
     return export.flat_variables(model)
-  if os.path.isfile(path) and path.endswith(('.pth', '.pt')):
+  if storage.isfile(path) and path.endswith(('.pth', '.pt')):
     from gmm_vit_jax import convert  # Imports torch, which only this source needs.
     state_dict = convert.read_torch_state_dict(path)
     return convert.core.to_flax(convert.reference_mapping(config), state_dict, None)

@@ -9,6 +9,9 @@ at that emulator with fixed anonymous credentials, and never at a metadata serve
 
 import os
 import re
+import shutil
+import socket
+import urllib.parse
 
 EMULATOR_ENV = 'STORAGE_EMULATOR_HOST'
 # A URL is a scheme of two or more characters (a Windows drive letter is one) and '://'.
@@ -140,7 +143,6 @@ def move(source: str, destination: str) -> None:
     fs, path = filesystem(source)
     fs.mv(path, filesystem(destination)[1], recursive=True)
   else:
-    import shutil
     shutil.move(source, destination)
 
 
@@ -153,6 +155,17 @@ def check_reachable(path: str) -> None:
   if not is_url(path):
     return
   from gmm_vit_jax import errors
+  emulator = os.environ.get(EMULATOR_ENV)
+  if emulator:
+    # Fails at once where the file system's retries would take half a minute.
+    address = urllib.parse.urlsplit(emulator if '://' in emulator else f'http://{emulator}')
+    try:
+      socket.create_connection((address.hostname, address.port or 80), timeout=10).close()
+    except OSError as e:
+      raise errors.StorageError(
+          f'cannot reach the storage emulator at {emulator} ({EMULATOR_ENV}) for {path}: '
+          f'{e.strerror or e}. Start it, or unset {EMULATOR_ENV} to use the real service.'
+      ) from None
   fs, inner = filesystem(path)
   bucket = inner.split('/')[0]
   scheme = _URL.match(path).group(1)
@@ -165,8 +178,7 @@ def check_reachable(path: str) -> None:
   except PermissionError:
     return  # Object rights without bucket rights: the objects' own calls will tell.
   except Exception as e:  # pylint: disable=broad-except
-    emulator = os.environ.get(EMULATOR_ENV)
-    where = f'the emulator at {emulator} ({EMULATOR_ENV})' if emulator else 'the storage service'
     raise errors.StorageError(
-        f'cannot reach {where} for {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. '
-        'Check the network and the credentials, or use a local --workdir.') from None
+        f'cannot reach the storage of {path}: {type(e).__name__}: '
+        f'{str(e).splitlines()[0][:200] if str(e) else ""}. Check the network and the '
+        'credentials, or use a local --workdir.') from None

@@ -5,7 +5,7 @@ Two things GCS does that it does not are added here: the upload precondition the
 lock relies on (ifGenerationMatch=0: create the object only if absent, else HTTP 412), and
 the x-goog-generation header of a download, which tensorstore (orbax's checkpoints) reads.
 
-    python -m tests.gcs_emulator PORT    # serves until killed
+    python -m tests.gcs_emulator PORT [BUCKET]    # serves until killed
 
 The tests run in a network namespace of their own (`unshare -n`, with only a loopback
 device), the emulator inside it too: nothing they do can reach beyond the machine.
@@ -64,7 +64,8 @@ def _with_generation(download):
   return with_headers
 
 
-def serve(port: int) -> None:
+def serve(port: int, bucket: str | None = None) -> None:
+  """Serves on 127.0.0.1:`port` until killed, with `bucket` created if given."""
   from gcp_storage_emulator import server
   from gcp_storage_emulator.handlers import objects
   for name, wrap in (('insert', _create_only_if_absent), ('download', _with_generation)):
@@ -75,7 +76,7 @@ def serve(port: int) -> None:
         if handler is original:
           handlers[method] = wrapped
     setattr(objects, name, wrapped)
-  server.create_server('127.0.0.1', port, in_memory=True).run()
+  server.create_server('127.0.0.1', port, in_memory=True, default_bucket=bucket).run()
 
 
 @contextlib.contextmanager
@@ -116,4 +117,4 @@ def why_no_namespace() -> str | None:
 
 
 if __name__ == '__main__':
-  serve(int(sys.argv[1]))
+  serve(int(sys.argv[1]), *sys.argv[2:3])

@@ -50,9 +50,7 @@ class ObjectLock:
   def _read(self) -> dict:
     try:
       return json.loads(self.fs.cat_file(self.path).decode() or '{}')
-    except FileNotFoundError:
-      return {}
-    except (ValueError, UnicodeDecodeError):
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
       return {}
 
   def _create(self) -> None:
@@ -108,6 +106,11 @@ class ObjectLock:
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-    if self._record is not None and self._read().get('token') == self._record['token']:
-      self.fs.rm(self.path)
+    try:
+      if self._record is not None and self._read().get('token') == self._record['token']:
+        self.fs.rm(self.path)
+    except Exception as e:  # pylint: disable=broad-except
+      # Released on the way out of an error, often a storage one: that error is the news.
+      logging.warning('Could not delete the lock of %s (%s): the next run takes it over once '
+                      'its heartbeat is %.0f s old.', self.workdir, e, STALE_S)
     self._record = None

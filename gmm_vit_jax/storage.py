@@ -19,6 +19,7 @@ _URL = re.compile(r'^([a-zA-Z][a-zA-Z0-9+.-]+)://')
 # Where credential lookups would go, pointed at a closed local port while an emulator is
 # set: a login or a cloud metadata server is never asked.
 _NO_METADATA_SERVER = '127.0.0.1:9'
+GCS_ENDPOINT = 'https://storage.googleapis.com'
 
 
 def configure() -> None:
@@ -102,8 +103,13 @@ def listdir(path: str) -> list[str]:
 
 def walk(path: str):
   """os.walk of a local folder or a URL prefix: (folder, subfolder names, file names)."""
-  for root, folders, files in _epath(path).walk():
-    yield str(root), folders, files
+  if not is_url(path):
+    yield from os.walk(path)
+    return
+  fs, inner = filesystem(path)
+  scheme = _URL.match(path).group(1)
+  for root, folders, files in fs.walk(inner):
+    yield f'{scheme}://{root}', folders, files
 
 
 def makedirs(path: str) -> None:
@@ -155,20 +161,24 @@ def check_reachable(path: str) -> None:
   if not is_url(path):
     return
   from gmm_vit_jax import errors
+  scheme = _URL.match(path).group(1)
   emulator = os.environ.get(EMULATOR_ENV)
-  if emulator:
-    # Fails at once where the file system's retries would take half a minute.
-    address = urllib.parse.urlsplit(emulator if '://' in emulator else f'http://{emulator}')
+  endpoint = emulator or (GCS_ENDPOINT if scheme in ('gs', 'gcs') else None)
+  if endpoint:
+    # Fails in seconds where the file system's retries would take minutes.
+    address = urllib.parse.urlsplit(endpoint if '://' in endpoint else f'http://{endpoint}')
     try:
-      socket.create_connection((address.hostname, address.port or 80), timeout=10).close()
+      port = address.port or (443 if address.scheme == 'https' else 80)
+      socket.create_connection((address.hostname, port), timeout=10).close()
     except OSError as e:
-      raise errors.StorageError(
-          f'cannot reach the storage emulator at {emulator} ({EMULATOR_ENV}) for {path}: '
-          f'{e.strerror or e}. Start it, or unset {EMULATOR_ENV} to use the real service.'
-      ) from None
+      where = (f'the storage emulator at {emulator} ({EMULATOR_ENV})' if emulator else
+               f'the storage service at {endpoint}')
+      fix = (f'Start it, or unset {EMULATOR_ENV} to use the real service' if emulator else
+             'Check the network, or use a local path')
+      raise errors.StorageError(f'cannot reach {where} for {path}: {e.strerror or e}. {fix}.'
+                                ) from None
   fs, inner = filesystem(path)
   bucket = inner.split('/')[0]
-  scheme = _URL.match(path).group(1)
   try:
     fs.info(bucket)
   except FileNotFoundError:
@@ -181,4 +191,4 @@ def check_reachable(path: str) -> None:
     raise errors.StorageError(
         f'cannot reach the storage of {path}: {type(e).__name__}: '
         f'{str(e).splitlines()[0][:200] if str(e) else ""}. Check the network and the '
-        'credentials, or use a local --workdir.') from None
+        'credentials, or use a local path.') from None

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmm_vit_jax import errors, storage
+from gmm_vit_jax import errors, reproduce, storage
 from gmm_vit_jax.data import tiny_imagenet
 from gmm_vit_jax.training import object_lock
 from tests import gcs_emulator
@@ -171,11 +171,20 @@ def test_a_missing_bucket_is_one_line_and_nothing_local(runs):
 
 
 @inside
-def test_a_missing_emulator_is_named_without_retries(bucket, monkeypatch):
-  monkeypatch.setenv(storage.EMULATOR_ENV, 'http://127.0.0.1:1')
-  with pytest.raises(errors.StorageError, match=r'^cannot reach the storage emulator at '
-                     r'http://127.0.0.1:1 \(STORAGE_EMULATOR_HOST\) for gs://b/run: '):
+@pytest.mark.parametrize('emulator,message', [
+    ('http://127.0.0.1:1', 'cannot reach the storage emulator at http://127.0.0.1:1 '
+                           '(STORAGE_EMULATOR_HOST) for gs://b/run: '),
+    # No emulator: the real service, which this namespace has no route to.
+    (None, 'cannot reach the storage service at https://storage.googleapis.com for '
+           'gs://b/run: ')])
+def test_unreachable_storage_is_named_without_retries(bucket, monkeypatch, emulator, message):
+  if emulator:
+    monkeypatch.setenv(storage.EMULATOR_ENV, emulator)
+  else:
+    monkeypatch.delenv(storage.EMULATOR_ENV)
+  with pytest.raises(errors.StorageError) as raised:
     storage.check_reachable('gs://b/run')
+  assert str(raised.value).startswith(message), raised.value
 
 
 @inside
@@ -229,3 +238,17 @@ def test_a_data_dir_on_a_bucket_reads_like_the_local_folder(bucket, folder):
                                                     tiny_imagenet.load(remote, split))
     np.testing.assert_array_equal(images, want_images)
     np.testing.assert_array_equal(labels, want_labels)
+
+
+@inside
+def test_reproduce_writes_its_table_to_a_bucket(bucket):
+  workdir = f'{bucket}/paper'
+  reproduce.write_table([dict(dataset='digits', backbone='vit', plain=90.0, gmm=92.5,
+                              published=None)], workdir, tiny_run=True)
+  assert '| digits | vit | 90.00 |' in storage.read_text(f'{workdir}/table.md')
+  assert storage.read_bytes(f'{workdir}/table.png')[:4] == b'\x89PNG'
+  run = f'{workdir}/digits/gmm_vit'
+  assert reproduce.finished_summary(run) is None
+  storage.write_atomically(f'{run}/summary.json', json.dumps(dict(completed=True,
+                                                                  eval_accuracy=0.925)))
+  assert reproduce.finished_summary(run)['eval_accuracy'] == 0.925

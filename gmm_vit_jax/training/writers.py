@@ -7,7 +7,8 @@ under tensors. Here scalars are written as classic `simple_value` scalars instea
 
 TensorFlow's own file systems know gs:// but none of the other URLs, nor a local
 emulator: for a workdir URL the event files are written to a local temporary folder and
-copied to the workdir at most every COPY_EVERY_S seconds and at every flush.
+copied to the workdir with the first scalars written COPY_EVERY_S seconds after the last
+copy, and at every flush (the end of the run).
 """
 
 import atexit

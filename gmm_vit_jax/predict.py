@@ -89,7 +89,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('export', None, 'Inference bundle directory.', required=True)
+  flags.DEFINE_string('export', None, 'Inference bundle directory (a local folder or a '
+                      'storage URL such as gs://BUCKET/bundle).', required=True)
   flags.DEFINE_bool('invert', False, 'Use 255 - pixel: for dark strokes on a light background '
                     'when the model learned light on dark (the digits models).')
   cli.run_app(main)

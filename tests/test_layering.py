@@ -8,8 +8,8 @@ takes in this file. Lowest first:
 
   0. foundations: errors and the one-line reports of the commands, the console, runtime and
      platform facts, the device mesh, initialisers and the Linear layer, the private JAX
-     names, the shared config pieces and how config files and overrides are read; none
-     knows a model.
+     names, the shared config pieces, how config files and overrides are read, and local
+     and bucket storage; none knows a model.
   1. building blocks on arrays: attention, the augmentation, the datasets and their batches.
   2. models: the backbones, built from the attention.
   3. what works on a model: patch selection, the PyTorch twins and their conversion, the
@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 FLOORS = (
     ('errors', 'cli', 'console', 'cpu_runtime', 'platforms', 'sharding', 'initializers',
      'linear', 'published', 'jax_private', 'configs_common', 'config_files',
-     'config_overrides'),
+     'config_overrides', 'storage'),
     ('attention', 'augment', 'data'),
     ('models',),
     ('patches', 'torch_models', 'convert', 'export', 'visualize'),

@@ -20,7 +20,7 @@ PREPROCESSING names this recipe in inference bundles.
 import numpy as np
 from PIL import Image, ImageOps
 
-from gmm_vit_jax import errors
+from gmm_vit_jax import errors, storage
 
 PREPROCESSING = 'centre_square_area_resize'
 # File name endings taken for images; other files in an image folder are skipped.
@@ -123,17 +123,11 @@ def _area_resize(pixels: np.ndarray, start: float, length: float, size: int,
   return np.moveaxis((np.diff(at_edges, axis=0) * (size / length)).astype(np.float32), 0, axis)
 
 
-def open_image(path: str):
-  """The file at `path` (local or a URL etils.epath knows), opened for reading bytes."""
-  from etils import epath
-  return epath.Path(path).open('rb')
-
-
 def read_image(path: str, size: int, channels: int) -> np.ndarray:
   """The image file at `path` as uint8 (size, size, channels), preprocessed as the module
   docstring says; an ImageError naming the file when it cannot be."""
   try:
-    with open_image(path) as f, Image.open(f) as image:
+    with storage.open_file(path, 'rb') as f, Image.open(f) as image:
       frames = getattr(image, 'n_frames', 1)
       if frames > 1:
         raise ImageError(path, f'it holds {frames} frames (an animation or a multi-page '

@@ -7,6 +7,7 @@ import concurrent.futures
 import ml_collections
 import numpy as np
 
+from gmm_vit_jax import storage
 from gmm_vit_jax.data import image_folder, sources, tfds_named, tiny_imagenet
 from gmm_vit_jax.data.images import fit_image, read_image
 from gmm_vit_jax.data.info import IMAGE_FOLDER, dataset_info, reads_facts_from_data

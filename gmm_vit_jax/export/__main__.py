@@ -6,12 +6,11 @@ default the best one, and its raw weights, or with --weights=ema their moving av
 command reads the run with it.
 """
 
-import os
 
 from absl import app
 from absl import flags
 
-from gmm_vit_jax import cli, console, errors
+from gmm_vit_jax import cli, console, errors, storage
 from gmm_vit_jax.export import save_bundle
 from gmm_vit_jax.training.checkpoint import restore_run
 
@@ -41,7 +40,7 @@ def main(argv):
   run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
   metrics = run.metrics or {}
   prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'
-  source = dict(workdir=os.path.abspath(workdir), step=run.step, weights=flags.FLAGS.weights,
+  source = dict(workdir=storage.absolute(workdir), step=run.step, weights=flags.FLAGS.weights,
                 eval_accuracy=metrics.get(f'{prefix}_accuracy'),
                 eval_loss=metrics.get(f'{prefix}_loss'))
   save_bundle(run.model, run.config, flags.FLAGS.out, source=source)

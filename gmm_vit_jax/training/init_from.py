@@ -28,17 +28,15 @@ re-initialised; the table of every variable goes to WORKDIR/init_from.txt.
 import json
 import logging
 import math
-import os
 import re
 
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 from flax import nnx, traverse_util
-from safetensors.numpy import load_file
+from safetensors.numpy import load as load_safetensors
 
-from gmm_vit_jax import errors, export, sharding
+from gmm_vit_jax import errors, export, sharding, storage
 from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.models import build_from_config
 from gmm_vit_jax.training.checkpoint import restore_model
@@ -59,13 +57,15 @@ TABLE_FILE = 'init_from.txt'
 
 
 def read_source(path: str, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The {flat name: array} variables that `path` (see the module docstring) holds."""
-  if os.path.isfile(os.path.join(path, export.PARAMS_FILE)):
-    return load_file(os.path.join(path, export.PARAMS_FILE))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
+  """The {flat name: array} variables that `path` (see the module docstring; a local path or
+  a storage URL) holds."""
+  storage.check_reachable(path)
+  if storage.isfile(storage.join(path, export.PARAMS_FILE)):
+    return load_safetensors(storage.read_bytes(storage.join(path, export.PARAMS_FILE)))
+  if storage.isdir(storage.join(path, 'checkpoints')):
     model, _ = restore_model(path, 'best')
     return export.flat_variables(model)
-  if os.path.isfile(path) and path.endswith(('.pth', '.pt')):
+  if storage.isfile(path) and path.endswith(('.pth', '.pt')):
     from gmm_vit_jax import convert  # Imports torch, which only this source needs.
     state_dict = convert.read_torch_state_dict(path)
     return convert.core.to_flax(convert.reference_mapping(config), state_dict, None)
@@ -177,7 +177,7 @@ def filled_share(table: list[tuple[str, str, str]], target: dict[str, np.ndarray
 def _source_backbone(path: str) -> str | None:
   """model.name of the config stored beside a run's or a bundle's weights."""
   try:
-    stored = json.loads((epath.Path(path) / export.CONFIG_FILE).read_text())
+    stored = json.loads(storage.read_text(storage.join(path, export.CONFIG_FILE)))
     return stored['model']['name']
   except (OSError, ValueError, KeyError, TypeError):  # A .pth, or no readable config.
     return None
@@ -196,7 +196,7 @@ def _read(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   try:
     return read_source(path, config)
   except Exception as e:  # pylint: disable=broad-except  # Any damage, any reader.
-    if not epath.Path(path).exists():
+    if not storage.exists(path):
       raise errors.ConfigError(f'init_from={path!r} does not exist: give a run workdir, an '
                                'export bundle or a .pth state_dict, or leave init_from None.'
                                ) from e
@@ -249,9 +249,9 @@ def initialise(state: TrainState, config: ml_collections.ConfigDict, mesh,
   unused = sorted(set(source) - set(values))
   where = ''
   if workdir is not None:
-    path = epath.Path(workdir) / TABLE_FILE
+    path = storage.join(workdir, TABLE_FILE)
     if jax.process_index() == 0:
-      path.write_text(format_table(table, unused) + '\n')
+      storage.write_atomically(path, format_table(table, unused) + '\n')
     where = f' (every variable: {path})'
   logging.info('Initialised from %s: %s%s.', config.init_from, summary(table, unused), where)
   params = sharding.put_replicated(_nested(state.params, values), mesh)

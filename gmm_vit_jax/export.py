@@ -15,8 +15,10 @@ A bundle is a directory:
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
     python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--step=best|latest|N] [--weights=ema]
+        [--format=onnx]
 turns a training run's checkpoint into a bundle: by default the best one, and its raw
-weights, or with --weights=ema their moving average (runs trained with ema_decay).
+weights, or with --weights=ema their moving average (runs trained with ema_decay);
+--format=onnx adds model.onnx (gmm_vit_jax/onnx_export.py).
 """
 
 import json
@@ -203,6 +205,9 @@ def main(argv):
                 eval_accuracy=metrics.get(f'{prefix}_accuracy'),
                 eval_loss=metrics.get(f'{prefix}_loss'))
   save_bundle(run.model, run.config, flags.FLAGS.out, source=source)
+  if flags.FLAGS.format == 'onnx':
+    from gmm_vit_jax import onnx_export  # Imports the converter only when asked for.
+    print(f'ONNX model written to {onnx_export.write_onnx(flags.FLAGS.out)}')
   accuracy = ('not evaluated' if source['eval_accuracy'] is None
               else f'eval accuracy {source["eval_accuracy"]:.4f}')
   print(f'bundle of step {run.step} ({accuracy}) written to {flags.FLAGS.out}')
@@ -217,4 +222,6 @@ if __name__ == '__main__':
                       'or a step number.')
   flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
                     'average (runs trained with ema_decay).')
+  flags.DEFINE_enum('format', 'jax', ['jax', 'onnx'], "'onnx' also writes model.onnx into the "
+                    'bundle (docs/onnx.md).')
   app.run(lambda argv: cli.run(main, argv))

@@ -4,8 +4,8 @@ Entry point: `augment_batch`, uint8 images in, normalised float images and
 (possibly mixed) one-hot targets out. The order: Inception crop, horizontal flip,
 padded random crop, AutoAugment, RandAugment, normalisation, random erasing, then
 CutMix or Mixup over the batch (the reference recipe uses flip, padded crop and
-AutoAugment; the ImageNet recipe of DeiT the Inception crop, flip and RandAugment). Every per-example op draws independently for each example,
-from the one key it is given.
+AutoAugment; the ImageNet recipe of DeiT the Inception crop, flip and RandAugment).
+Every per-example op draws independently for each example, from the one key it is given.
 
 Fields of `config` (the config's `augment` section); a field that is absent turns
 its step off:

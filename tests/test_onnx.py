@@ -11,6 +11,7 @@ import onnx
 import onnxruntime
 import pytest
 
+from configs import common
 from gmm_vit_jax import errors, export, onnx_export
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.models import build_from_config
@@ -57,10 +58,21 @@ def test_pad_and_stack_rewrites_match_jax():
   assert names.count('pad') == 1  # The interior padding stays a pad.
 
 
-@pytest.mark.parametrize('name', sorted(TINY_CONFIGS))
+def tiny_mixture_of_keys_vit():
+  config = TINY_CONFIGS['vit']('gmm')
+  config.model.attention = common.attention('mixture_of_keys')
+  return config
+
+
+CONFIGS = {**{name: lambda make=make: make('gmm') for name, make in TINY_CONFIGS.items()},
+           'vit_mixture_of_keys': tiny_mixture_of_keys_vit}
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_onnx_logits_match_flax(name):
-  """Each backbone with the Gaussian mixture mask, at two batch sizes (the batch is dynamic)."""
-  model = build_from_config(TINY_CONFIGS[name]('gmm'))
+  """Each backbone with the Gaussian mixture mask, and the ViT with mixture-of-keys
+  attention too, at two batch sizes (the batch is dynamic)."""
+  model = build_from_config(CONFIGS[name]())
   model_bytes = onnx_export.to_onnx(model, CIFAR).SerializeToString()
   rng = np.random.default_rng(0)
   for batch in (1, 3):

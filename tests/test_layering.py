@@ -33,7 +33,7 @@ FLOORS = (
      'config_overrides', 'storage'),
     ('attention', 'augment', 'data'),
     ('models',),
-    ('patches', 'torch_models', 'convert', 'export', 'visualize'),
+    ('patches', 'torch_models', 'convert', 'export', 'visualize', 'onnx_export'),
     ('training',),
     ('export.__main__', 'convert.__main__', 'complexity', 'lower', 'predict', 'reproduce',
      'benchmarks', 'train', 'evaluate'),

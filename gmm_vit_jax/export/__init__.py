@@ -18,7 +18,8 @@ The directory may be a storage URL (gs://BUCKET/...; gmm_vit_jax/storage.py).
 `load` runs the serialized forward, so predicting needs none of the model code;
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
-`python -m gmm_vit_jax.export` (`__main__.py`) writes the bundle of a training run.
+`python -m gmm_vit_jax.export` (`__main__.py`) writes the bundle of a training run; with
+--format=onnx also model.onnx (gmm_vit_jax/onnx_export.py).
 """
 
 import json

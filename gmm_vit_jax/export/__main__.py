@@ -21,6 +21,8 @@ flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy,
                     'or a step number.')
 flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
                   'average (runs trained with ema_decay).')
+flags.DEFINE_enum('format', 'jax', ['jax', 'onnx'], "'onnx' also writes model.onnx into the "
+                  'bundle (docs/onnx.md).')
 
 
 def _step(flag: str) -> str | int:
@@ -44,6 +46,9 @@ def main(argv):
                 eval_accuracy=metrics.get(f'{prefix}_accuracy'),
                 eval_loss=metrics.get(f'{prefix}_loss'))
   save_bundle(run.model, run.config, flags.FLAGS.out, source=source)
+  if flags.FLAGS.format == 'onnx':
+    from gmm_vit_jax import onnx_export  # Imports the converter only when asked for.
+    print(f'ONNX model written to {onnx_export.write_onnx(flags.FLAGS.out)}')
   accuracy = ('not evaluated' if source['eval_accuracy'] is None
               else f'eval accuracy {source["eval_accuracy"]:.4f}')
   print(f'bundle of step {run.step} ({accuracy}) written to {flags.FLAGS.out}')

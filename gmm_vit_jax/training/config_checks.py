@@ -20,6 +20,7 @@ from gmm_vit_jax.attention.core import IMPLEMENTATIONS
 from gmm_vit_jax.attention.masks import MASK_KINDS, MASK_MODES
 from gmm_vit_jax.attention.mixture_keys import E_STEPS, PI_KINDS, VARIANTS
 from gmm_vit_jax.augment.autoaugment import AUTOAUGMENT_POLICIES
+from gmm_vit_jax.augment.randaugment import MAX_LEVEL
 from gmm_vit_jax.data.info import DATASET_INFO, check_name
 from gmm_vit_jax.models import BACKBONES, DTYPES, build_from_config
 from gmm_vit_jax.models.vit import POOLS
@@ -95,6 +96,13 @@ def _optional(rule):
   return (lambda v: v is None or ok(v)), f'None or {allowed}'
 
 
+def _interval(low: float, high: float, *, low_open=False):
+  """A (min, max) pair of numbers in the interval with min <= max."""
+  number, allowed = _number(low, high, low_open=low_open)
+  return (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(map(number, v))
+          and v[0] <= v[1]), f'(min, max) with min <= max, each {allowed}'
+
+
 POSITIVE = _number(0, low_open=True)
 PROBABILITY = _number(0, 1)
 FRACTION_BELOW_ONE = _number(0, 1, high_open=True)
@@ -142,9 +150,15 @@ RULES = {
     'schedule.init_learning_rate': _number(0),
     'schedule.end_learning_rate': _number(0),
     'label_smoothing': FRACTION_BELOW_ONE,
+    'augment.inception_crop': _bool(),
+    'augment.crop_scale': _interval(0, 1, low_open=True),
+    'augment.crop_ratio': _interval(0, math.inf, low_open=True),
     'augment.flip': _bool(),
     'augment.crop_padding': _int(0),
     'augment.autoaugment': _choice(*AUTOAUGMENT_POLICIES),
+    'augment.randaugment_ops': _int(0),
+    'augment.randaugment_magnitude': _number(0, MAX_LEVEL),
+    'augment.randaugment_magnitude_std': _number(0),
     'augment.erasing_prob': PROBABILITY,
     'augment.erasing_area': _area(),
     'augment.erasing_min_aspect': _number(0, 1, low_open=True),
@@ -298,6 +312,14 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   if config.schedule.warmup_epochs >= config.epochs:
     found.append(f'schedule.warmup_epochs={config.schedule.warmup_epochs} must be below '
                  f'epochs={config.epochs}')
+  augment = config.augment
+  if augment.autoaugment != 'none' and augment.randaugment_ops > 0:
+    found.append(f'augment.autoaugment={augment.autoaugment!r} and augment.randaugment_ops='
+                 f"{augment.randaugment_ops} are two policies: set autoaugment='none' or "
+                 'randaugment_ops=0')
+  if augment.inception_crop and augment.crop_padding > 0:
+    found.append(f'augment.inception_crop=True and augment.crop_padding={augment.crop_padding} '
+                 'are two crops: set crop_padding=0 or inception_crop=False')
   selection = config.patch_selection
   if (selection.kind != 'none' and selection.mode == 'drop'
       and not BACKBONES[config.model.name].can_drop_tokens):

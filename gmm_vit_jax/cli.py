@@ -4,7 +4,8 @@
 
 UserErrors and storage failures (disk full, permissions) print `error: <message>` and
 exit with errors.EXIT_ERROR; `--verbosity=1` adds the traceback. Anything else is a
-bug and keeps its traceback.
+bug and keeps its traceback. A Ctrl-C the command does not handle itself (the trainer
+stops at its next step and saves) prints one line and exits with errors.EXIT_STOPPED.
 """
 
 import os
@@ -19,6 +20,9 @@ def run(main, argv) -> None:
   """Calls main(argv) and exits with the code it returns (None: EXIT_OK)."""
   try:
     code = main(argv)
+  except KeyboardInterrupt:
+    sys.stderr.write('Stopped by Ctrl-C; rerun the same command to go on.\n')
+    sys.exit(errors.EXIT_STOPPED)
   except Exception as e:  # pylint: disable=broad-except
     storage = errors.describe_storage_error(e)
     if storage is None and not isinstance(e, errors.UserError):

@@ -91,3 +91,16 @@ def describe_storage_error(exc: BaseException, where: str | None = None) -> str 
       path = (path.group(1) or path.group(2)) if path else where or 'a file'
       return f'{os.strerror(int(code.group(1)))}: {path} ({_FIXES[int(code.group(1))]}).'
   return None
+
+
+def is_directory(flag: str, path: str, fix: str) -> bool:
+  """Whether the local `path` given as `flag` is an existing directory; False when it does
+  not exist yet. A UserError naming `flag` and ending with `fix` when it, or a folder
+  above it, is a regular file (where creating it would raise a traceback)."""
+  normal = where = os.path.normpath(path)
+  while where and not os.path.exists(where):
+    where = os.path.dirname(where)
+  if where and not os.path.isdir(where):
+    place = 'is a file' if where == normal else f'lies under {where}, which is a file'
+    raise UserError(f'{flag} {path} {place}: {fix}')
+  return bool(where) and where == normal

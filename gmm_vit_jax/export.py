@@ -17,6 +17,8 @@ A bundle is a directory:
     python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--step=best|latest|N] [--weights=ema]
 turns a training run's checkpoint into a bundle: by default the best one, and its raw
 weights, or with --weights=ema their moving average (runs trained with ema_decay).
+--out must be a new or empty directory, or a bundle, which only --overwrite replaces;
+anything else is refused before anything is written.
 """
 
 import json
@@ -41,6 +43,7 @@ CONFIG_FILE = 'config.json'
 PREPROCESS_FILE = 'preprocess.json'
 FORWARD_FILE = 'forward.jax_export'
 SOURCE_FILE = 'source.json'
+BUNDLE_FILES = (PARAMS_FILE, CONFIG_FILE, PREPROCESS_FILE, FORWARD_FILE, SOURCE_FILE)
 # The serialized forward runs on any of these; lowering for them needs no accelerator.
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 # Everything a model stores as an nnx Variable is saved; RNG streams are not weights.
@@ -189,6 +192,24 @@ def _step(flag: str) -> str | int:
     raise errors.UserError(f"--step={flag!r}: use 'best', 'latest' or a step number.") from None
 
 
+def check_out(out: str, overwrite: bool) -> None:
+  """A UserError unless a bundle may be written to `out`: a path under directories only,
+  and a new or empty directory, or one holding only a bundle's files when `overwrite`."""
+  if not errors.is_directory('--out', out, 'choose a directory that does not exist yet (it is '
+                            'created).'):
+    return
+  names = sorted(os.listdir(out))
+  foreign = [n for n in names if n not in BUNDLE_FILES]
+  if foreign:
+    more = f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''
+    raise errors.UserError(f'--out {out} holds files that are not part of a bundle '
+                           f'({", ".join(foreign[:5])}{more}): choose an empty or new --out; '
+                           'nothing was written.')
+  if names and not overwrite:
+    raise errors.UserError(f'--out {out} holds a bundle already: pass --overwrite to replace '
+                           'it, or choose an empty or new --out.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -196,6 +217,7 @@ def main(argv):
   # The trainer may write bundles itself, so it is imported only when exporting a run.
   from gmm_vit_jax.training.checkpoint import restore_run
   workdir = flags.FLAGS.workdir
+  check_out(flags.FLAGS.out, flags.FLAGS.overwrite)
   run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
   metrics = run.metrics or {}
   prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'
@@ -215,6 +237,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy, or by "
                       "validation accuracy for runs that hold a validation split out), 'latest', "
                       'or a step number.')
+  flags.DEFINE_bool('overwrite', False, 'Replace the bundle that --out holds already.')
   flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
                     'average (runs trained with ema_decay).')
   app.run(lambda argv: cli.run(main, argv))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from gmm_vit_jax import errors
+from gmm_vit_jax import errors, export
 from gmm_vit_jax.training import config_checks, loop
 from gmm_vit_jax.training.checkpoint import Checkpointer, restore_run
 from gmm_vit_jax.training.run_directory import RunDirectory
@@ -73,6 +73,34 @@ def test_export_takes_the_best_checkpoint_and_says_which(finished_run, tmp_path)
   assert restore_run(workdir, 10).metrics is None  # Saved between evaluations.
   with pytest.raises(errors.CheckpointError, match='no checkpoint of step 11; it has 10, 20, 22'):
     restore_run(workdir, 11)
+
+
+def _export(workdir: str, out: str, *flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'gmm_vit_jax.export', f'--workdir={workdir}',
+                         f'--out={out}', *flags], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, **QUICK_COMPILES_ENV}, timeout=300)
+
+
+def test_export_writes_only_into_a_new_folder_or_over_a_bundle(finished_run, tmp_path):
+  """Into a folder of the user's: one line, nothing written; over a bundle: with
+  --overwrite, which replaces it."""
+  mine = tmp_path / 'mine'
+  mine.mkdir()
+  (mine / 'notes.txt').write_text('mine')
+  refused = _export(finished_run, str(mine))
+  assert refused.returncode == errors.EXIT_ERROR and refused.stdout == '', refused.stderr
+  assert refused.stderr.strip().splitlines() == [
+      f'error: --out {mine} holds files that are not part of a bundle (notes.txt): choose an '
+      'empty or new --out; nothing was written.'], refused.stderr[-3000:]
+  assert os.listdir(mine) == ['notes.txt']
+
+  bundle = tmp_path / 'bundle'
+  run = restore_run(finished_run, 10)
+  export.save_bundle(run.model, run.config, str(bundle), platforms=('cpu',))
+  replaced = _export(finished_run, str(bundle), '--overwrite')
+  assert replaced.returncode == 0, replaced.stderr[-3000:]
+  assert json.load(open(bundle / 'source.json'))['step'] == restore_run(finished_run).step
+  assert export.load(str(bundle)).exported.platforms == export.PLATFORMS
 
 
 def test_rerunning_a_finished_run_keeps_its_summary(finished_run, tmp_path):

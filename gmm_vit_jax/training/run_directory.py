@@ -103,14 +103,8 @@ class RunDirectory:
   def check_is_ours(self) -> None:
     """A UserError naming what was found and the fix, unless the workdir is absent, empty
     or this trainer's (see the module docstring); reads only."""
-    workdir = where = os.path.normpath(self.workdir)
-    while where and not os.path.exists(where):
-      where = os.path.dirname(where)
-    if where and not os.path.isdir(where):
-      place = 'is a file' if where == workdir else f'lies under {where}, which is a file'
-      raise errors.UserError(f'--workdir {self.workdir} {place}: choose a directory that does '
-                             'not exist yet (it is created) or a run directory of this trainer.')
-    if where != workdir:
+    if not errors.is_directory('--workdir', self.workdir, 'choose a directory that does not '
+                               'exist yet (it is created) or a run directory of this trainer.'):
       return
     names = sorted(n for n in os.listdir(self.workdir)
                    if not n.startswith('.') and n != 'lost+found')

@@ -91,6 +91,18 @@ def test_ctrl_c_saves_at_the_stop_step_and_the_rerun_resumes_there(tmp_path, cap
   assert f'Resumed from the checkpoint at step {step} of' in caplog.text
 
 
+def test_ctrl_c_while_the_run_starts_is_one_line(tmp_path):
+  """Before the first step there is nothing to save: one line, exit 75, no traceback."""
+  proc = run_train(str(tmp_path / 'run'))
+  console = _Console(proc)
+  console.wait_for('Mesh: ')  # Loading the data and building the model are ahead.
+  proc.send_signal(signal.SIGINT)
+  out = console.text()
+  assert proc.returncode == errors.EXIT_STOPPED, out[-3000:]
+  assert 'Traceback' not in out and 'KeyboardInterrupt' not in out, out[-3000:]
+  assert out.strip().splitlines()[-1] == 'Stopped by Ctrl-C; rerun the same command to go on.'
+
+
 def _processes() -> dict[int, tuple[int, str, str]]:
   """{pid: (parent pid, state, start time)} of every process, from /proc."""
   found = {}

@@ -250,7 +250,7 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
     jax.block_until_ready(state)
     # Nothing says done or stopped before the checkpoint of `step` is committed on disk.
     checkpointer.commit(step)
-    if stop.requested:
+    if stop.requested and step < total_steps:
       logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
                       total_steps)
   finally:

@@ -2,7 +2,7 @@
 
     python train.py --config=configs/gmm_vit_imagenet.py --workdir=runs/gmm_vit_imagenet \
         --config.dataset.data_dir=DIR
-DIR holds tfds 'imagenet2012' prepared in the array_record format (README, "Bigger
+DIR holds tfds 'imagenet2012' prepared in the array_record format (docs/datasets.md, "Bigger
 datasets"). The model is DeiT-Small's size (dim 384, depth 12, 6 heads of 64, MLP ratio 4,
 16x16 patches: a 14x14 token grid) with the Gaussian mixture mask in every layer and the
 token mean pooled (the masked ViTs carry no CLS token). The argument 'none' gives the plain
@@ -11,7 +11,7 @@ ViT (CLS token) of the same size.
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str) -> ml_collections.ConfigDict:

@@ -10,8 +10,8 @@ reports 12.7M, 25.7M, 42.9M and 63.1M parameters at 2.0, 4.3, 8.3 and 11.5 GFLOP
 
 import ml_collections
 
-from configs import common
 from configs import hatnet_cifar10
+from gmm_vit_jax import configs_common as common
 
 # dims, head_dim, depths, kernel_sizes of each size.
 SIZES = {

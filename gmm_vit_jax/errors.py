@@ -44,6 +44,10 @@ class DatasetUnavailableError(UserError, RuntimeError):
   """The dataset is not prepared and cannot be downloaded from here."""
 
 
+class DatasetError(UserError, ValueError):
+  """The dataset's files are there, but one of them is not what the dataset holds."""
+
+
 class StorageError(UserError, OSError):
   """A disk-full, quota, permission or read-only failure, described in one line."""
 
@@ -91,6 +95,12 @@ def describe_storage_error(exc: BaseException, where: str | None = None) -> str 
       path = (path.group(1) or path.group(2)) if path else where or 'a file'
       return f'{os.strerror(int(code.group(1)))}: {path} ({_FIXES[int(code.group(1))]}).'
   return None
+
+
+def check_choice(field: str, value, allowed) -> None:
+  """Raises ConfigError naming the field, the value and the allowed ones unless value is one."""
+  if value not in allowed:
+    raise ConfigError(f'{field}={value!r} is not supported; choose one of {tuple(allowed)}.')
 
 
 def is_directory(flag: str, path: str, fix: str) -> bool:

@@ -1,4 +1,7 @@
-"""The published top-1 accuracies (%) of the GMM paper's table (SPEC section 4).
+"""The published top-1 accuracies (%) of the GMM paper's results table.
+
+Li and Zhang, "Toward a Deeper Understanding: RetNet Viewed through Convolution" (2023),
+as its reference implementation reports them (docs/design.md, "Papers").
 
 PUBLISHED[(backbone, dataset)] = (baseline, GMM).
 """

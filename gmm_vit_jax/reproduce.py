@@ -17,7 +17,6 @@ Writes WORKDIR/table.md and WORKDIR/table.png: the final eval accuracy of each r
 beside the published top-1 (gmm_vit_jax/published.py) and the difference.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from types import ModuleType
 import ml_collections
 from absl import app, flags
 
-from gmm_vit_jax import cli, console, cpu_runtime, errors
+from gmm_vit_jax import cli, config_files, console, cpu_runtime, errors
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
 from gmm_vit_jax.training.run_directory import SUMMARY_FILE
 
@@ -45,10 +45,7 @@ def config_file(configs: str, name: str) -> ModuleType:
   if not os.path.isfile(path):
     raise errors.ConfigError(f'{path} does not exist: --configs names the folder of the '
                              "config files (the repository's configs/).")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.module(path, flag='--configs')
 
 
 def run_config(configs: str, backbone: str, variant: str, dataset: str, *,
@@ -81,7 +78,7 @@ def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
   for name, chosen, allowed in (('backbones', backbones, BACKBONES),
                                 ('datasets', datasets, DATASETS + ('digits',))):
     if not chosen or set(chosen) - set(allowed):
-      raise ValueError(f'--{name}={",".join(chosen)} must name some of {",".join(allowed)}.')
+      raise ConfigError(f'--{name}={",".join(chosen)} must name some of {",".join(allowed)}.')
   rows = []
   for dataset in datasets:
     for backbone in backbones:
@@ -215,4 +212,4 @@ if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
   logging.getLogger().setLevel(logging.INFO)
   console.import_tensorflow_quietly(sys.argv)
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

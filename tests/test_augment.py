@@ -378,8 +378,8 @@ def test_augmentation_grid_shape():
 SHARDED_MIX = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+from gmm_vit_jax import sharding
 from gmm_vit_jax.augment.mix import mix_batch
-from gmm_vit_jax.training import sharding
 from tests.test_augment import distinct_batch
 assert jax.device_count() == 8
 mesh, one = sharding.make_mesh(), jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])

@@ -14,7 +14,7 @@ from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.cait import layer_scale_init
 from tests.model_testing import count_params, random_batch, train_losses
 
-# Trainable parameters of the reference code at 32x32, 10 classes, K=5 (SPEC section 2).
+# Trainable parameters of the reference code at 32x32, 10 classes, K=5, counted by building its models.
 # Its README's 5.1M does not match the code.
 REFERENCE_PLAIN = 9_020_618
 REFERENCE_GMM = 9_021_578

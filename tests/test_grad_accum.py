@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gmm_vit_jax import sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sources import load_split
 from gmm_vit_jax.models import build_from_config
-from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.optimizer import make_optimizer
 from gmm_vit_jax.training.state import Metrics, TrainState
 from gmm_vit_jax.training.step import make_train_step

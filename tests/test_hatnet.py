@@ -62,7 +62,7 @@ def group_norm(x, norm):
 
 
 def gmm_mask(mask, g):
-  """(H, g*g, g*g): SPEC section 1's sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))) on a g x g
+  """(H, g*g, g*g): the GMM paper's sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))) on a g x g
   window, zero from d2 = 104."""
   r, c = np.divmod(np.arange(g * g), g)
   d2 = (r[:, None] - r[None]) ** 2 + (c[:, None] - c[None]) ** 2

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures('quick_compiles')
 PUBLISHED_PARAMS = {'tiny': 12.7, 'small': 25.7, 'medium': 42.9, 'large': 63.1}
 
 
-# medium and large take a minute each to build even as shapes; README's table lists them.
+# medium and large take a minute each to build even as shapes; docs/datasets.md lists them.
 @pytest.mark.parametrize('size', ['tiny', 'small'])
 def test_hatnet_sizes_have_the_published_parameter_counts(size):
   model = nnx.eval_shape(lambda: build_from_config(hatnet_imagenet.get_config(size)))

@@ -1,4 +1,9 @@
-"""The GMM and ELM masks against an independent NumPy computation of SPEC section 1."""
+"""The GMM and ELM masks against an independent NumPy computation.
+
+The Gaussian Mixture Mask and the element-wise learnable mask of Li and Zhang, 'Toward a
+Deeper Understanding: RetNet Viewed through Convolution' (2023), with its reference code's
+float32 cut-off (docs/design.md, "Papers").
+"""
 
 import itertools
 

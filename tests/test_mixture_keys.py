@@ -1,4 +1,7 @@
-"""Mixture-of-Gaussian-keys scores against a NumPy evaluation of the SPEC formula."""
+"""Mixture-of-Gaussian-keys scores against a NumPy evaluation of the MGK formula.
+
+Nguyen et al., 'Improving Transformers with Probabilistic Attention Keys', ICML 2022.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +43,8 @@ def np_heads(t):
 
 
 def np_gmm_values(coords, sigma, alpha):
-  """SPEC section 1: sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))), zero from d2 = 104."""
+  """The GMM paper's mask (docs/design.md): sum_k alpha exp(-d2 / (2 (sigma^2 + 1e-5))), zero
+  from d2 = 104."""
   c = coords.astype(np.float64)
   d2 = ((c[..., :, None, :] - c[..., None, :, :]) ** 2).sum(-1)
   kern = np.exp(-d2[..., None, None, :, :] / (2 * (sigma[:, :, None, None] ** 2 + 1e-5)))
@@ -50,7 +54,7 @@ def np_gmm_values(coords, sigma, alpha):
 
 
 class Reference:
-  """The SPEC formula, with |q_i|^2 kept, from the modules' own weights."""
+  """The MGK formula, with |q_i|^2 kept, from the modules' own weights."""
 
   def __init__(self, attn: Attention):
     score = attn.score
@@ -161,7 +165,7 @@ MIXINGS = [('soft', 'e_step'), ('hard', 'none'), ('soft', 'learned'), ('hard', '
 @pytest.mark.parametrize('e_step,pi', MIXINGS)
 @pytest.mark.parametrize('pi_per_position', [False, True])
 @pytest.mark.parametrize('learn_variance', [False, True])
-def test_weights_match_spec_formula(variant, e_step, pi, pi_per_position, learn_variance):
+def test_weights_match_the_mgk_formula(variant, e_step, pi, pi_per_position, learn_variance):
   if pi == 'none' and pi_per_position:
     pytest.skip('no mixing weights to place per position')
   attn = make_attention_layer(variant=variant, e_step=e_step, pi=pi,
@@ -230,7 +234,7 @@ def test_e_step_in_the_jitted_train_step():
   """pi leaves the train step in the new state's buffers; the parameters never hold it."""
   from configs import quickstart_hvit
   from gmm_vit_jax.data.info import dataset_info
-  from gmm_vit_jax.training import sharding
+  from gmm_vit_jax import sharding
   from gmm_vit_jax.training.optimizer import make_optimizer
   from gmm_vit_jax.training.state import Metrics, TrainState
   from gmm_vit_jax.training.step import make_train_step
@@ -388,7 +392,7 @@ def test_vit_with_half_the_heads_trains():
 
 
 def test_gmm_hvit_config_halves_heads_and_saves_parameters():
-  """CIFAR-size counts: the GMM-ViT's 2,693,122 (SPEC) less, per layer, the softmax
+  """CIFAR-size counts: the GMM-ViT's 2,693,122 (reference) less, per layer, the softmax
   attention (4 C x 12*16 maps, output bias, 5x12x2 mask) plus the mixture's (q, two
   keys, v and output at 6*16, output bias, 5x6x2 mask; its 6x2 pi is E-step state, not
   a parameter)."""

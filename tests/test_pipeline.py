@@ -5,9 +5,10 @@ stream is a pure function of the step (a resumed run sees the same batches and l
 import numpy as np
 import pytest
 
+from gmm_vit_jax import sharding
 from gmm_vit_jax.data import pipeline as pipelines
 from gmm_vit_jax.data import records
-from gmm_vit_jax.training import loop, sharding
+from gmm_vit_jax.training import loop
 from tests.test_training import tiny_config
 
 pytestmark = pytest.mark.usefixtures('quick_compiles')

@@ -18,7 +18,7 @@ def one_epoch(config):
   return config
 
 
-def test_published_table_has_every_cell_of_spec_section_4():
+def test_published_table_has_every_cell_of_the_papers_table():
   assert set(PUBLISHED) == {(b, d) for b in BACKBONES for d in DATASETS}
   assert PUBLISHED[('vit', 'cifar10')] == (93.65, 95.06)
   assert PUBLISHED[('t2t', 'tiny_imagenet')] == (61.50, 63.33)

@@ -19,7 +19,7 @@ def _trainable(model: torch.nn.Module) -> int:
   return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# Trainable parameters of the reference code at 32x32, 10 classes, K=5 (SPEC section 2).
+# Trainable parameters of the reference code at 32x32, 10 classes, K=5, counted by building its models.
 @pytest.mark.parametrize('get_config, expected', [
     (vit_cifar10.get_config, 2_692_426),
     (gmm_vit_cifar10.get_config, 2_693_122),

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gmm_vit_jax.attention import core
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.attention.scores import DotProductScore, merge_heads, split_heads
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.initializers import dense_init
 from gmm_vit_jax.linear import Linear
 

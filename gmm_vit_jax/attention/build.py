@@ -6,9 +6,10 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention.attention import Attention
-from gmm_vit_jax.attention.masks import check_choice, make_mask
+from gmm_vit_jax.attention.masks import make_mask
 from gmm_vit_jax.attention.mixture_keys import MixtureOfKeysScore
 from gmm_vit_jax.attention.scores import DotProductScore
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.initializers import dense_init
 
 SCORE_KINDS = ('dot_product', 'mixture_of_keys')
@@ -27,7 +28,7 @@ def make_score(attention: ml_collections.ConfigDict, *, dim: int, num_heads: int
   if attention.score == 'mixture_of_keys':
     if 'mixture' not in attention:
       raise ValueError("model.attention.score='mixture_of_keys' needs a model.attention.mixture "
-                       "section (configs/common.py: attention('mixture_of_keys')).")
+                       "section (gmm_vit_jax/configs_common.py: attention('mixture_of_keys')).")
     mixture = attention.mixture
     return MixtureOfKeysScore(
         dim, num_heads=num_heads, head_dim=head_dim, num_keys=mixture.num_keys,

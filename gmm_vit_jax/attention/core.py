@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from gmm_vit_jax import platforms
-from gmm_vit_jax.attention.masks import MaskMode, MaskValues, apply_mask, check_choice
+from gmm_vit_jax.attention.masks import MaskMode, MaskValues, apply_mask
+from gmm_vit_jax.errors import check_choice
 
 IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn')
 

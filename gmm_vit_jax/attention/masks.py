@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gmm_vit_jax.attention import grid
+from gmm_vit_jax.errors import check_choice
 
 MASK_KINDS = ('none', 'gmm', 'elm')
 MASK_MODES = ('multiply', 'add')
@@ -35,11 +36,6 @@ class MaskValues(NamedTuple):
   values: jax.Array
   valid: jax.Array
   mode: MaskMode
-
-
-def check_choice(field: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(f'{field}={value!r} is not supported; choose one of {tuple(allowed)}.')
 
 
 def gaussian_mixture(sq_dist: jax.Array, sigma: jax.Array, alpha: jax.Array,

@@ -40,8 +40,8 @@ import numpy as np
 from flax import nnx
 
 from gmm_vit_jax.attention import grid
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.attention.scores import split_heads
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.initializers import dense_init
 from gmm_vit_jax.linear import Linear
 

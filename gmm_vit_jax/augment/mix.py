@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from gmm_vit_jax.training.sharding import DATA_AXIS
+from gmm_vit_jax.sharding import DATA_AXIS
 
 
 def cutmix_box(u: jax.Array, height: int, width: int, lam: jax.Array) -> tuple[jax.Array, ...]:

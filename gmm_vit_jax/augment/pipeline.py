@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.augment.autoaugment import AUTOAUGMENT_POLICIES, autoaugment
 from gmm_vit_jax.augment.basic import normalize, random_crop, random_flip
 from gmm_vit_jax.augment.erasing import random_erasing
 from gmm_vit_jax.augment.mix import mix_batch
+from gmm_vit_jax.errors import ConfigError, check_choice
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
@@ -17,14 +17,15 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if config.get('erasing_prob', 0.0) > 0:
     lo, hi = config.erasing_area
     if not 0 < lo <= hi < 1:
-      raise ValueError(f'augment.erasing_area={tuple(config.erasing_area)} must satisfy '
-                       '0 < min <= max < 1.')
+      raise ConfigError(f'augment.erasing_area={tuple(config.erasing_area)} must satisfy '
+                        '0 < min <= max < 1.')
     if not 0 < config.erasing_min_aspect <= 1:
-      raise ValueError(f'augment.erasing_min_aspect={config.erasing_min_aspect} must be in (0, 1].')
+      raise ConfigError(f'augment.erasing_min_aspect={config.erasing_min_aspect} must be in '
+                        '(0, 1].')
   if config.get('mix_prob', 0.0) > 0:
     for field in ('mixup_alpha', 'cutmix_beta'):
       if not config[field] > 0:
-        raise ValueError(f'augment.{field}={config[field]} must be positive.')
+        raise ConfigError(f'augment.{field}={config[field]} must be positive.')
 
 
 def augment_batch(images: jax.Array, labels: jax.Array, key: jax.Array,

@@ -34,13 +34,15 @@ import time
 
 from absl import app, flags
 
+from gmm_vit_jax import cli
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The speed benchmark's module, in one place: where `python -m` finds it.
 SPEED_MODULE = 'gmm_vit_jax.benchmarks.speed'
 BACKBONES = ('vit', 'swin', 'cait', 'pit', 't2t')
 DTYPES = ('bfloat16', 'float32')
 INSTALLS = ('cuda13', 'tpu', 'none')
-CIFAR_STEPS_PER_EPOCH = 1171  # 50,000 images x 3 passes / batch 128 (SPEC section 4).
+CIFAR_STEPS_PER_EPOCH = 1171  # 50,000 images x 3 passes / batch 128 (docs/design.md, "The recipe").
 # Per step of the check, seconds: together well under 10 minutes on one H100/H200.
 TIMEOUT_S = dict(install=240, speed=120, torch=180, two_epochs=180, levers=300)
 # --cheap: a one-layer ViT 16 wide and two steps, which a CPU runs in seconds.
@@ -178,4 +180,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('cheap', False, 'The plumbing on a CPU: one tiny backbone, two steps.')
   flags.DEFINE_enum('install', 'cuda13', INSTALLS, 'Which JAX wheel to install first.')
   flags.DEFINE_float('budget_s', 570.0, 'No command starts after this many seconds.')
-  app.run(main)
+  cli.run_app(main)

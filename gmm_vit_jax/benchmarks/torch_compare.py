@@ -22,15 +22,14 @@ from collections.abc import Callable
 
 import jax
 import torch
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
+from gmm_vit_jax import cli, cpu_runtime, sharding
 from gmm_vit_jax.benchmarks.speed import NO_AUGMENTATION, random_dataset, time_steps
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler
 from gmm_vit_jax.torch_models import build_torch_model
-from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.optimizer import make_optimizer
 from gmm_vit_jax.training.state import Metrics, create_train_state
 from gmm_vit_jax.training.step import make_train_step
@@ -59,7 +58,7 @@ def synchronize(device: torch.device) -> None:
 def torch_window(config, batch_size: int, compile_model: bool,
                  dtype: str) -> Callable[[int], float]:
   """A PyTorch training step; returns steps -> seconds those steps took."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   torch.manual_seed(config.seed)
   device = torch_device()
   torch.backends.cuda.matmul.allow_tf32 = True
@@ -100,7 +99,7 @@ def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
   config.batch_size = batch_size
   config.model.dtype = dtype
   config.augment.update(NO_AUGMENTATION)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   mesh = sharding.make_mesh()
   num = 4 * batch_size
   images, labels = random_dataset(config, num, mesh)
@@ -166,4 +165,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(main)

@@ -16,7 +16,6 @@ import torch
 from flax import nnx
 
 from gmm_vit_jax import export
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.convert import cait
 from gmm_vit_jax.convert import core
 from gmm_vit_jax.convert import pit
@@ -24,6 +23,7 @@ from gmm_vit_jax.convert import swin
 from gmm_vit_jax.convert import t2t
 from gmm_vit_jax.convert import vit
 from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models import build_model
 
 MAPPINGS = {
@@ -37,14 +37,14 @@ MAPPINGS = {
 
 def reference_mapping(config: ml_collections.ConfigDict) -> core.Mapping:
   check_choice('model.name', config.model.name, tuple(MAPPINGS))
-  image_size = dataset_info(config.dataset.name)['image_size']
+  image_size = dataset_info(config.dataset)['image_size']
   return MAPPINGS[config.model.name](config.model, image_size=image_size)
 
 
 def model_from_torch(state_dict: dict[str, np.ndarray],
                      config: ml_collections.ConfigDict) -> nnx.Module:
   """The Flax model of `config` carrying a reference state_dict's weights."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   model = build_model(config.model, num_classes=info['num_classes'],
                       image_size=info['image_size'], channels=info['channels'],
                       rngs=nnx.Rngs(0))

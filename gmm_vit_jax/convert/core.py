@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.export import check_names
 
 ArrayFn = Callable[..., tuple[np.ndarray, ...]]
@@ -86,8 +87,8 @@ def _apply(rule: Rule, inputs: tuple[np.ndarray, ...], to_flax: bool) -> tuple[n
     return (rule.to_flax if to_flax else rule.to_torch)(*inputs)
   except ValueError as e:
     shapes = [a.shape for a in inputs]
-    raise ValueError(f'cannot convert {list(source)} of shapes {shapes} to {list(target)}: '
-                     f'{e}') from e
+    raise ConfigError(f'cannot convert {list(source)} of shapes {shapes} to {list(target)}: '
+                      f'{e}') from e
 
 
 def to_flax(mapping: Mapping, state_dict: dict[str, np.ndarray],
@@ -103,16 +104,16 @@ def to_flax(mapping: Mapping, state_dict: dict[str, np.ndarray],
   for key, value in (mapping.constants if flax_shapes is not None else {}).items():
     given = state_dict[key]
     if given.shape != value.shape or not np.allclose(given, value, rtol=0, atol=1e-6):
-      raise ValueError(f'torch {key!r} (shape {given.shape}) is not the constant the config '
-                       f'implies (shape {value.shape}): was it trained with another patch '
-                       'or image size?')
+      raise ConfigError(f'torch {key!r} (shape {given.shape}) is not the constant the config '
+                        f'implies (shape {value.shape}): was it trained with another patch '
+                        'or image size?')
   out = {}
   for rule in mapping.rules:
     arrays = _apply(rule, tuple(state_dict[k] for k in rule.torch), to_flax=True)
     for name, array in zip(rule.flax, arrays):
       if flax_shapes is not None and array.shape != tuple(flax_shapes[name]):
-        raise ValueError(f'torch {list(rule.torch)} gives {name!r} shape {array.shape}; '
-                         f'the config\'s model has {tuple(flax_shapes[name])}.')
+        raise ConfigError(f'torch {list(rule.torch)} gives {name!r} shape {array.shape}; '
+                          f'the config\'s model has {tuple(flax_shapes[name])}.')
       out[name] = array
   return out
 

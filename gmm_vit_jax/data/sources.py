@@ -14,6 +14,7 @@ import numpy as np
 from gmm_vit_jax import errors
 from gmm_vit_jax.data import tiny_imagenet
 from gmm_vit_jax.data.info import dataset_info, digits_to_uint8
+from gmm_vit_jax.errors import ConfigError
 
 TFDS_SPLITS = {'train': 'train', 'test': 'test'}
 # Datasets whose labelled held-out split has another tfds name.
@@ -37,8 +38,8 @@ def load_split(name: str, split: str, *, data_dir: str | None,
     return _digits(split)
   if name == 'tiny_imagenet':
     if data_dir is None:
-      raise ValueError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder '
-                       '(Tiny-ImageNet is not in the tfds catalogue).')
+      raise ConfigError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder '
+                        '(Tiny-ImageNet is not in the tfds catalogue).')
     # Its labelled test set is the 'val' folder.
     return tiny_imagenet.load(data_dir, 'train' if split == 'train' else 'val')
   return _tfds(name, split, data_dir, download)
@@ -110,18 +111,17 @@ def _removed_on_failure(*directories: str):
     raise
 
 
-def _tfds(name: str, split: str, data_dir: str | None,
-          download: bool) -> tuple[np.ndarray, np.ndarray]:
+def read_tfds(name: str, data_dir: str | None, download: bool, read):
+  """read(builder) of tfds dataset `name`, prepared first when it is not and `download`
+  allows; a DatasetUnavailableError saying how to prepare it otherwise."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
   # TensorFlow only reads files here; the accelerator belongs to JAX.
   tf.config.set_visible_devices([], 'GPU')
   builder = tfds.builder(name, data_dir=data_dir)
-  read = lambda: tfds.as_numpy(builder.as_dataset(split=tfds_split(name, split), as_supervised=True)
-                              .batch(READ_CHUNK))
   try:
-    chunks = read()
+    return read(builder)
   except AssertionError:  # What tfds raises for a dataset that is not prepared.
     if not download:
       raise _not_prepared(name, builder.data_dir, 'dataset.download is off') from None
@@ -135,6 +135,16 @@ def _tfds(name: str, split: str, data_dir: str | None,
     except Exception as e:  # pylint: disable=broad-except
       raise _not_prepared(name, builder.data_dir,
                           f'the download failed: {type(e).__name__}: {e}') from None
-    chunks = read()
-  images, labels = zip(*chunks)
+    return read(builder)
+
+
+def _tfds(name: str, split: str, data_dir: str | None,
+          download: bool) -> tuple[np.ndarray, np.ndarray]:
+  import tensorflow_datasets as tfds
+
+  def read(builder):
+    return list(tfds.as_numpy(builder.as_dataset(split=tfds_split(name, split),
+                                                 as_supervised=True).batch(READ_CHUNK)))
+
+  images, labels = zip(*read_tfds(name, data_dir, download, read))
   return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)

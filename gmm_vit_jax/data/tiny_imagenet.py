@@ -17,6 +17,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from gmm_vit_jax import errors
+
 NUM_CLASSES = 200
 IMAGE_SIZE = 64
 MEAN = (0.4802, 0.4481, 0.3975)
@@ -31,7 +33,7 @@ HOW_TO_GET = ('Tiny-ImageNet is not downloaded automatically: fetch '
 
 def _require(path: str) -> str:
   if not os.path.exists(path):
-    raise FileNotFoundError(f'Tiny-ImageNet: {path} is missing. {HOW_TO_GET}')
+    raise errors.DatasetUnavailableError(f'Tiny-ImageNet: {path} is missing. {HOW_TO_GET}')
   return path
 
 
@@ -60,19 +62,29 @@ def _annotated_files(val_dir: str, wnids: list[str]) -> list[tuple[str, int]]:
     for line in f:
       if not line.strip():
         continue
-      name, wnid = line.split('\t')[:2]
+      fields = line.split('\t')
+      if len(fields) < 2:
+        raise errors.DatasetError(f'Tiny-ImageNet: the line {line.strip()!r} of '
+                                  'val_annotations.txt is not "<file>\\t<wnid>\\t<box>"; '
+                                  'restore the file from tiny-imagenet-200.zip.')
+      name, wnid = fields[:2]
       if wnid not in label_of:
-        raise ValueError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class {wnid!r}, '
-                         'which wnids.txt does not list.')
+        raise errors.DatasetError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class '
+                                  f'{wnid!r}, which wnids.txt does not list.')
       files.append((_require(os.path.join(val_dir, 'images', name)), label_of[wnid]))
   return files
 
 
 def _decode(path: str) -> np.ndarray:
-  with Image.open(path) as image:
-    array = np.asarray(image.convert('RGB'))  # A few images are greyscale.
+  try:
+    with Image.open(path) as image:
+      array = np.asarray(image.convert('RGB'))  # A few images are greyscale.
+  except (OSError, Image.DecompressionBombError) as e:
+    raise errors.DatasetError(f'Tiny-ImageNet: {path} cannot be read as an image ({e}); '
+                              'restore it from tiny-imagenet-200.zip or delete it.') from e
   if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-    raise ValueError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not {IMAGE_SIZE}x{IMAGE_SIZE}.')
+    raise errors.DatasetError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not '
+                              f'{IMAGE_SIZE}x{IMAGE_SIZE}.')
   return array
 
 
@@ -87,7 +99,8 @@ def files(data_dir: str, split: str) -> list[tuple[str, int]]:
   else:
     found = _class_folder_files(split_dir, wnids)
   if not found:
-    raise FileNotFoundError(f'Tiny-ImageNet: no images under {split_dir}. {HOW_TO_GET}')
+    raise errors.DatasetUnavailableError(f'Tiny-ImageNet: no images under {split_dir}. '
+                                         f'{HOW_TO_GET}')
   return found
 
 

@@ -3,14 +3,16 @@ of the labels and the seed, so every process and every resumed run holds out the
 
 import numpy as np
 
+from gmm_vit_jax.errors import ConfigError
+
 
 def check_fraction(fraction) -> float | None:
   """dataset.validation checked: None when off (None or 0), else the fraction in (0, 1)."""
   if not fraction:
     return None
   if not 0 < fraction < 1:
-    raise ValueError(f'dataset.validation={fraction!r} must be a fraction in (0, 1), or None '
-                     'or 0 for no validation split.')
+    raise ConfigError(f'dataset.validation={fraction!r} must be a fraction in (0, 1), or None '
+                      'or 0 for no validation split.')
   return float(fraction)
 
 

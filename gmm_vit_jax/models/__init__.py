@@ -5,8 +5,8 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax import platforms
-from gmm_vit_jax.attention.masks import check_choice
 from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models.cait import CaiT
 from gmm_vit_jax.models.hatnet import HATNet
 from gmm_vit_jax.models.pit import PiT
@@ -58,7 +58,7 @@ def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_siz
 
 def build_from_config(config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
   """The model of an experiment config, sized for its dataset."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   return build_model(config.model, num_classes=info['num_classes'],
                      image_size=info['image_size'], channels=info['channels'],
                      rngs=nnx.Rngs(seed))

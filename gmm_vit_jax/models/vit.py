@@ -10,7 +10,7 @@ from flax import nnx
 import ml_collections
 
 from gmm_vit_jax.attention import grid, make_attention
-from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.initializers import dense_init, embedding_init, fused_dense_init
 from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import EncoderBlock, Mlp

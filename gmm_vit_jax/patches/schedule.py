@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from gmm_vit_jax.errors import ConfigError
+
 
 def application_probability(cfg: ml_collections.ConfigDict, epoch: int) -> float:
   """The probability that a training batch of `epoch` (0-based) is filtered.
@@ -13,9 +15,9 @@ def application_probability(cfg: ml_collections.ConfigDict, epoch: int) -> float
   if cfg.kind == 'none':
     return 0.0
   if not 0.0 <= cfg.probability <= 1.0:
-    raise ValueError(f'patch_selection.probability={cfg.probability} must be in [0, 1].')
+    raise ConfigError(f'patch_selection.probability={cfg.probability} must be in [0, 1].')
   if cfg.decay < 0:
-    raise ValueError(f'patch_selection.decay={cfg.decay} must be >= 0.')
+    raise ConfigError(f'patch_selection.decay={cfg.decay} must be >= 0.')
   if epoch < 0:
     raise ValueError(f'epoch={epoch} must be >= 0.')
   p = float(cfg.probability)

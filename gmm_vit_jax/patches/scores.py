@@ -1,4 +1,4 @@
-"""Per-patch scores of the patch heuristic (SPEC section 3), on patchified images.
+"""Per-patch scores of the patch heuristic (docs/design.md, "Patch selection"), on patches.
 
 Images are (B, H, W, C) floats with pixel values in [0, 1]: the contrast and entropy
 formulas are defined on that range. A patch's pixels are those of
@@ -8,6 +8,7 @@ formulas are defined on that range. A patch's pixels are those of
 import jax
 import jax.numpy as jnp
 
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.models.tokens import patchify
 
 SCORE_KINDS = ('contrast', 'entropy', 'variance', 'random')
@@ -77,5 +78,5 @@ def patch_scores(images: jax.Array, kind: str, patch_size: int,
     if key is None:
       raise ValueError("patch_selection.kind='random' needs a PRNG key.")
     return jax.random.uniform(key, pixels.shape[:2])
-  raise ValueError(f'patch_selection.kind={kind!r} is not a patch score; choose one of '
-                   f'{SCORE_KINDS}.')
+  raise ConfigError(f'patch_selection.kind={kind!r} is not a patch score; choose one of '
+                    f'{SCORE_KINDS}.')

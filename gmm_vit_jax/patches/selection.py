@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.errors import ConfigError, check_choice
 from gmm_vit_jax.models.tokens import check_patch_size
 from gmm_vit_jax.patches.scores import SCORE_KINDS, patch_scores
 
@@ -23,7 +23,7 @@ ZERO_PROBABILITY_OFFSET = -1e4
 def num_kept(num_tokens: int, keep: float) -> int:
   """K = round(keep * N), at least one token."""
   if not 0.0 < keep <= 1.0:
-    raise ValueError(f'patch_selection.keep={keep} must be in (0, 1].')
+    raise ConfigError(f'patch_selection.keep={keep} must be in (0, 1].')
   return max(1, min(num_tokens, round(keep * num_tokens)))
 
 
@@ -65,8 +65,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   check_choice('patch_selection.mode', cfg.mode, MODES)
   num_kept(1, cfg.keep)
   if not isinstance(cfg.entropy_bins, int) or cfg.entropy_bins < 1:
-    raise ValueError(f'patch_selection.entropy_bins must be a positive integer, got '
-                     f'{cfg.entropy_bins!r}.')
+    raise ConfigError(f'patch_selection.entropy_bins must be a positive integer, got '
+                      f'{cfg.entropy_bins!r}.')
 
 
 def select_tokens(images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict, *,

@@ -7,7 +7,7 @@ same `model` config section as its Flax backbone.
 import ml_collections
 from torch import nn
 
-from gmm_vit_jax.attention.masks import check_choice
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.torch_models.cait import CaiT
 from gmm_vit_jax.torch_models.pit import PiT
 from gmm_vit_jax.torch_models.swin import Swin

@@ -28,7 +28,8 @@ import ml_collections
 import torch
 from torch import nn
 
-from gmm_vit_jax.attention.masks import MASK_KINDS, check_choice
+from gmm_vit_jax.attention.masks import MASK_KINDS
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models.pit import pooled_side
 from gmm_vit_jax.models.tokens import check_patch_size
 from gmm_vit_jax.torch_models.vit import (Attention, ElementwiseMask, FeedForward,

@@ -29,7 +29,8 @@ import ml_collections
 import torch
 from torch import nn
 
-from gmm_vit_jax.attention.masks import MASK_KINDS, check_choice
+from gmm_vit_jax.attention.masks import MASK_KINDS
+from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models.t2t import (UNFOLD_KERNEL, UNFOLD_PADDING, UNFOLD_STRIDE,
                                     sinusoid_position_embedding, unfolded_side)
 from gmm_vit_jax.torch_models.swin import Mlp

@@ -23,7 +23,8 @@ import ml_collections
 import torch
 from torch import nn
 
-from gmm_vit_jax.attention.masks import MASK_KINDS, SIGMA_EPS, check_choice
+from gmm_vit_jax.attention.masks import MASK_KINDS, SIGMA_EPS
+from gmm_vit_jax.errors import check_choice
 
 
 def check_reference_mask(mask: ml_collections.ConfigDict,

@@ -1,1 +1,1 @@
-"""The trainer: sharding, optimiser, train/eval steps, checkpoints and the loop."""
+"""The trainer: optimiser, train/eval steps, checkpoints and the loop."""

@@ -89,8 +89,10 @@ def _storage_errors(where: str):
 
 def selection_metric(config: ml_collections.ConfigDict) -> str:
   """The metric the best checkpoint of a run with `config` is chosen on: the validation
-  split's accuracy when dataset.validation holds one out, else the test split's."""
-  return 'val_accuracy' if config.dataset.get('validation') else BEST_METRIC
+  split's accuracy when dataset.validation holds one out or the data has one
+  (dataset.validation_split), else the test split's."""
+  validates = config.dataset.get('validation') or config.dataset.get('validation_split')
+  return 'val_accuracy' if validates else BEST_METRIC
 
 
 def _value_of(metric: str):

@@ -38,11 +38,12 @@ SUMMARY_FILE = 'summary.json'
 # Fields that change how a run is watched, stored, fed or computed, not what it learns
 # (both input pipelines give the same batches; init_from acts only at step 0): a resumed
 # run takes their new values and says so.
-FREE_TO_CHANGE = ('log_every_steps', 'progress_every_s', 'eval_every_epochs', 'eval_batch_size', 'checkpoint.',
+FREE_TO_CHANGE = ('log_every_steps', 'progress_every_s', 'progress_max_lines',
+                  'eval_every_epochs', 'eval_batch_size', 'checkpoint.',
                   'profile_steps', 'profile_start_step', 'cpu_keep_step_memory',
                   'dataset.data_dir', 'dataset.download', 'dataset.pipeline',
                   'dataset.resident_share', 'dataset.grain_workers', 'dataset.grain_threads',
-                  'dataset.prefetch', 'init_from', 'init_from_dont_load',
+                  'dataset.prefetch', 'init_from', 'init_from_dont_load', 'init_from_partial',
                   'model.attention.implementation', 'model.attention.max_slices')
 _ABSENT = '<absent>'
 OWN_CONFIG_FIELDS = ('model.name', 'dataset.name', 'epochs', 'batch_size', 'seed',

@@ -1,18 +1,28 @@
 """The pieces every experiment config shares: the paper's training recipe and model sections.
 
-Each experiment file in this folder composes these and states its own model; every
-value a run uses is in the resolved config it writes to its workdir.
+Each experiment file in the repository's configs/ composes these and states its own model,
+and so can a config file of your own, wherever it lives:
+
+    from gmm_vit_jax import configs_common as common
+    config = common.paper_recipe('cifar10')
+
+Every value a run uses is in the resolved config it writes to its workdir.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-# The datasets of the published table, the offline one, and ImageNet (configs/*_imagenet.py).
-DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012')
+# The datasets of the published table, the offline one, ImageNet (configs/*_imagenet.py),
+# and the user's own: a folder of images (docs/own_images.md), or any tfds dataset as
+# 'tfds:NAME'.
+DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012',
+            'image_folder')
 
 # The reference's AutoAugment policy for each dataset; the offline digits go without.
+# Photographs of the user's own take ImageNet's.
 AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped': 'svhn',
-                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet'}
+                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet',
+                      'image_folder': 'imagenet'}
 # Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
 TINY_IMAGENET = 'tiny_imagenet'
 
@@ -38,7 +48,8 @@ def mask(kind: str) -> ml_collections.ConfigDict:
 def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft',
                     pi: str = 'e_step', pi_per_position: bool = False,
                     learn_variance: bool = False) -> ml_collections.ConfigDict:
-  """The `attention.mixture` section of score 'mixture_of_keys' (SPEC section 3, MGK).
+  """The `attention.mixture` section of score 'mixture_of_keys' (MGK: Nguyen et al.,
+  'Improving Transformers with Probabilistic Attention Keys', ICML 2022).
 
   variant: 'mgk' (one key projection per component) or 'smgk' (one projection plus a
     learned shift per component).
@@ -82,7 +93,7 @@ def attention(score: str = 'dot_product', qkv_bias: bool = False,
 def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sample',
                     mode: str = 'drop', probability: float = 0.5,
                     decay: float = 0.0, entropy_bins: int = 256) -> ml_collections.ConfigDict:
-  """Training-time patch selection (SPEC section 3; gmm_vit_jax/patches). Evaluation keeps all.
+  """Training-time patch selection (docs/design.md; gmm_vit_jax/patches). Evaluation keeps all.
 
   kind: patch score, 'none', 'contrast', 'entropy', 'variance' or 'random'.
   keep: fraction of the tokens kept, K = round(keep * N).
@@ -109,14 +120,16 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
 
 
 def augment(dataset: str) -> ml_collections.ConfigDict:
-  """SPEC section 4's augmentation; the offline digits keep only flip and crop."""
-  if dataset not in AUTOAUGMENT_POLICY:
-    raise ValueError(f'dataset.name={dataset!r} is not supported; choose one of {DATASETS}.')
+  """The recipe's augmentation (docs/design.md); the offline digits keep only flip and crop."""
+  policy = 'imagenet' if dataset.startswith('tfds:') else AUTOAUGMENT_POLICY.get(dataset)
+  if policy is None:
+    raise ValueError(f"dataset.name={dataset!r} is not supported; choose one of {DATASETS} "
+                     "or 'tfds:NAME'.")
   heavy = dataset != 'digits'
   return ml_collections.ConfigDict(dict(
       flip=True,
       crop_padding=4,
-      autoaugment=AUTOAUGMENT_POLICY[dataset],
+      autoaugment=policy,
       erasing_prob=0.25 if heavy else 0.0,
       erasing_area=(0.02, 0.4),
       erasing_min_aspect=0.3,
@@ -128,7 +141,8 @@ def augment(dataset: str) -> ml_collections.ConfigDict:
 
 
 def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
-  """SPEC section 4: AdamW 1e-3, wd 5e-2, batch 128, 100 epochs of 3 passes, warmup 10."""
+  """The paper's recipe (docs/design.md): AdamW 1e-3, wd 5e-2, batch 128, 100 epochs of 3
+  passes, warmup 10."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   # validation: a fraction of the train split held out (stratified, seeded) to choose the
@@ -138,10 +152,21 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # host) or 'auto' (resident when both splits fit resident_share of one device's memory);
   # gmm_vit_jax/data/pipeline.py. grain_workers: grain's worker processes (0: read in this
   # process with grain_threads threads); prefetch: batches read and placed ahead.
+  # The dataset's facts (gmm_vit_jax/data/info.py), None for the dataset's own: image_size
+  # (image folders need it; images are resized to it), channels (1 grey, 3 RGB; image
+  # folders: 3), class_names, mean and std (per channel, pixels in [0, 1]), background
+  # ('dark' or 'light'). For image folders and 'tfds:NAME' the trainer reads the ones left
+  # None from the data and stores them in the run's config; so does validation_split, the
+  # name of a labelled validation split the data holds (an image folder's validation/ or
+  # val/), which takes the place of a dataset.validation hold-out.
   config.dataset = ml_collections.ConfigDict(dict(
       name=dataset, data_dir=config_dict.placeholder(str), download=True,
       validation=config_dict.placeholder(float), pipeline='device',
-      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2))
+      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2,
+      image_size=config_dict.placeholder(int), channels=config_dict.placeholder(int),
+      class_names=config_dict.placeholder(tuple), mean=config_dict.placeholder(tuple),
+      std=config_dict.placeholder(tuple), background=config_dict.placeholder(str),
+      validation_split=config_dict.placeholder(str)))
   config.batch_size = 128
   config.epochs = 100
   config.passes_per_epoch = 3  # The reference's repeated-augmentation sampler, 3 repeats.
@@ -154,6 +179,10 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
       eps=1e-8,
       decay_mask_params=True,  # The reference decays GMM sigma/alpha like every weight.
       grad_clip_norm=config_dict.placeholder(float),  # None: no clipping.
+      # Layer-wise learning-rate decay, for fine-tuning: layer l of a backbone of L blocks
+      # (embedding 0, head L + 1) learns at learning_rate * layer_decay**(L + 1 - l);
+      # gmm_vit_jax/training/optimizer.py numbers each backbone's layers. 1.0: off.
+      layer_decay=1.0,
   ))
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))
@@ -168,6 +197,9 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.init_from = config_dict.placeholder(str)
   # Regular expressions of parameter names (e.g. 'head\\..*') that init_from leaves fresh.
   config.init_from_dont_load = ()
+  # init_from is refused when it would fill under half the model's parameter values (another
+  # backbone or width); True loads whatever fits and leaves the rest fresh.
+  config.init_from_partial = False
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')
@@ -177,6 +209,8 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # The console's progress line (epoch, step, images/s, loss, accuracy, ETA) at most this
   # often; TensorBoard gets the metrics every log_every_steps.
   config.progress_every_s = 3.0
+  # And at most this many progress lines in the whole run (0: no limit), spread over it.
+  config.progress_max_lines = 0
   config.eval_every_epochs = 1
   # A jax.profiler trace of profile_steps steps from profile_start_step into
   # WORKDIR/profile (TensorBoard's profile tab, or Perfetto); 0 steps: no trace.
@@ -200,7 +234,7 @@ def imagenet_recipe() -> ml_collections.ConfigDict:
   config = paper_recipe('imagenet2012')
   config.dataset.pipeline = 'auto'
   config.dataset.validation = 0.01
-  config.dataset.download = False  # ImageNet needs its manual download (README).
+  config.dataset.download = False  # ImageNet needs its manual download (docs/datasets.md).
   config.dataset.grain_workers = 16
   config.dataset.grain_threads = 16
   config.dataset.prefetch = 4

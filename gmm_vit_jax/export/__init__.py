@@ -4,7 +4,10 @@ A bundle is a directory:
   params.safetensors  the model's variables without optimizer state, under flat names
                       such as 'blocks.0.attention.query.kernel'
   config.json         the resolved config the model was built from
-  preprocess.json     dataset, image_size, channels, num_classes, mean, std, class_names
+  preprocess.json     dataset, image_size, channels, num_classes, mean, std, class_names,
+                      background ('dark', 'light' or None: the training images'), and
+                      preprocessing, the name of how image files become model inputs
+                      (gmm_vit_jax/data/images.py, which predict applies)
   forward.jax_export  a serialized `jax.export` (StableHLO) of
                       forward(params, images) -> logits, where images are uint8
                       (B, H, W, C) with a symbolic batch B, params a dict of the flat
@@ -14,18 +17,14 @@ A bundle is a directory:
 `load` runs the serialized forward, so predicting needs none of the model code;
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
-    python -m gmm_vit_jax.export --workdir=RUN --out=DIR [--step=best|latest|N] [--weights=ema]
-turns a training run's checkpoint into a bundle: by default the best one, and its raw
-weights, or with --weights=ema their moving average (runs trained with ema_decay).
---out must be a new or empty directory, or a bundle, which only --overwrite replaces;
-anything else is refused before anything is written.
+`python -m gmm_vit_jax.export` (`__main__.py`) writes the bundle of a training run.
+--out must be a new or empty directory, or a bundle, which only --overwrite
+replaces; anything else is refused before anything is written.
 """
 
 import json
 import os
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,9 +32,11 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from gmm_vit_jax import cli, console, errors
+from gmm_vit_jax import errors
 from gmm_vit_jax.augment.basic import normalize
+from gmm_vit_jax.data.images import PREPROCESSING
 from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.models import build_model
 
 PARAMS_FILE = 'params.safetensors'
@@ -65,8 +66,8 @@ def check_names(what: str, given, expected) -> None:
   missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
   if missing or unexpected:
     more = ' (and more)' * (len(missing) > 8 or len(unexpected) > 8)
-    raise ValueError(f'{what} do not fit: missing {missing[:8]}, unexpected '
-                     f'{unexpected[:8]}{more}.')
+    raise ConfigError(f'{what} do not fit: missing {missing[:8]}, unexpected '
+                      f'{unexpected[:8]}{more}.')
 
 
 def _state_from_flat(flat_state, values: dict) -> nnx.State:
@@ -81,17 +82,18 @@ def set_flat_variables(model: nnx.Module, values: dict[str, np.ndarray]) -> None
   for path, var in flat_state:
     shape = np.shape(values[_name(path)])
     if shape != var.shape:
-      raise ValueError(f'variable {_name(path)!r} has shape {shape}, the model expects '
-                       f'{var.shape}.')
+      raise ConfigError(f'variable {_name(path)!r} has shape {shape}, the model expects '
+                        f'{var.shape}.')
   nnx.update(model, _state_from_flat(flat_state, values))
 
 
 def _preprocess_facts(config: ml_collections.ConfigDict) -> dict:
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   names = info['class_names'] or [str(i) for i in range(info['num_classes'])]
   return dict(dataset=config.dataset.name, image_size=info['image_size'],
               channels=info['channels'], num_classes=info['num_classes'],
-              mean=list(info['mean']), std=list(info['std']), class_names=list(names))
+              mean=list(info['mean']), std=list(info['std']), class_names=list(names),
+              background=info['background'], preprocessing=PREPROCESSING)
 
 
 def export_forward(model: nnx.Module, preprocess: dict,
@@ -183,15 +185,6 @@ def load(directory: str) -> Bundle:
   return Bundle(directory)
 
 
-def _step(flag: str) -> str | int:
-  if flag in ('best', 'latest'):
-    return flag
-  try:
-    return int(flag)
-  except ValueError:
-    raise errors.UserError(f"--step={flag!r}: use 'best', 'latest' or a step number.") from None
-
-
 def check_out(out: str, overwrite: bool) -> None:
   """A UserError unless a bundle may be written to `out`: a path under directories only,
   and a new or empty directory, or one holding only a bundle's files when `overwrite`."""
@@ -208,36 +201,3 @@ def check_out(out: str, overwrite: bool) -> None:
   if names and not overwrite:
     raise errors.UserError(f'--out {out} holds a bundle already: pass --overwrite to replace '
                            'it, or choose an empty or new --out.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  console.quiet_jax()
-  # The trainer may write bundles itself, so it is imported only when exporting a run.
-  from gmm_vit_jax.training.checkpoint import restore_run
-  workdir = flags.FLAGS.workdir
-  check_out(flags.FLAGS.out, flags.FLAGS.overwrite)
-  run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
-  metrics = run.metrics or {}
-  prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'
-  source = dict(workdir=os.path.abspath(workdir), step=run.step, weights=flags.FLAGS.weights,
-                eval_accuracy=metrics.get(f'{prefix}_accuracy'),
-                eval_loss=metrics.get(f'{prefix}_loss'))
-  save_bundle(run.model, run.config, flags.FLAGS.out, source=source)
-  accuracy = ('not evaluated' if source['eval_accuracy'] is None
-              else f'eval accuracy {source["eval_accuracy"]:.4f}')
-  print(f'bundle of step {run.step} ({accuracy}) written to {flags.FLAGS.out}')
-
-
-if __name__ == '__main__':
-  # Defined only when run as a program: modules that import this one have flags of their own.
-  flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
-  flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
-  flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy, or by "
-                      "validation accuracy for runs that hold a validation split out), 'latest', "
-                      'or a step number.')
-  flags.DEFINE_bool('overwrite', False, 'Replace the bundle that --out holds already.')
-  flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
-                    'average (runs trained with ema_decay).')
-  app.run(lambda argv: cli.run(main, argv))

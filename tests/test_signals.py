@@ -129,6 +129,11 @@ def _descendants(pid: int) -> dict[int, str]:
   return found
 
 
+def _command(pid: int) -> str:
+  with open(f'/proc/{pid}/cmdline') as f:
+    return f.read().replace('\0', ' ')
+
+
 def _alive(pid: int, start: str) -> bool:
   """Whether the process `pid` started at `start` still runs (a zombie has ended)."""
   process = _processes().get(pid)
@@ -140,14 +145,15 @@ def test_kill_9_leaves_no_grain_worker_or_resource_tracker(tmp_path):
   proc = run_train(workdir, '--config.epochs=400', '--config.dataset.pipeline=grain',
                    '--config.dataset.grain_workers=2', '--config.progress_every_s=0.2')
   console = _Console(proc)
-  console.wait_for(r'step [1-9]\d*/')
+  console.wait_for(r'step [1-9]\d*/')  # Training: the workers are past their start.
   children = _descendants(proc.pid)
-  # The two workers and multiprocessing's resource tracker, at least.
-  assert len(children) >= 3, (children, console.lines[-20:])
+  commands = [_command(pid) for pid in children]
+  assert sum('multiprocessing.resource_tracker' in c for c in commands) == 1, commands
+  assert sum('multiprocessing.spawn' in c for c in commands) == 2, commands
   proc.kill()
   proc.wait(30)
   deadline = time.time() + 15  # Each polls its parent twice a second; the CPUs may be busy.
   while any(_alive(*child) for child in children.items()) and time.time() < deadline:
     time.sleep(0.1)
   left = [pid for pid, start in children.items() if _alive(pid, start)]
-  assert not left, [open(f'/proc/{pid}/cmdline').read() for pid in left]
+  assert not left, [_command(pid) for pid in left]

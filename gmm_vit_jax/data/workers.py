@@ -3,7 +3,8 @@
 A worker whose parent is killed (kill -9, the out-of-memory killer) would otherwise go on
 reading and decoding for nobody. Each worker polls its parent's pid and exits once it
 changes (the orphan is adopted by init or a subreaper); the multiprocessing resource
-tracker then sees its last client gone and exits too. A parent-death signal (prctl
+tracker then sees its last client gone and exits too. A worker whose parent dies while
+it is still starting (importing) notices as soon as its start reaches this initialiser. A parent-death signal (prctl
 PR_SET_PDEATHSIG) is no substitute: it fires when the *thread* that started the worker
 ends, and grain starts its workers from pool threads.
 

@@ -255,12 +255,12 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
           checkpointer.save(state, metrics=results)
         elif step % config.checkpoint.every_steps == 0:
           checkpointer.save(state)
-      if stop.requested:
+      if step < total_steps:  # Stopped early: the state of `step` is saved, whatever the interval.
         checkpointer.save(state, force=True)
     jax.block_until_ready(state)
     # Nothing says done or stopped before the checkpoint of `step` is committed on disk.
     checkpointer.commit(step)
-    if stop.requested and step < total_steps:
+    if step < total_steps:
       logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
                       total_steps)
   finally:

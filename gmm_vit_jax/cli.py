@@ -10,6 +10,8 @@ parse or refuses its argument, an override of a field that does not exist (answe
 with the closest name), a value of the wrong type, an unknown or missing flag. So are
 UserErrors, storage failures (disk full, permissions) and usage errors raised by main.
 `--verbosity=1` adds the traceback. Anything else is a bug and keeps its traceback.
+A Ctrl-C the command does not handle itself (the trainer stops at its next step
+and saves) prints one line and exits with errors.EXIT_STOPPED.
 """
 
 import os
@@ -31,6 +33,9 @@ def run(main, argv) -> None:
     code = main(argv)
   except app.UsageError as e:
     _fail(f'{str(e).rstrip(".")}; --helpshort lists the flags.', verbose=_verbose())
+  except KeyboardInterrupt:
+    sys.stderr.write('Stopped by Ctrl-C; rerun the same command to go on.\n')
+    sys.exit(errors.EXIT_STOPPED)
   except Exception as e:  # pylint: disable=broad-except
     storage = errors.describe_storage_error(e)
     if storage is None and not isinstance(e, errors.UserError):

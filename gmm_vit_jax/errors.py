@@ -101,3 +101,16 @@ def check_choice(field: str, value, allowed) -> None:
   """Raises ConfigError naming the field, the value and the allowed ones unless value is one."""
   if value not in allowed:
     raise ConfigError(f'{field}={value!r} is not supported; choose one of {tuple(allowed)}.')
+
+
+def is_directory(flag: str, path: str, fix: str) -> bool:
+  """Whether the local `path` given as `flag` is an existing directory; False when it does
+  not exist yet. A UserError naming `flag` and ending with `fix` when it, or a folder
+  above it, is a regular file (where creating it would raise a traceback)."""
+  normal = where = os.path.normpath(path)
+  while where and not os.path.exists(where):
+    where = os.path.dirname(where)
+  if where and not os.path.isdir(where):
+    place = 'is a file' if where == normal else f'lies under {where}, which is a file'
+    raise UserError(f'{flag} {path} {place}: {fix}')
+  return bool(where) and where == normal

@@ -11,8 +11,8 @@ Rerunning the same command resumes from the workdir's newest good checkpoint. A 
 that differs from the one stored in the workdir is refused, naming each changed field;
 --allow_config_change=FIELD[,FIELD] goes on with new values that keep the model's shapes.
 
-Exit codes: 0 the run is complete; 75 stopped by SIGTERM after saving a checkpoint (rerun
-the same command to resume); 1 an error, printed as one line naming its cause and fix.
+Exit codes: 0 the run is complete; 75 stopped by SIGTERM or Ctrl-C after saving a checkpoint
+(rerun the same command to resume); 1 an error, printed as one line naming its cause and fix.
 
 Several processes (hosts) train one model when each runs the same command with
 --distributed; jax.distributed.initialize then finds the coordinator, the process count

@@ -209,3 +209,28 @@ def test_predict_help_says_what_the_digits_model_expects():
 def test_a_directory_that_is_not_a_bundle_says_so(tmp_path):
   with pytest.raises(UserError, match='is not an inference bundle .*forward.jax_export'):
     export.load(str(tmp_path))
+
+
+def test_out_must_be_new_empty_or_a_bundle_to_overwrite(gmm_bundle, tmp_path):
+  _, _, bundle = gmm_bundle
+  (tmp_path / 'empty').mkdir()
+  for fine in (tmp_path / 'new' / 'bundle', tmp_path / 'empty'):
+    export.check_out(str(fine), overwrite=False)
+  export.check_out(bundle, overwrite=True)
+  with pytest.raises(UserError, match=f'--out {bundle} holds a bundle already: pass '
+                                      '--overwrite to replace it'):
+    export.check_out(bundle, overwrite=False)
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'config.json').write_text('{}')
+  (tmp_path / 'mine' / 'notes.txt').write_text('mine')
+  for overwrite in (False, True):
+    with pytest.raises(UserError, match=r'holds files that are not part of a bundle \(notes.txt\)'
+                                        ': choose an empty or new --out; nothing was written.'):
+      export.check_out(str(tmp_path / 'mine'), overwrite)
+  file = tmp_path / 'model.bin'
+  file.write_text('x')
+  for out, where in ((file, 'is a file'), (file / 'bundle', f'lies under {file}, which is a '
+                                                           'file')):
+    with pytest.raises(UserError, match=f'--out {out} {where}: choose a directory that does not '
+                                        r'exist yet \(it is created\).'):
+      export.check_out(str(out), overwrite=True)

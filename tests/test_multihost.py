@@ -114,9 +114,10 @@ def test_two_processes_train_like_one_device_with_the_same_global_batch(tmp_path
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
-  """Cluster detection (here SLURM's variables) with --distributed; JAX's preemption
-  service makes both processes stop and save at the same step."""
+def test_ctrl_c_to_one_process_stops_both_at_one_step(tmp_path):
+  """Cluster detection (here SLURM's variables) with --distributed; Ctrl-C (SIGINT) is
+  passed on as SIGTERM, and JAX's preemption service makes both processes stop and save
+  at the same step."""
   port = free_port()
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
   procs = [launch(tmp_path / 'run', logs[i], '--distributed', '--config.epochs=200',
@@ -129,7 +130,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
   while not re.search(r'step \d+/4400', open(logs[1]).read()):  # A progress line: training.
     assert time.time() < deadline and procs[1].poll() is None, open(logs[1]).read()[-4000:]
     time.sleep(0.5)
-  procs[1].send_signal(signal.SIGTERM)
+  procs[1].send_signal(signal.SIGINT)
   outputs = finish(procs, logs, expected=errors.EXIT_STOPPED)
 
   for i in range(2):

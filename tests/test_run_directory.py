@@ -4,16 +4,20 @@ checkpoints, divergence, bad values; each checked on a real workdir with a real 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import common
-from gmm_vit_jax import errors
+from gmm_vit_jax import errors, export
 from gmm_vit_jax.training import config_checks, loop
 from gmm_vit_jax.training.checkpoint import Checkpointer, restore_run
+from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import TrainState
+from tests.model_testing import QUICK_COMPILES_ENV
 from tests.test_training import tiny_config
 from tests.workdir_testing import files_with_times, restored_state, strict_json
 
@@ -69,6 +73,34 @@ def test_export_takes_the_best_checkpoint_and_says_which(finished_run, tmp_path)
   assert restore_run(workdir, 10).metrics is None  # Saved between evaluations.
   with pytest.raises(errors.CheckpointError, match='no checkpoint of step 11; it has 10, 20, 22'):
     restore_run(workdir, 11)
+
+
+def _export(workdir: str, out: str, *flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'gmm_vit_jax.export', f'--workdir={workdir}',
+                         f'--out={out}', *flags], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, **QUICK_COMPILES_ENV}, timeout=300)
+
+
+def test_export_writes_only_into_a_new_folder_or_over_a_bundle(finished_run, tmp_path):
+  """Into a folder of the user's: one line, nothing written; over a bundle: with
+  --overwrite, which replaces it."""
+  mine = tmp_path / 'mine'
+  mine.mkdir()
+  (mine / 'notes.txt').write_text('mine')
+  refused = _export(finished_run, str(mine))
+  assert refused.returncode == errors.EXIT_ERROR and refused.stdout == '', refused.stderr
+  assert refused.stderr.strip().splitlines() == [
+      f'error: --out {mine} holds files that are not part of a bundle (notes.txt): choose an '
+      'empty or new --out; nothing was written.'], refused.stderr[-3000:]
+  assert os.listdir(mine) == ['notes.txt']
+
+  bundle = tmp_path / 'bundle'
+  run = restore_run(finished_run, 10)
+  export.save_bundle(run.model, run.config, str(bundle), platforms=('cpu',))
+  replaced = _export(finished_run, str(bundle), '--overwrite')
+  assert replaced.returncode == 0, replaced.stderr[-3000:]
+  assert json.load(open(bundle / 'source.json'))['step'] == restore_run(finished_run).step
+  assert export.load(str(bundle)).exported.platforms == export.PLATFORMS
 
 
 def test_rerunning_a_finished_run_keeps_its_summary(finished_run, tmp_path):
@@ -241,3 +273,82 @@ def test_every_field_left_none_can_be_set_from_the_command_line():
 
   for dataset in common.DATASETS:
     assert list(untyped(common.paper_recipe(dataset))) == [], dataset
+
+
+def _foreign_folders(root) -> dict[str, str]:
+  """{case: workdir} of folders this trainer did not make, each holding what users have."""
+  folders = {}
+  for case, files in {
+      'foreign_config': {'config.json': json.dumps({'architectures': ['BertModel'],
+                                                    'hidden_size': 768})},
+      'broken_config': {'config.json': '{"model": '},
+      'unrelated': {'notes.txt': 'mine', 'photos/cat.jpg': 'jpeg'},
+      'orphan_checkpoints': {'checkpoints/10/_CHECKPOINT_METADATA': '{}', 'lock': ''},
+  }.items():
+    for name, text in files.items():
+      path = root / case / name
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(text)
+    folders[case] = str(root / case)
+  return folders
+
+
+def test_a_folder_this_trainer_did_not_write_is_refused_untouched(tmp_path):
+  expected = {
+      'foreign_config': 'config.json is not a config this trainer wrote (it has no model.name, '
+                        'dataset.name, epochs, batch_size, seed, checkpoint.every_steps)',
+      'broken_config': 'config.json is not a config this trainer wrote (it is not a JSON '
+                       'object)',
+      'unrelated': 'holds files this trainer did not write (notes.txt, photos) and no '
+                   'config.json of its own',
+      'orphan_checkpoints': 'holds files this trainer did not write (checkpoints) and no '
+                            'config.json of its own',
+  }
+  for case, workdir in _foreign_folders(tmp_path).items():
+    before = files_with_times(workdir), sorted(os.listdir(workdir))
+    with pytest.raises(errors.UserError) as raised:
+      loop.train_and_evaluate(tiny_config(epochs=1), workdir)
+    assert expected[case] in str(raised.value), (case, str(raised.value))
+    assert str(raised.value).endswith('choose an empty or new --workdir; nothing in it was '
+                                      'changed.')
+    assert (files_with_times(workdir), sorted(os.listdir(workdir))) == before, case
+
+
+def test_a_workdir_that_is_a_file_or_under_one_is_refused(tmp_path):
+  file = tmp_path / 'results.csv'
+  file.write_text('a,b\n')
+  for workdir, where in ((file, 'is a file'), (file / 'run', f'lies under {file}, which is a '
+                                                            'file')):
+    with pytest.raises(errors.UserError, match=f'--workdir {workdir} {where}: choose a '
+                                               'directory that does not exist yet'):
+      loop.train_and_evaluate(tiny_config(epochs=1), str(workdir))
+  assert file.read_text() == 'a,b\n'
+
+
+def test_empty_new_and_early_workdirs_are_taken(finished_run, tmp_path):
+  """Absent, empty, holding only what a run writes before its config (a run killed while
+  loading its data), or a real run directory with a user's notes beside: all go on."""
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'early').mkdir()
+  (tmp_path / 'early' / 'lock').write_text('')
+  (tmp_path / 'early' / '.DS_Store').write_text('')
+  workdir = _copy(finished_run, tmp_path)
+  with open(os.path.join(workdir, 'notes.txt'), 'w') as f:
+    f.write('lr sweep, run 3')
+  for path in ('new/run', 'empty', 'early', 'run'):
+    RunDirectory(str(tmp_path / path)).check_is_ours()
+  assert loop.train_and_evaluate(tiny_config(epochs=1), workdir)['completed']
+
+
+def test_the_console_of_a_refused_workdir_is_one_line(tmp_path):
+  workdir = _foreign_folders(tmp_path)['foreign_config']
+  proc = subprocess.run([sys.executable, 'train.py', '--config=tests/tiny_config.py',
+                         f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, **QUICK_COMPILES_ENV}, timeout=300)
+  assert proc.returncode == errors.EXIT_ERROR, proc.stderr[-3000:]
+  assert proc.stdout == ''
+  assert proc.stderr.strip().splitlines() == [
+      f'error: {workdir}/config.json is not a config this trainer wrote (it has no model.name, '
+      'dataset.name, epochs, batch_size, seed, checkpoint.every_steps): choose an empty or new '
+      '--workdir; nothing in it was changed.'], proc.stderr[-3000:]
+  assert sorted(os.listdir(workdir)) == ['config.json']

@@ -211,6 +211,33 @@ def test_a_full_disk_stops_with_one_line_and_loses_nothing(tmp_path):
   assert _resumed_from(out) == saved
 
 
+def test_a_disk_full_at_the_final_save_is_an_error_never_a_success(tmp_path):
+  """The only checkpoint is the final one, and it does not fit: exit 1 with one line, no
+  'Done', no completed summary; with room again, a rerun trains and completes."""
+  args = ('--config.epochs=1', '--config.checkpoint.every_steps=1000',
+          '--config.eval_every_epochs=1000')
+  with _tmpfs(tmp_path / 'disk', '1m') as disk:
+    # Room for the config, pictures and logs (about 100 KiB), not the checkpoint (200 KiB).
+    with open(os.path.join(disk, 'filler'), 'wb') as f:
+      f.write(b'\0' * (2**20 - 200 * 2**10))
+    workdir = os.path.join(disk, 'run')
+    proc = run_train(workdir, *args)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == errors.EXIT_ERROR, out[-3000:]
+    assert 'Done at step' not in out and 'Traceback' not in out, out[-3000:]
+    errors_printed = [l for l in out.splitlines() if l.startswith('error:')]
+    assert errors_printed == [out.strip().splitlines()[-1]], out[-3000:]
+    assert errors_printed[0].startswith(f'error: No space left on device: {workdir}')
+    summary = os.path.join(workdir, 'summary.json')
+    assert not os.path.exists(summary) or not json.load(open(summary))['completed']
+    assert os.path.exists(os.path.join(workdir, 'config.json'))  # It did get that far.
+    os.remove(os.path.join(disk, 'filler'))
+    config = tiny_config(epochs=1)
+    config.checkpoint.every_steps, config.eval_every_epochs = 1000, 1000
+    assert loop.train_and_evaluate(config, workdir)['completed']
+    assert json.load(open(summary))['completed']
+
+
 def test_a_read_only_workdir_says_so_in_one_line(tmp_path):
   with _tmpfs(tmp_path / 'ro', '1m', read_only=True) as disk:
     workdir = os.path.join(disk, 'run')

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from gmm_vit_jax import sharding
-from gmm_vit_jax.data import records, validation
+from gmm_vit_jax.data import records, validation, workers
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.errors import ConfigError, check_choice
@@ -165,7 +165,8 @@ class GrainPipeline:
     dataset = dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=self.threads, prefetch_buffer_size=max(self.threads, self.prefetch)))
     if self.workers:
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers),
+                                    worker_init_fn=workers.worker_init_fn())
     return dataset
 
   def _to_devices(self, batches):

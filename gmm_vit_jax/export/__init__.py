@@ -19,7 +19,9 @@ The directory may be a storage URL (gs://BUCKET/...; gmm_vit_jax/storage.py).
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
 `python -m gmm_vit_jax.export` (`__main__.py`) writes the bundle of a training run; with
---format=onnx also model.onnx (gmm_vit_jax/onnx_export.py).
+--format=onnx also model.onnx (gmm_vit_jax/onnx_export.py). --out must be a new or empty
+directory, or a bundle, which only --overwrite replaces; anything else is refused before
+anything is written.
 """
 
 import json
@@ -43,6 +45,7 @@ CONFIG_FILE = 'config.json'
 PREPROCESS_FILE = 'preprocess.json'
 FORWARD_FILE = 'forward.jax_export'
 SOURCE_FILE = 'source.json'
+BUNDLE_FILES = (PARAMS_FILE, CONFIG_FILE, PREPROCESS_FILE, FORWARD_FILE, SOURCE_FILE)
 # The serialized forward runs on any of these; lowering for them needs no accelerator.
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 # Everything a model stores as an nnx Variable is saved; RNG streams are not weights.
@@ -178,3 +181,24 @@ class Bundle:
 
 def load(directory: str) -> Bundle:
   return Bundle(directory)
+
+
+def check_out(out: str, overwrite: bool) -> None:
+  """A UserError unless a bundle may be written to `out`: a path under directories only,
+  and a new or empty directory, or one holding only a bundle's files when `overwrite`."""
+  if storage.is_url(out):
+    names = sorted(storage.listdir(out)) if storage.isdir(out) else []
+  elif errors.is_directory('--out', out, 'choose a directory that does not exist yet (it is '
+                           'created).'):
+    names = sorted(os.listdir(out))
+  else:
+    return
+  foreign = [n for n in names if n not in BUNDLE_FILES]
+  if foreign:
+    more = f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''
+    raise errors.UserError(f'--out {out} holds files that are not part of a bundle '
+                           f'({", ".join(foreign[:5])}{more}): choose an empty or new --out; '
+                           'nothing was written.')
+  if names and not overwrite:
+    raise errors.UserError(f'--out {out} holds a bundle already: pass --overwrite to replace '
+                           'it, or choose an empty or new --out.')

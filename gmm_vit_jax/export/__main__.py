@@ -2,8 +2,9 @@
 
 turns a training run's checkpoint into an inference bundle (`gmm_vit_jax.export`): by
 default the best one, and its raw weights, or with --weights=ema their moving average
-(runs trained with ema_decay). The library part of the package needs no trainer; this
-command reads the run with it.
+(runs trained with ema_decay). --out must be a new or empty directory, or a bundle,
+which only --overwrite replaces; anything else is refused before anything is written.
+The library part of the package needs no trainer; this command reads the run with it.
 """
 
 
@@ -11,7 +12,7 @@ from absl import app
 from absl import flags
 
 from gmm_vit_jax import cli, console, errors, storage
-from gmm_vit_jax.export import save_bundle
+from gmm_vit_jax.export import check_out, save_bundle
 from gmm_vit_jax.training.checkpoint import restore_run
 
 flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
@@ -19,6 +20,7 @@ flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
 flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy, or by "
                     "validation accuracy for runs that hold a validation split out), 'latest', "
                     'or a step number.')
+flags.DEFINE_bool('overwrite', False, 'Replace the bundle that --out holds already.')
 flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
                   'average (runs trained with ema_decay).')
 flags.DEFINE_enum('format', 'jax', ['jax', 'onnx'], "'onnx' also writes model.onnx into the "
@@ -39,6 +41,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.quiet_jax()
   workdir = flags.FLAGS.workdir
+  check_out(flags.FLAGS.out, flags.FLAGS.overwrite)
   run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
   metrics = run.metrics or {}
   prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'

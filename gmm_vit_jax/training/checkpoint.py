@@ -223,6 +223,20 @@ class Checkpointer:
         f'{what}. The run stopped without saving, and {kept}. Lower optimizer.learning_rate '
         'or set optimizer.grad_clip_norm, then rerun to resume.')
 
+  def commit(self, step: int) -> None:
+    """Blocks until every asynchronous save has landed, then makes sure the checkpoint of
+    `step` is committed (finalized by orbax, found on disk); a StorageError or a
+    CheckpointError if not, so that no run reports success without it."""
+    where = os.path.join(self.manager.directory, str(step))
+    with _storage_errors(where):
+      self.manager.wait_until_finished()
+      self.manager.reload()  # What is on disk, not what the manager remembers saving.
+      if step in self.manager.all_steps():
+        return
+    raise errors.CheckpointError(
+        f'The checkpoint of step {step} was not committed to {where}; the run is not saved '
+        'there. Check that the workdir is writable and has room, then rerun the same command.')
+
   def close(self) -> None:
     """Blocks until every asynchronous save has landed on disk."""
     with _storage_errors(str(self.manager.directory)):

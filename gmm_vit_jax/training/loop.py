@@ -32,22 +32,34 @@ EVAL_PREFIXES = {'test': 'eval', 'validation': 'val'}  # Of the metrics of each 
 
 
 class _StopRequest:
-  """Turns SIGTERM into a stop between steps, where the loop saves a checkpoint and returns.
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a stop between steps, where the loop saves a
+  checkpoint, waits for it to be committed and returns.
 
+  A signal that comes while stopping only says so: the save in flight is never cut short.
   With several processes, JAX's preemption service (started by jax.distributed.initialize)
   catches SIGTERM on any of them and all agree on the step to stop at, so every process
-  takes part in the same last save.
+  takes part in the same last save; SIGINT is passed on to it as a SIGTERM.
   """
+
+  SIGNALS = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C (SIGINT)'}
 
   def __init__(self):
     self.requested = False
     self._multiprocess = jax.process_count() > 1
-    if not self._multiprocess:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    handled = (signal.SIGINT,) if self._multiprocess else tuple(self.SIGNALS)
+    # A signal ignored from the start (nohup, a background job) stays ignored.
+    self._previous = {signum: signal.signal(signum, self._handle) for signum in handled
+                      if signal.getsignal(signum) is not signal.SIG_IGN}
 
   def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
-    self.requested = True
+    if self._multiprocess:
+      os.kill(os.getpid(), signal.SIGTERM)
+    elif self.requested:
+      logging.warning('%s received again: still saving the checkpoint; the run stops once it '
+                      'is committed.', self.SIGNALS[signum])
+    else:
+      logging.warning('%s received: saving a checkpoint and stopping.', self.SIGNALS[signum])
+      self.requested = True
 
   def check(self, step: int) -> bool:
     """Whether to stop before training step `step`; called once per step."""
@@ -57,8 +69,8 @@ class _StopRequest:
     return self.requested
 
   def restore(self):
-    if not self._multiprocess:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _selects_patches(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int) -> bool:
@@ -243,11 +255,14 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
           checkpointer.save(state, metrics=results)
         elif step % config.checkpoint.every_steps == 0:
           checkpointer.save(state)
-      if stop.requested:
+      if step < total_steps:  # Stopped early: the state of `step` is saved, whatever the interval.
         checkpointer.save(state, force=True)
-        logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
-                        total_steps)
     jax.block_until_ready(state)
+    # Nothing says done or stopped before the checkpoint of `step` is committed on disk.
+    checkpointer.commit(step)
+    if step < total_steps:
+      logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
+                      total_steps)
   finally:
     stop.restore()
   timed_steps = step - timed_from[1] if timed_from else 0

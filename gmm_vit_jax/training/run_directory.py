@@ -11,6 +11,12 @@ WORKDIR is a local folder or a storage URL (gmm_vit_jax/storage.py). Files are r
 atomically (written beside, then renamed; an object is replaced whole), so a crash leaves
 the old version or the new one, never half of one. Only process 0 writes; with several
 processes, only process 0 holds the lock.
+
+A workdir is taken only if it is this trainer's: absent or empty, or holding a config.json
+the trainer wrote (one with the fields of OWN_CONFIG_FIELDS, which every config has), or,
+before the first config.json is written, nothing but the trainer's own first files
+(EARLY_FILES). Anything else is refused with one line before anything in it is changed;
+names starting with '.' (.DS_Store, .ipynb_checkpoints) and lost+found are not counted.
 """
 
 import contextlib
@@ -44,6 +50,11 @@ FREE_TO_CHANGE = ('log_every_steps', 'progress_every_s', 'progress_max_lines',
                   'dataset.prefetch', 'init_from', 'init_from_dont_load', 'init_from_partial',
                   'model.attention.implementation', 'model.attention.max_slices')
 _ABSENT = '<absent>'
+OWN_CONFIG_FIELDS = ('model.name', 'dataset.name', 'epochs', 'batch_size', 'seed',
+                     'checkpoint.every_steps')
+# What a run writes before its config.json (the lock, init_from's report) and what a
+# crash mid-write leaves.
+EARLY_FILES = (LOCK_FILE, 'init_from.txt', f'{CONFIG_FILE}.tmp')
 
 
 def flatten(config: dict, prefix: str = '') -> dict:
@@ -88,9 +99,43 @@ class RunDirectory:
   def path(self, name: str) -> str:
     return storage.join(self.workdir, name)
 
+  def check_is_ours(self) -> None:
+    """A UserError naming what was found and the fix, unless the workdir is absent, empty
+    or this trainer's (see the module docstring); reads only."""
+    if storage.is_url(self.workdir):
+      names = storage.listdir(self.workdir)
+    elif errors.is_directory('--workdir', self.workdir, 'choose a directory that does not '
+                             'exist yet (it is created) or a run directory of this trainer.'):
+      names = os.listdir(self.workdir)
+    else:
+      return
+    names = sorted(n for n in names if not n.startswith('.') and n != 'lost+found')
+    fix = 'choose an empty or new --workdir; nothing in it was changed.'
+    if CONFIG_FILE in names:
+      try:
+        stored = flatten(self.stored_config())
+        missing = [f for f in OWN_CONFIG_FIELDS if f not in stored]
+        lacks = f'it has no {", ".join(missing)}'
+      except (ValueError, AttributeError, IsADirectoryError):
+        missing, lacks = True, 'it is not a JSON object'
+      if missing:
+        raise errors.UserError(f'{self.path(CONFIG_FILE)} is not a config this trainer wrote '
+                               f'({lacks}): {fix}')
+      return
+    foreign = [n for n in names if n not in EARLY_FILES]
+    if foreign:
+      more = f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''
+      raise errors.UserError(f'{self.workdir} holds files this trainer did not write '
+                             f'({", ".join(foreign[:5])}{more}) and no config.json of its '
+                             f'own: {fix}')
+
   @contextlib.contextmanager
   def locked(self):
-    """Holds WORKDIR/lock for the block; a WorkdirInUseError at once if a live process has it."""
+    """Holds WORKDIR/lock for the block; a WorkdirInUseError at once if a live process has it.
+
+    The workdir is checked first (check_is_ours).
+    """
+    self.check_is_ours()
     if jax.process_index() != 0:
       yield
       return

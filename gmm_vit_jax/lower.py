@@ -54,7 +54,9 @@ CUDNN_CALLS = tuple(export.DisabledSafetyCheck.custom_call(name) for name in
                     sorted(set(fused_attention_stablehlo._custom_name_maps.values())))
 CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @([^\s(]+)\(')
 PRODUCT = re.compile(r'= stablehlo\.(?:dot_general|convolution)\b(.*)')
-PRECISION = re.compile(r'precision = \[(\w+)')
+# dot_general states `precision = [HIGHEST, HIGHEST]`, convolution
+# `precision_config = [#stablehlo<precision HIGHEST>, ...]`.
+PRECISION = re.compile(r'precision(?:_config)? = \[(?:#stablehlo<precision )?(\w+)')
 FLOPS_SOURCE = 'xla_hlo_cost_analysis_of_the_lowered_module'
 
 

@@ -80,11 +80,25 @@ def test_float32_paper_config_takes_highest_precision_products_on_tpu():
   for module in modules.values():
     ops = re.findall(r'= stablehlo\.(?:dot_general|convolution)\b[^\n]*', module)
     assert len(ops) > 10
-    assert all('precision = [HIGHEST, HIGHEST]' in op for op in ops)
+    assert all(op.count('HIGHEST') == 2 for op in ops)  # Both operands of each.
     assert lower.products(module) == {'HIGHEST': len(ops)}
   config.model.dtype = 'bfloat16'
   bfloat16 = lower.lower(config, 'tpu')
   assert list(bfloat16['train']['products']) == ['DEFAULT']
+
+
+def test_products_reads_dot_and_convolution_precisions():
+  module = '''
+  %1 = stablehlo.convolution(%a, %b) dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f], \
+window = {stride = [2, 2]} {feature_group_count = 1 : i64, precision_config = \
+[#stablehlo<precision HIGHEST>, #stablehlo<precision HIGHEST>]} : (tensor<8xf32>) -> tensor<8xf32>
+  %2 = stablehlo.dot_general %a, %b, contracting_dims = [1] x [0], precision = [HIGHEST, \
+HIGHEST] : (tensor<8x4xf32>, tensor<4xf32>) -> tensor<8xf32>
+  %3 = stablehlo.dot_general %a, %b, contracting_dims = [1] x [0] : (tensor<8x4xf32>, \
+tensor<4xf32>) -> tensor<8xf32>
+  %4 = stablehlo.add %a, %b : tensor<8xf32>
+'''
+  assert lower.products(module) == {'DEFAULT': 1, 'HIGHEST': 2}
 
 
 def test_command_prints_one_json_line_and_no_runtime_notice():

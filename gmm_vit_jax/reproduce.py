@@ -2,19 +2,25 @@
 the table and a bar chart beside the published numbers.
 
     python -m gmm_vit_jax.reproduce --table=gmm_paper --workdir=runs/paper \
-        [--datasets=cifar10,cifar100] [--backbones=vit,swin] [--tiny] [--data_dir=DIR]
+        [--datasets=cifar10,cifar100] [--backbones=vit,swin] [--seeds=N] \
+        [--tiny | --shrink=quickstart_size] [--data_dir=DIR]
 
 Each run trains the config file <backbone>_cifar10.py (plain) or gmm_<backbone>_cifar10.py
 of the --configs folder (the repository's configs/) with the dataset as the config
-argument, in WORKDIR/<dataset>/<plain|gmm>_<backbone>; like train.py's --config, the files
-are read by path, so a copy of the folder with other recipes works the same.
+argument, in WORKDIR/<dataset>/<plain|gmm>_<backbone>[_seed<i>]; like train.py's --config,
+the files are read by path, so a copy of the folder with other recipes works the same.
+--seeds=N trains each cell N times, with config.seed + i for i < N.
 A run whose summary.json says completed is skipped; any other is started, or resumed by
 the trainer from its latest checkpoint. The configs are built the same way every time,
-so a rerun finds the config its workdir holds. --tiny shrinks every model and run with
-the folder's tiny.py: `--datasets=digits --tiny` is the whole loop, offline, on a CPU.
+so a rerun finds the config its workdir holds. --shrink names a file of the folder whose
+shrink(config) resizes every run: tiny.py (--tiny) the tiny models of the tests,
+quickstart_size.py every backbone at the quick start's size; `--datasets=digits --tiny`
+is the whole loop, offline, on a CPU.
 
-Writes WORKDIR/table.md and WORKDIR/table.png: the final eval accuracy of each run
-beside the published top-1 (gmm_vit_jax/published.py) and the difference.
+Writes WORKDIR/table.md and WORKDIR/table.png: each cell's best eval top-1 (the highest
+over the run's evaluations on the test split, what the reference reports as best_acc1)
+and final one, mean ± standard deviation over seeds, the paired GMM - plain difference,
+and the published top-1 beside the best.
 """
 
 import importlib.util
@@ -82,8 +88,9 @@ def run_directory(workdir: str, dataset: str, variant: str, backbone: str, seed:
 
 def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
               shrink: Shrink | None = None, data_dir: str | None = None,
-              seeds: int = 1) -> list[dict]:
-  """Runs (or skips) every run; returns one row per (dataset, backbone).
+              seeds: int = 1) -> list[dict] | None:
+  """Runs (or skips) every run; returns one row per (dataset, backbone), or None where a
+  run was stopped (a signal; rerun to resume).
 
   Each cell is trained `seeds` times, with config.seed + i for i < `seeds`, backbone by
   backbone (every seed of one before the next), plain and GMM of a seed side by side.
@@ -114,6 +121,8 @@ def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
             logging.info('Training %s %s on %s, seed %d, in %s.', variant, backbone, dataset,
                          config.seed, run_dir)
             summary = train_and_evaluate(config, run_dir)
+            if not summary['completed']:
+              return None
           else:
             logging.info('%s is finished; skipped.', run_dir)
           row[variant]['final'].append(100.0 * summary['eval_accuracy'])
@@ -288,6 +297,8 @@ def main(argv):
   rows = reproduce(FLAGS.workdir, datasets=FLAGS.datasets, backbones=FLAGS.backbones,
                    configs=FLAGS.configs, shrink=shrink, data_dir=FLAGS.data_dir,
                    seeds=FLAGS.seeds)
+  if rows is None:
+    return errors.EXIT_STOPPED
   write_table(rows, FLAGS.workdir,
               kind=f'the models of {os.path.join(FLAGS.configs, size)}.py' if size
               else 'the paper configs')

@@ -2,11 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from configs import tiny
+from configs import quickstart_size, tiny
 from gmm_vit_jax import errors, reproduce
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
 from tests.model_testing import quick_compiles
@@ -98,3 +100,26 @@ def test_the_config_files_are_read_from_the_folder_given(tmp_path):
   assert reproduce.run_config(str(tmp_path), 'vit', 'plain', 'digits').epochs == 7
   with pytest.raises(errors.ConfigError, match='gmm_vit_cifar10.py does not exist: --configs'):
     reproduce.run_config(str(tmp_path), 'vit', 'gmm', 'digits')
+
+
+@pytest.mark.parametrize('backbone', BACKBONES)
+def test_quickstart_size_gives_every_backbone_a_model_that_learns_the_digits(backbone):
+  from flax import nnx
+  from gmm_vit_jax.models import build_from_config
+  from tests.model_testing import count_params
+  config = reproduce.run_config(CONFIGS, backbone, 'gmm', 'digits',
+                                shrink=quickstart_size.shrink)
+  assert (config.epochs, config.batch_size, config.eval_batch_size) == (60, 64, 360)
+  assert config.model.mask.kind == 'gmm' and not config.augment.flip
+  model = nnx.eval_shape(lambda: build_from_config(config))
+  assert 80_000 < count_params(model) < 200_000
+
+
+def test_seeds_below_one_is_one_error_line(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'gmm_vit_jax.reproduce', f'--workdir={tmp_path}',
+       '--datasets=digits', '--backbones=vit', '--tiny', '--seeds=0'],
+      cwd=os.path.dirname(CONFIGS), capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == 'error: --seeds=0 must be at least 1.'

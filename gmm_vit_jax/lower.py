@@ -13,8 +13,8 @@ lowered with jax.export, which needs no device of that platform. One JSON line p
 - train/eval: stablehlo_bytes (the serialized StableHLO module), custom_calls (call
   target -> count), products (the precision of its dot products and convolutions ->
   count: HIGHEST for a float32 model on every platform, DEFAULT, the platform's own,
-  for bfloat16; gmm_vit_jax/precision.py), flops: XLA's HLO cost analysis of the module lowered for the
-  platform, before optimisation (flops_source says so). A cuDNN attention call is
+  for bfloat16; gmm_vit_jax/precision.py), flops: XLA's HLO cost analysis of the module
+  lowered for the platform, before optimisation (flops_source says so). A cuDNN attention call is
   opaque to that analysis; where the module holds one, the FLOPs are those of the same
   step with the attention core 'xla', the same products and softmax.
 """

@@ -12,7 +12,8 @@ and halves the width of queries, values and the output projection (the two key
 projections together have the width of the one they replace): fewer parameters and
 FLOPs. 6 x 32 would keep the width at 192 and save nothing.
 The two keys' mixing weights follow the paper's soft E-step (common.mixture_of_keys:
-e_step='soft', pi='e_step'), not gradient descent.
+e_step='soft', pi='e_step'), not gradient descent, with one weight per head, key and key
+position (pi_scope='position'), as the MGK paper and its code keep them.
 """
 
 import ml_collections
@@ -25,6 +26,7 @@ def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:
   config = common.paper_recipe(arg)
   config.model = vit_cifar10.model('gmm', arg)
   config.model.num_heads = 6
-  config.model.attention = common.attention('mixture_of_keys')
+  config.model.attention = common.attention(
+      'mixture_of_keys', mixture=common.mixture_of_keys(pi_scope='position'))
   config.patch_selection = common.patch_selection('variance', keep=0.7)
   return config

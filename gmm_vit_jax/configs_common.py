@@ -46,7 +46,7 @@ def mask(kind: str) -> ml_collections.ConfigDict:
 
 
 def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft',
-                    pi: str = 'e_step', pi_per_position: bool = False,
+                    pi: str = 'e_step', pi_scope: str = 'position',
                     learn_variance: bool = False) -> ml_collections.ConfigDict:
   """The `attention.mixture` section of score 'mixture_of_keys' (MGK: Nguyen et al.,
   'Improving Transformers with Probabilistic Attention Keys', ICML 2022).
@@ -59,7 +59,9 @@ def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft
     as is at evaluation (needs e_step='soft'); 'learned': softmax-normalised logits
     learned by SGD, a different variant; 'none': no mixing weights, with e_step='hard'
     the paper's hard E-step.
-  pi_per_position: mixing weights per head and key position instead of per head.
+  pi_scope: 'position': mixing weights per head and key position, pi of shape
+    (heads, keys, positions), as the MGK paper and its code keep them; 'head': one set
+    per head, pooled over the key positions.
   learn_variance: learn sigma_r^2 (per head and component) from its default sqrt(d_head).
   """
   return ml_collections.ConfigDict(dict(
@@ -67,7 +69,7 @@ def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft
       variant=variant,
       e_step=e_step,
       pi=pi,
-      pi_per_position=pi_per_position,
+      pi_scope=pi_scope,
       learn_variance=learn_variance,
   ))
 

@@ -11,8 +11,10 @@ lowered with jax.export, which needs no device of that platform. One JSON line p
 - platform, model, mask, dtype (resolved), batch_size, eval_batch_size, devices (the
   mesh lowered for: this machine's device count);
 - train/eval: stablehlo_bytes (the serialized StableHLO module), custom_calls (call
-  target -> count), flops: XLA's HLO cost analysis of the module lowered for the
-  platform, before optimisation (flops_source says so). A cuDNN attention call is
+  target -> count), products (the precision of its dot products and convolutions ->
+  count: HIGHEST for a float32 model on every platform, DEFAULT, the platform's own,
+  for bfloat16; gmm_vit_jax/precision.py), flops: XLA's HLO cost analysis of the module
+  lowered for the platform, before optimisation (flops_source says so). A cuDNN attention call is
   opaque to that analysis; where the module holds one, the FLOPs are those of the same
   step with the attention core 'xla', the same products and softmax.
 """
@@ -28,7 +30,7 @@ from absl import app, flags
 from jax import export
 from ml_collections import config_flags
 
-from gmm_vit_jax import cli, jax_private, platforms, sharding
+from gmm_vit_jax import cli, console, jax_private, platforms, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import compute_dtype
 from gmm_vit_jax.training.optimizer import make_optimizer
@@ -47,6 +49,10 @@ ASSUMED_CUDNN_VERSION = 91000
 CUDNN_CALLS = tuple(export.DisabledSafetyCheck.custom_call(name)
                     for name in jax_private.cudnn_attention_call_targets())
 CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @([^\s(]+)\(')
+PRODUCT = re.compile(r'= stablehlo\.(?:dot_general|convolution)\b(.*)')
+# dot_general states `precision = [HIGHEST, HIGHEST]`, convolution
+# `precision_config = [#stablehlo<precision HIGHEST>, ...]`.
+PRECISION = re.compile(r'precision(?:_config)? = \[(?:#stablehlo<precision )?(\w+)')
 FLOPS_SOURCE = 'xla_hlo_cost_analysis_of_the_lowered_module'
 
 
@@ -69,10 +75,18 @@ def _steps(config: ml_collections.ConfigDict):
   train = (make_train_step(graphdef, tx, config, info, out_sharding=replicated),
            (state, metrics, images, labels, batch(config.batch_size, np.int32),
             config.patch_selection.kind != 'none'))
-  evaluate = (make_eval_step(graphdef, info, out_sharding=replicated),
+  evaluate = (make_eval_step(graphdef, info, out_sharding=replicated,
+                             model_dtype=config.model.dtype),
               (state.params, state.buffers, metrics, images, labels,
                batch(config.eval_batch_size, np.int32), batch(config.eval_batch_size, np.float32)))
   return dict(train=train, eval=evaluate)
+
+
+def products(module: str) -> dict[str, int]:
+  """The operand precision of each dot product and convolution of a StableHLO module ->
+  count; DEFAULT where the op states none."""
+  found = [PRECISION.search(rest) for rest in PRODUCT.findall(module)]
+  return dict(sorted(collections.Counter(m.group(1) if m else 'DEFAULT' for m in found).items()))
 
 
 def _flops(exported: export.Exported) -> float:
@@ -104,7 +118,8 @@ def lower(config: ml_collections.ConfigDict, platform: str, *,
         calls = collections.Counter(CUSTOM_CALL.findall(module.mlir_module()))
         opaque |= any(call.startswith('__cudnn$') for call in calls)
         result[name] = dict(stablehlo_bytes=len(module.mlir_module_serialized),
-                            custom_calls=dict(sorted(calls.items())))
+                            custom_calls=dict(sorted(calls.items())),
+                            products=products(module.mlir_module()))
       if opaque:
         config.model.attention.implementation = 'xla'
         exported = {name: _export(step, args, platform)
@@ -118,6 +133,9 @@ def lower(config: ml_collections.ConfigDict, platform: str, *,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # A CPU-only machine starts its CPU backend alone, without a notice of the TPU runtime
+  # it has not got.
+  console.quiet_jax()
   print(json.dumps(lower(FLAGS.config, FLAGS.platform, batch_size=FLAGS.batch_size)))
 
 

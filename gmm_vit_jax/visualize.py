@@ -43,28 +43,46 @@ def gmm_centre_masks(model: nnx.Module) -> list[tuple[str, np.ndarray]]:
   return masks
 
 
+LABEL_CHAR_IN = 0.075  # Inches per character of a row label at its 8-point size, roomy.
+
+
+def row_label(name: str, values: np.ndarray) -> str:
+  """A layer's row label: its module path up to the attention module, and its grid."""
+  rows, cols = values.shape[1:]
+  return f"{name.partition('.attention')[0] or name}\n{rows}x{cols} grid"
+
+
 def plot_gmm_masks(model: nnx.Module, panel_size: float = 1.3):
-  """A matplotlib Figure: one row per GMM layer, one heatmap per head, the centre query
-  marked with a dot; each row shares a colour scale symmetric about zero."""
+  """A matplotlib Figure: one row per GMM layer holding one heatmap per head of that layer
+  (a row of fewer heads is shorter, not padded with empty panels), the centre query marked
+  with a dot, the layer's name and grid in a column of its own on the left. Every panel
+  shares one colour scale, symmetric about zero, so colours compare across layers."""
   masks = gmm_centre_masks(model)
   heads = max(values.shape[0] for _, values in masks)
-  fig, axes = plt.subplots(len(masks), heads, squeeze=False, constrained_layout=True,
-                           figsize=(panel_size * heads + 1.0, panel_size * len(masks)))
-  for layer, (row, (name, values)) in enumerate(zip(axes, masks)):
-    limit = float(np.abs(values).max()) or 1.0
+  limit = max(float(np.abs(values).max()) for _, values in masks) or 1.0
+  labels = [row_label(name, values) for name, values in masks]
+  label_width = LABEL_CHAR_IN * max(len(line) for label in labels for line in label.split('\n'))
+  fig = plt.figure(layout='constrained',
+                   figsize=(label_width + panel_size * heads + 1.6,
+                            (panel_size + 0.25) * len(masks) + 0.4))
+  layout = fig.add_gridspec(len(masks), heads + 1,
+                            width_ratios=[label_width] + [panel_size] * heads)
+  panels = []
+  for layer, ((_, values), label) in enumerate(zip(masks, labels)):
+    text = fig.add_subplot(layout[layer, 0])
+    text.set_axis_off()
+    text.text(1.0, 0.5, label, ha='right', va='center', fontsize=8, transform=text.transAxes)
     rows, cols = values.shape[1:]
-    for head, ax in enumerate(row):
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if head >= values.shape[0]:
-        ax.set_axis_off()
-        continue
+    for head in range(values.shape[0]):
+      ax = fig.add_subplot(layout[layer, head + 1])
       image = ax.imshow(values[head], cmap='RdBu_r', vmin=-limit, vmax=limit)
       ax.plot(cols // 2, rows // 2, 'k.', markersize=3)
-      if layer == 0:
-        ax.set_title(f'head {head}', fontsize=8)
-    row[0].set_ylabel(name, fontsize=8)
-    fig.colorbar(image, ax=list(row), shrink=0.8, label='mask value')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_title(f'head {head}', fontsize=7, pad=2)
+      panels.append(ax)
+  fig.colorbar(image, ax=panels, shrink=min(1.0, 3.0 / len(masks) + 0.2),
+               label='mask value\n(one scale for every panel)')
   suptitle_fitted(fig, 'Gaussian mixture mask seen from the centre token')
   return fig
 

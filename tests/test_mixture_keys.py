@@ -131,12 +131,12 @@ class Reference:
     return 0.5 * (q ** 2).sum(-1) * mean_inv_var[None, :, None]
 
 
-def make_attention_layer(*, variant='mgk', e_step='soft', pi='learned', pi_per_position=False,
+def make_attention_layer(*, variant='mgk', e_step='soft', pi='learned', pi_scope='head',
                          learn_variance=False, num_keys=2, mask=None, seed=0):
   rngs = nnx.Rngs(seed)
   score = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=num_keys,
                              variant=variant, e_step=e_step, pi=pi,
-                             pi_per_position=pi_per_position, learn_variance=learn_variance,
+                             pi_scope=pi_scope, learn_variance=learn_variance,
                              use_bias=False, grid_shape=(SIDE, SIDE), rngs=rngs)
   # Values away from their initial ones, so every parameter and state matters.
   rng = np.random.default_rng(seed)
@@ -163,13 +163,13 @@ MIXINGS = [('soft', 'e_step'), ('hard', 'none'), ('soft', 'learned'), ('hard', '
 
 @pytest.mark.parametrize('variant', ['mgk', 'smgk'])
 @pytest.mark.parametrize('e_step,pi', MIXINGS)
-@pytest.mark.parametrize('pi_per_position', [False, True])
+@pytest.mark.parametrize('pi_scope', ['head', 'position'])
 @pytest.mark.parametrize('learn_variance', [False, True])
-def test_weights_match_the_mgk_formula(variant, e_step, pi, pi_per_position, learn_variance):
-  if pi == 'none' and pi_per_position:
+def test_weights_match_the_mgk_formula(variant, e_step, pi, pi_scope, learn_variance):
+  if pi == 'none' and pi_scope == 'position':
     pytest.skip('no mixing weights to place per position')
-  attn = make_attention_layer(variant=variant, e_step=e_step, pi=pi,
-                              pi_per_position=pi_per_position, learn_variance=learn_variance)
+  attn = make_attention_layer(variant=variant, e_step=e_step, pi=pi, pi_scope=pi_scope,
+                              learn_variance=learn_variance)
   x = tokens()
   coords = grid.grid_coords(SIDE, SIDE)
   got = attn.attention_weights(x, jnp.asarray(coords))
@@ -187,7 +187,7 @@ def kept_coords():
 @pytest.mark.parametrize('pi', ['learned', 'e_step'])
 def test_per_position_pi_follows_kept_tokens_and_cls(pi):
   """After selection each key keeps its cell's weights; off-grid tokens share the last slot."""
-  attn = make_attention_layer(pi=pi, pi_per_position=True, num_keys=3)
+  attn = make_attention_layer(pi=pi, pi_scope='position', num_keys=3)
   coords = kept_coords()
   x = tokens()[:, :coords.shape[1]]
   got = attn.attention_weights(x, jnp.asarray(coords))
@@ -195,12 +195,13 @@ def test_per_position_pi_follows_kept_tokens_and_cls(pi):
   np.testing.assert_allclose(got, np_softmax(scores), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('pi_per_position,kept', [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize('pi_scope,kept', [('head', False), ('position', False),
+                                            ('position', True)])
 @pytest.mark.parametrize('learn_variance', [False, True])
-def test_one_e_step_against_numpy(pi_per_position, kept, learn_variance):
+def test_one_e_step_against_numpy(pi_scope, kept, learn_variance):
   """A training forward pass sets pi to the batch's mean responsibilities, computed with
   the pi it had; its own weights use that old pi; evaluation leaves pi as it is."""
-  attn = make_attention_layer(variant='smgk', pi='e_step', pi_per_position=pi_per_position,
+  attn = make_attention_layer(variant='smgk', pi='e_step', pi_scope=pi_scope,
                               learn_variance=learn_variance, num_keys=3)
   coords = kept_coords() if kept else grid.grid_coords(SIDE, SIDE)
   x = tokens()[:, :coords.shape[-2]]
@@ -241,11 +242,12 @@ def test_e_step_in_the_jitted_train_step():
   from gmm_vit_jax.models import build_from_config
   config = quickstart_hvit.get_config()
   config.model.update(dict(dim=16, depth=1, num_heads=2, head_dim=8))
-  config.model.attention.mixture.pi_per_position = True
   tx = make_optimizer(config, 10)
   graphdef, params, buffers = nnx.split(build_from_config(config), nnx.Param, ...)
   params, buffers = nnx.to_pure_dict(params), nnx.to_pure_dict(buffers)
   before = np.asarray(buffers['blocks'][0]['attention']['score']['pi'])
+  # The default pi_scope='position': (heads, keys, 4x4 cells + the off-grid slot).
+  assert before.shape == (2, 2, 17)
   assert 'pi' not in params['blocks'][0]['attention']['score']
   state = TrainState(step=np.int32(0), params=params, buffers=buffers, opt_state=tx.init(params))
   step = make_train_step(graphdef, tx, config, dataset_info('digits'),
@@ -303,7 +305,7 @@ def test_elm_mask_on_log_scores(mode):
 def one_key_pair(variant):
   """M = 1 score and a dot-product score sharing one key projection."""
   mgk = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=1, variant=variant,
-                           e_step='soft', pi='learned', pi_per_position=False,
+                           e_step='soft', pi='learned', pi_scope='head',
                            learn_variance=False, use_bias=False, rngs=nnx.Rngs(0))
   dot = DotProductScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, use_bias=False,
                         rngs=nnx.Rngs(1))
@@ -381,7 +383,7 @@ def tiny_vit(score: str, num_heads: int, **mixture):
 
 def test_vit_with_half_the_heads_trains():
   images, labels = model_testing.random_batch(8, 8)
-  mgk = tiny_vit('mixture_of_keys', 2, pi_per_position=True)
+  mgk = tiny_vit('mixture_of_keys', 2)
   losses = model_testing.train_losses(mgk, images, labels, steps=8, learning_rate=3e-3)
   assert np.all(np.isfinite(losses))
   assert losses[-1] < losses[0] - 0.1
@@ -394,11 +396,12 @@ def test_vit_with_half_the_heads_trains():
 def test_gmm_hvit_config_halves_heads_and_saves_parameters():
   """CIFAR-size counts: the GMM-ViT's 2,693,122 (reference) less, per layer, the softmax
   attention (4 C x 12*16 maps, output bias, 5x12x2 mask) plus the mixture's (q, two
-  keys, v and output at 6*16, output bias, 5x6x2 mask; its 6x2 pi is E-step state, not
-  a parameter)."""
+  keys, v and output at 6*16, output bias, 5x6x2 mask; its pi, per head, key and key
+  position, is E-step state, not a parameter)."""
   config = gmm_hvit_cifar10.get_config()
   assert config.model.num_heads == 6 and config.model.head_dim == 16
   assert config.patch_selection.kind == 'variance' and config.patch_selection.keep == 0.7
+  assert config.model.attention.mixture.pi_scope == 'position'
 
   def count(model_cfg):
     abstract = nnx.eval_shape(lambda: build_model(model_cfg, num_classes=10, image_size=32,
@@ -418,7 +421,7 @@ def test_bundle_carries_the_e_step_pi(tmp_path):
   from gmm_vit_jax.augment.basic import normalize
   config = model_testing.tiny_vit_config('gmm', depth=1)
   config.model.attention = common.attention(
-      'mixture_of_keys', mixture=common.mixture_of_keys(pi_per_position=True))
+      'mixture_of_keys', mixture=common.mixture_of_keys())
   model = build_model(config.model, num_classes=10, image_size=32, channels=3,
                       rngs=nnx.Rngs(0))
   score = model.blocks[0].attention.score

@@ -257,7 +257,7 @@ def tiny_model(mask_kind: str, score: str = 'dot_product', depth: int = 2):
                     stochastic_depth=0.0))
   if score == 'mixture_of_keys':
     model.attention = common.attention(score, mixture=common.mixture_of_keys(
-        pi_per_position=True))
+        pi_scope='position'))
   return build_model(model, num_classes=5, image_size=8, channels=3, rngs=nnx.Rngs(0))
 
 

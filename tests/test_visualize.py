@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import pit_cifar10
 from gmm_vit_jax.models import build_model
-from gmm_vit_jax.visualize import gmm_centre_masks, plot_gmm_masks
+from gmm_vit_jax.visualize import gmm_centre_masks, plot_gmm_masks, row_label
 from tests.model_testing import tiny_swin_config, tiny_vit_config
 
 
@@ -69,29 +69,56 @@ def test_each_layer_uses_its_own_grid():
     np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5)
 
 
-def test_plot_has_one_heatmap_per_layer_and_head():
+def test_plot_has_one_heatmap_per_layer_and_head_on_one_scale():
   model = tiny_vit()
   fig = plot_gmm_masks(model)
   images = [ax for ax in fig.axes if ax.images]
   assert len(images) == 3 * 4
   masks = gmm_centre_masks(model)
+  limit = max(np.abs(values).max() for _, values in masks)
   for i, ax in enumerate(images):
     layer, head = divmod(i, 4)
     np.testing.assert_array_equal(ax.images[0].get_array(), masks[layer][1][head])
-    low, high = ax.images[0].get_clim()
-    assert low == -high == -np.abs(masks[layer][1]).max()
-  assert images[0].get_ylabel() == 'blocks.0.attention'
-  assert images[3].get_title() == 'head 3'
+    assert ax.images[0].get_clim() == (-limit, limit)
+    assert ax.get_title() == f'head {head}'
+  assert [text.get_text() for ax in fig.axes for text in ax.texts] == [
+      f'blocks.{i}\n8x8 grid' for i in range(3)]
+  colorbar = fig.axes[-1]
+  assert not colorbar.images and 'one scale for every panel' in colorbar.get_ylabel()
   fig.canvas.draw()
 
 
-def test_layers_with_fewer_heads_leave_panels_empty():
+def test_layers_with_fewer_heads_get_no_empty_panels():
   config = tiny_swin_config('gmm')  # Two layers of 2 heads, then two of 4.
   model = build_model(config.model, num_classes=10, image_size=32, channels=3,
                       rngs=nnx.Rngs(0))
   fig = plot_gmm_masks(model)
-  assert sum(bool(ax.images) for ax in fig.axes) == 2 * 2 + 2 * 4
   assert [v.shape for _, v in gmm_centre_masks(model)] == [(2, 4, 4)] * 2 + [(4, 4, 4)] * 2
+  panels = [ax for ax in fig.axes if ax.images]
+  labels = [ax for ax in fig.axes if ax.texts]
+  assert len(panels) == 2 * 2 + 2 * 4 and len(labels) == 4
+  assert len(fig.axes) == len(panels) + len(labels) + 1  # + the colour bar.
+
+
+def test_row_labels_are_whole_and_apart():
+  """PiT's long layer names once ran vertically into each other and off the figure."""
+  config = pit_cifar10.model('gmm', 'cifar10')
+  config.update(dim=8, depths=(2, 1), num_heads=(2, 4), head_dim=4, stochastic_depth=0.0)
+  model = build_model(config, num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
+  fig = plot_gmm_masks(model)
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  labels = [text for ax in fig.axes for text in ax.texts]
+  masks = gmm_centre_masks(model)
+  assert [label.get_text() for label in labels] == [row_label(n, v) for n, v in masks]
+  assert [label.get_text().split('\n')[1] for label in labels] == ['4x4 grid'] * 2 + ['2x2 grid']
+  boxes = [label.get_window_extent(renderer) for label in labels]
+  _, height = fig.canvas.get_width_height()
+  panels_from = min(ax.get_window_extent(renderer).x0 for ax in fig.axes if ax.images)
+  for box in boxes:
+    assert 0 <= box.x0 and box.x1 <= panels_from and 0 <= box.y0 and box.y1 <= height
+  for upper, lower in zip(boxes, boxes[1:]):
+    assert lower.y1 < upper.y0
 
 
 @pytest.mark.parametrize('kind', ['none', 'elm'])

@@ -33,7 +33,7 @@ def make_score(attention: ml_collections.ConfigDict, *, dim: int, num_heads: int
     return MixtureOfKeysScore(
         dim, num_heads=num_heads, head_dim=head_dim, num_keys=mixture.num_keys,
         variant=mixture.variant, e_step=mixture.e_step, pi=mixture.pi,
-        pi_per_position=mixture.pi_per_position, learn_variance=mixture.learn_variance,
+        pi_scope=mixture.pi_scope, learn_variance=mixture.learn_variance,
         use_bias=attention.qkv_bias, grid_shape=grid_shape, dtype=dtype,
         kernel_init=kernel_init, rngs=rngs)
   return DotProductScore(dim, num_heads=num_heads, head_dim=head_dim,

@@ -15,12 +15,18 @@ yields A_ij. How the components combine (`e_step`) and where pi comes from (`pi`
                  non-trainable state (MixingWeights, not an nnx.Param), set in every
                  training forward pass to the mean responsibilities
                  gamma_ijr = pi_jr N_r(q_i | k_jr) / sum_r' pi_jr' N_r'(q_i | k_jr')
-                 over the batch and the queries i (and, unless per position, the keys j),
+                 over the batch and the queries i (and, with pi_scope='head', the keys j),
                  and used as it is at evaluation. Starts at 1/M. Needs e_step='soft'.
   pi='learned'   a different variant: pi = softmax over r of trainable logits, learned by
                  SGD with the rest of the model.
   pi='none'      no mixing weights (every pi_jr = 1): with e_step='hard', the paper's hard
                  E-step, the max over r of the Gaussian terms.
+
+Where pi varies (`pi_scope`):
+  'position'     one pi per head and key position j, shape (H, M, P): the MGK paper's
+                 pi_jr and its code's, whose E-step keeps the per-key batch means.
+  'head'         one pi per head, shared by every key (H, M): the per-key means pooled
+                 over the positions too, a coarser variant.
 
 Variants of the keys:
   'mgk'   k_jr = x_j W_kr: one key projection per component.
@@ -48,6 +54,7 @@ from gmm_vit_jax.linear import Linear
 VARIANTS = ('mgk', 'smgk')
 E_STEPS = ('soft', 'hard')
 PI_KINDS = ('e_step', 'learned', 'none')
+PI_SCOPES = ('position', 'head')
 # The MGK reference starts the shifts of sMGK from N(0, 0.5^2) with the first one at 0,
 # so one component starts as the plain key.
 SHIFT_INIT_STD = 0.5
@@ -61,29 +68,29 @@ class MixtureOfKeysScore(nnx.Module):
   """M Gaussian keys per head and token; returns (B, H, N, N) log-space scores.
 
   Mixing weights pi (pi='e_step': MixingWeights `pi`; pi='learned': Param `pi_logits`,
-  normalised with log_softmax over r): one set per head, shape (H, M), or
-  (pi_per_position) one per head and key position, (H, M, P). Positions are grid
+  normalised with log_softmax over r): with pi_scope='position' one set per head and key
+  position, shape (H, M, P); with 'head' one per head, (H, M). Positions are grid
   cells, plus one shared slot for off-grid tokens (CLS), P = cells + 1, so that after
   patch selection each kept key keeps the weights of its original cell.
   """
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int, num_keys: int, variant: str,
-               e_step: str, pi: str, pi_per_position: bool, learn_variance: bool, use_bias: bool,
+               e_step: str, pi: str, pi_scope: str, learn_variance: bool, use_bias: bool,
                grid_shape: tuple[int, int] | None = None, dtype=jnp.float32,
                kernel_init: Callable = dense_init, rngs: nnx.Rngs):
     check_choice('model.attention.mixture.variant', variant, VARIANTS)
     check_choice('model.attention.mixture.e_step', e_step, E_STEPS)
     check_choice('model.attention.mixture.pi', pi, PI_KINDS)
+    check_choice('model.attention.mixture.pi_scope', pi_scope, PI_SCOPES)
     if pi == 'e_step' and e_step != 'soft':
       raise ValueError("model.attention.mixture.pi='e_step' is the soft E-step's update; "
                        "with e_step='hard' use pi='none' (the paper's hard E-step) or 'learned'.")
-    if pi_per_position and pi == 'none':
-      raise ValueError("model.attention.mixture.pi_per_position=True needs mixing weights; "
-                       "pi='none' has none.")
     if num_keys < 1:
       raise ValueError(f'attention.mixture.num_keys must be >= 1, got {num_keys}.')
+    # pi='none' has no weights to place.
+    pi_per_position = pi_scope == 'position' and pi != 'none'
     if pi_per_position and grid_shape is None:
-      raise ValueError('attention.mixture.pi_per_position=True needs the token grid shape '
+      raise ValueError("attention.mixture.pi_scope='position' needs the token grid shape "
                        '(build the score through make_attention).')
     inner = num_heads * head_dim
     linear = lambda: Linear(dim, inner, use_bias=use_bias, dtype=dtype,
@@ -124,7 +131,7 @@ class MixtureOfKeysScore(nnx.Module):
   def pi_slots(self, coords: jax.Array | None) -> jax.Array:
     """(N,) or (B, N) index of each key's slot in the last axis of a per-position pi."""
     if coords is None:
-      raise ValueError('attention.mixture.pi_per_position=True needs the tokens\' coordinates.')
+      raise ValueError("attention.mixture.pi_scope='position' needs the tokens' coordinates.")
     slot = grid.flat_index(coords, self.grid_shape[1])
     return jnp.where(slot < 0, self.grid_shape[0] * self.grid_shape[1], slot)
 
@@ -149,7 +156,7 @@ class MixtureOfKeysScore(nnx.Module):
 
     log_comp: (B, H, M, N_query, N_key) log pi_jr + log N_r(q_i | k_jr), up to terms
     equal for every r. gamma = its softmax over r, averaged over the batch and the
-    queries, and over the keys too unless pi is per position; a position no key of the
+    queries, and over the keys too with pi_scope='head'; a position no key of the
     batch occupies (tokens dropped by patch selection) keeps its pi.
     """
     gamma = jax.lax.stop_gradient(jax.nn.softmax(log_comp, axis=2))

@@ -147,7 +147,8 @@ def step_memory(memory) -> int | None:
 
 def eval_rate(graphdef, state, config, images, labels, mesh, repeats: int = 3) -> float:
   info = dataset_info(config.dataset)
-  eval_step = make_eval_step(graphdef, info, out_sharding=sharding.replicated(mesh))
+  eval_step = make_eval_step(graphdef, info, out_sharding=sharding.replicated(mesh),
+                             model_dtype=config.model.dtype)
   batches = [(sharding.global_batch(i, mesh), sharding.global_batch(w, mesh))
              for i, w in eval_batches(labels.shape[0], config.eval_batch_size)]
   run = lambda m: [m := eval_step(state.params, state.buffers, m, images, labels, i, w)

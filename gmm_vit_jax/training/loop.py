@@ -180,7 +180,8 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   run.write_config(config, changes, start_step)
 
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
-  eval_step = make_eval_step(graphdef, info, out_sharding=replicated)
+  eval_step = make_eval_step(graphdef, info, out_sharding=replicated,
+                             model_dtype=config.model.dtype)
   learning_rate = learning_rate_schedule(config, steps_per_epoch)
   writer = create_writer(workdir, log_metrics=console.verbose())
   write_parameter_overview(writer, workdir, config.model.name, state.params,

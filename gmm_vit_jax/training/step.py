@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from gmm_vit_jax import augment, patches
+from gmm_vit_jax import augment, patches, precision
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.training.state import Metrics, TrainState, ema_decay
 
@@ -52,6 +52,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   decay = ema_decay(config)
 
   def step(state: TrainState, metrics: Metrics, images, labels, index, select_patches: bool):
+    with precision.products_for(config.model.dtype):
+      return _step(state, metrics, images, labels, index, select_patches)
+
+  def _step(state: TrainState, metrics: Metrics, images, labels, index, select_patches: bool):
     aug_key, dropout_key, select_key = jax.random.split(jax.random.fold_in(seed_key, state.step), 3)
     x, targets = augment.augment_batch(
         *_rows(images, labels, index), aug_key, config.augment,
@@ -99,17 +103,20 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                  out_shardings=out_sharding)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding) -> Callable:
+def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding,
+                   model_dtype: str) -> Callable:
   """Returns step(params, buffers, metrics, images, labels, index, weight) -> metrics.
 
   images, labels, index: as for the train step; weight: (B,) 1 for real rows, 0 for the
-  padding that fills the last batch.
+  padding that fills the last batch. model_dtype: the config's model.dtype, which sets
+  the products' precision (gmm_vit_jax/precision.py).
   """
 
   def step(params, buffers, metrics: Metrics, images, labels, index, weight):
     images, y = _rows(images, labels, index)
     x = normalize(images, info['mean'], info['std'])
-    logits = nnx.merge(graphdef, params, buffers)(x, deterministic=True)
+    with precision.products_for(model_dtype):
+      logits = nnx.merge(graphdef, params, buffers)(x, deterministic=True)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     return metrics + Metrics(loss=jnp.sum(loss * weight), correct=jnp.sum(correct * weight),

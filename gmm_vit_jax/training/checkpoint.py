@@ -227,7 +227,7 @@ class Checkpointer:
     """Blocks until every asynchronous save has landed, then makes sure the checkpoint of
     `step` is committed (finalized by orbax, found on disk); a StorageError or a
     CheckpointError if not, so that no run reports success without it."""
-    where = os.path.join(self.manager.directory, str(step))
+    where = storage.join(str(self.manager.directory), str(step))
     with _storage_errors(where):
       self.manager.wait_until_finished()
       self.manager.reload()  # What is on disk, not what the manager remembers saving.

@@ -97,6 +97,13 @@ def isdir(path: str) -> bool:
 
 def listdir(path: str) -> list[str]:
   """The names in a folder; [] where it does not exist."""
+  if is_url(path):
+    fs, inner = filesystem(path)
+    # Listings are cached per process; other processes and hosts write to the same prefix.
+    fs.invalidate_cache(inner)
+    names = {p.rstrip('/').rsplit('/', 1)[-1] for p in fs.ls(inner, detail=False)
+             if p.rstrip('/') != inner.rstrip('/')} if fs.isdir(inner) else set()
+    return sorted(names)
   directory = _epath(path)
   return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 

@@ -247,9 +247,10 @@ def test_a_data_dir_on_a_bucket_reads_like_the_local_folder(bucket, folder):
 @inside
 def test_reproduce_writes_its_table_to_a_bucket(bucket):
   workdir = f'{bucket}/paper'
-  reproduce.write_table([dict(dataset='digits', backbone='vit', plain=90.0, gmm=92.5,
-                              published=None)], workdir, tiny_run=True)
-  assert '| digits | vit | 90.00 |' in storage.read_text(f'{workdir}/table.md')
+  reproduce.write_table([dict(dataset='digits', backbone='vit', plain=dict(final=[90.0],
+                              best=[91.0]), gmm=dict(final=[92.5], best=[93.0]),
+                              published=None)], workdir, kind='tiny models')
+  assert '| digits | vit | 91.00 | 90.00 |' in storage.read_text(f'{workdir}/table.md')
   assert storage.read_bytes(f'{workdir}/table.png')[:4] == b'\x89PNG'
   run = f'{workdir}/digits/gmm_vit'
   assert reproduce.finished_summary(run) is None

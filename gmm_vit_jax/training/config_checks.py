@@ -18,7 +18,7 @@ from gmm_vit_jax import errors
 from gmm_vit_jax.attention.build import SCORE_KINDS
 from gmm_vit_jax.attention.core import IMPLEMENTATIONS
 from gmm_vit_jax.attention.masks import MASK_KINDS, MASK_MODES
-from gmm_vit_jax.attention.mixture_keys import E_STEPS, PI_KINDS, VARIANTS
+from gmm_vit_jax.attention.mixture_keys import E_STEPS, PI_KINDS, PI_SCOPES, VARIANTS
 from gmm_vit_jax.augment.autoaugment import AUTOAUGMENT_POLICIES
 from gmm_vit_jax.augment.randaugment import MAX_LEVEL
 from gmm_vit_jax.data.info import DATASET_INFO, check_name
@@ -207,7 +207,7 @@ MIXTURE_RULES = {
     'model.attention.mixture.variant': _choice(*VARIANTS),
     'model.attention.mixture.e_step': _choice(*E_STEPS),
     'model.attention.mixture.pi': _choice(*PI_KINDS),
-    'model.attention.mixture.pi_per_position': _bool(),
+    'model.attention.mixture.pi_scope': _choice(*PI_SCOPES),
     'model.attention.mixture.learn_variance': _bool(),
 }
 

@@ -151,138 +151,190 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       checkpointer.close()
 
 
+class _Training:
+  """One run past its checks, in named steps: set_up (data, state, steps, writers),
+  step_loop (training, with log_train and evaluate_and_save at their steps), summary."""
+
+  def __init__(self, config, run: RunDirectory, checkpointer: Checkpointer, mesh, info: dict,
+               started: float):
+    self.config, self.run, self.checkpointer = config, run, checkpointer
+    self.mesh, self.info, self.started = mesh, info, started
+    self.selection = checkpointer.best_metric
+
+  def set_up(self, changes: dict) -> None:
+    """The pipeline, the train state (restored, initialised from init_from, or new), the
+    jitted steps, the writers and, for a new run, its first pictures."""
+    config, run, checkpointer, mesh = self.config, self.run, self.checkpointer, self.mesh
+    replicated = sharding.replicated(mesh)
+    logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
+                 jax.device_count(), jax.devices()[0].platform, jax.process_count())
+    if config.init_from and checkpointer.latest_step() is None:
+      init_from.check(config)  # Before the data loads; a resumed run restores its own weights.
+    self.pipeline = make_pipeline(config, mesh)
+    logging.debug('The best checkpoint is chosen on %s.', self.selection)
+    self.steps_per_epoch = self.pipeline.steps_per_epoch
+    self.total_steps = config.epochs * self.steps_per_epoch
+
+    tx = make_optimizer(config, self.steps_per_epoch)
+    self.graphdef, state = create_train_state(config, tx, replicated)
+    restored = checkpointer.restore(state)
+    if restored is not None:
+      state = restored
+      logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step),
+                   self.total_steps)
+    elif config.init_from:
+      state = init_from.initialise(state, config, mesh, run.workdir)
+    self.state, self.start_step = state, int(state.step)
+    for field, (old, new) in changes.items():
+      logging.warning('Config change accepted: %s %r -> %r.', field, old, new)
+    run.write_config(config, changes, self.start_step)
+
+    self.train_step = make_train_step(self.graphdef, tx, config, self.info,
+                                      out_sharding=replicated)
+    self.eval_step = make_eval_step(self.graphdef, self.info, out_sharding=replicated,
+                                    model_dtype=config.model.dtype)
+    self.learning_rate = learning_rate_schedule(config, self.steps_per_epoch)
+    self.writer = create_writer(run.workdir, log_metrics=console.verbose())
+    write_parameter_overview(self.writer, run.workdir, config.model.name, state.params,
+                             log_table=console.verbose())
+    if self.start_step == 0:
+      self._first_pictures()
+    self.progress = Progress(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                             batch_size=config.batch_size, every_s=config.progress_every_s,
+                             max_lines=config.progress_max_lines)
+    self.throughput = Throughput(config.batch_size)
+    self.metrics = sharding.put_replicated(Metrics.zeros(), mesh)
+    self.best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
+    self.last_eval = checkpointer.latest_evaluated()
+    self.last_train = {}
+    self.eval_time = 0.0
+    self.timed_from = None  # (time, step) once the first step has compiled and run.
+
+  def _first_pictures(self) -> None:
+    config, workdir = self.config, self.run.workdir
+    self.writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+    examples = self.pipeline.examples('train', PICTURE_EXAMPLES)
+    write_picture(self.writer, workdir, 'augmentation', augmentation_picture(
+        examples, jax.random.key(config.seed), config, self.info), step=0)
+    if config.patch_selection.kind != 'none':
+      write_picture(self.writer, workdir, 'kept_patches',
+                    kept_patches_picture(config, examples), step=0)
+
+  def step_loop(self) -> int:
+    """Trains from start_step until the last step or a stop request; returns the step
+    reached, whose checkpoint is committed on disk when this returns."""
+    config, stop = self.config, _StopRequest()
+    step = self.start_step
+    train_batches = self.pipeline.train_batches(self.start_step, self.total_steps)
+    try:
+      with metric_writers.ensure_flushes(self.writer), self.progress.attached():
+        while step < self.total_steps and not stop.check(step):
+          self._profile(step, starting=True)
+          with jax.profiler.StepTraceAnnotation('train', step_num=step):
+            self.state, self.metrics = self.train_step(
+                self.state, self.metrics, *next(train_batches),
+                _selects_patches(config, step, self.steps_per_epoch))
+          step += 1
+          self._profile(step, starting=False)
+          if self.timed_from is None:
+            jax.block_until_ready(self.state)
+            self.timed_from = (time.perf_counter(), step)
+            self.throughput.start(step)
+          self.progress(step, lambda: self.metrics.summary('train'))
+          epoch_end = step % self.steps_per_epoch == 0
+          if step % config.log_every_steps == 0 or epoch_end or step == self.total_steps:
+            self.log_train(step)
+          epoch = step // self.steps_per_epoch
+          if (epoch_end and epoch % config.eval_every_epochs == 0) or step == self.total_steps:
+            self.evaluate_and_save(step, epoch)
+          elif step % config.checkpoint.every_steps == 0:
+            self.checkpointer.save(self.state)
+        if step < self.total_steps:  # Stopped early: the state of `step` is saved.
+          self.checkpointer.save(self.state, force=True)
+      jax.block_until_ready(self.state)
+      # Nothing says done or stopped before the checkpoint of `step` is committed on disk.
+      self.checkpointer.commit(step)
+      if step < self.total_steps:
+        logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
+                        self.total_steps)
+    finally:
+      stop.restore()
+    return step
+
+  def _profile(self, step: int, *, starting: bool) -> None:
+    """Starts a jax.profiler trace before step profile_start_step, and stops it after
+    profile_steps steps."""
+    config = self.config
+    if not config.profile_steps:
+      return
+    if starting and step == config.profile_start_step:
+      jax.profiler.start_trace(os.path.join(self.run.workdir, 'profile'))
+    elif not starting and step == config.profile_start_step + config.profile_steps:
+      jax.block_until_ready(self.state)
+      jax.profiler.stop_trace()
+      logging.info('Wrote a profile of steps %d-%d to %s/profile.', config.profile_start_step,
+                   step - 1, self.run.workdir)
+
+  def log_train(self, step: int) -> None:
+    """The training metrics since the last log to TensorBoard, after the NaN check."""
+    _check_finite(self.metrics, step, self.checkpointer)
+    scalars = self.metrics.summary('train')
+    scalars['learning_rate'] = float(self.learning_rate(step - 1))
+    self.writer.write_scalars(step, {**scalars, **self.throughput.rates(step)})
+    self.last_train = scalars
+    self.metrics = sharding.put_replicated(Metrics.zeros(), self.mesh)
+
+  def evaluate_and_save(self, step: int, epoch: int) -> None:
+    """Every eval split, their line and scalars, the masks picture, and a checkpoint that
+    carries the results (the best one is chosen among these)."""
+    config, state = self.config, self.state
+    started = time.perf_counter()
+    results = {}
+    for split in self.pipeline.eval_splits:
+      results.update(evaluate(self.eval_step, state,
+                              lambda split=split: self.pipeline.eval_batches(split),
+                              self.mesh, prefix=EVAL_PREFIXES[split]))
+    self.writer.write_scalars(step, {**results, 'epoch': epoch})
+    if config.model.mask.kind == 'gmm':
+      write_picture(self.writer, self.run.workdir, 'gmm_masks', gmm_masks_picture(
+          self.graphdef, state.params, state.buffers, step=step, mode=config.model.mask.mode),
+          step=step)
+    seconds = time.perf_counter() - started
+    self.eval_time += seconds
+    self.progress.eval_done(step, results, seconds)
+    self.throughput.pause(seconds)
+    self.last_eval = (step, results)
+    if self.best is None or results[self.selection] >= self.best[1][self.selection]:
+      self.best = self.last_eval
+    self.checkpointer.save(state, metrics=results)
+
+  def summary(self, step: int) -> dict:
+    """The run's summary, written to WORKDIR/summary.json; the closing line if complete."""
+    config, best, last_eval = self.config, self.best, self.last_eval
+    timed_steps = step - self.timed_from[1] if self.timed_from else 0
+    train_time = (time.perf_counter() - self.timed_from[0] - self.eval_time if timed_steps
+                  else 0.0)
+    summary = dict(
+        step=step, total_steps=self.total_steps, completed=step == self.total_steps,
+        **(last_eval[1] if last_eval else {}), eval_step=last_eval and last_eval[0],
+        best_eval_accuracy=best and best[1]['eval_accuracy'], best_step=best and best[0],
+        **({'best_val_accuracy': best and best[1]['val_accuracy']}
+           if 'validation' in self.pipeline.eval_splits else {}),
+        **self.last_train,
+        train_wall_time_s=time.time() - self.started,
+        train_steps_per_s=timed_steps / train_time if train_time else None,
+        train_images_per_s=timed_steps * config.batch_size / train_time if train_time else None,
+        devices=jax.device_count(), platform=jax.devices()[0].platform)
+    self.run.write_summary(summary)
+    if console.verbose():
+      logging.info('Summary: %s', json.dumps(summary))
+    if summary['completed']:
+      logging.info('%s', closing_line(summary, self.run.path('summary.json'), self.selection))
+    return summary
+
+
 def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict, mesh, info: dict,
            started: float) -> dict:
-  workdir = run.workdir
-  replicated = sharding.replicated(mesh)
-  logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
-               jax.device_count(), jax.devices()[0].platform, jax.process_count())
-
-  if config.init_from and checkpointer.latest_step() is None:
-    init_from.check(config)  # Before the data loads; a resumed run restores its own weights.
-  pipeline = make_pipeline(config, mesh)
-  selection = checkpointer.best_metric
-  logging.debug('The best checkpoint is chosen on %s.', selection)
-  steps_per_epoch = pipeline.steps_per_epoch
-  total_steps = config.epochs * steps_per_epoch
-
-  tx = make_optimizer(config, steps_per_epoch)
-  graphdef, state = create_train_state(config, tx, replicated)
-  restored = checkpointer.restore(state)
-  if restored is not None:
-    state = restored
-    logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
-  elif config.init_from:
-    state = init_from.initialise(state, config, mesh, workdir)
-  start_step = int(state.step)
-  for field, (old, new) in changes.items():
-    logging.warning('Config change accepted: %s %r -> %r.', field, old, new)
-  run.write_config(config, changes, start_step)
-
-  train_step = make_train_step(graphdef, tx, config, info, out_sharding=replicated)
-  eval_step = make_eval_step(graphdef, info, out_sharding=replicated,
-                             model_dtype=config.model.dtype)
-  learning_rate = learning_rate_schedule(config, steps_per_epoch)
-  writer = create_writer(workdir, log_metrics=console.verbose())
-  write_parameter_overview(writer, workdir, config.model.name, state.params,
-                           log_table=console.verbose())
-  if start_step == 0:
-    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
-    examples = pipeline.examples('train', PICTURE_EXAMPLES)
-    write_picture(writer, workdir, 'augmentation', augmentation_picture(
-        examples, jax.random.key(config.seed), config, info), step=0)
-    if config.patch_selection.kind != 'none':
-      write_picture(writer, workdir, 'kept_patches', kept_patches_picture(config, examples),
-                    step=0)
-  progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                      batch_size=config.batch_size, every_s=config.progress_every_s,
-                      max_lines=config.progress_max_lines)
-  throughput = Throughput(config.batch_size)
-  stop = _StopRequest()
-  metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-  best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
-  last_eval = checkpointer.latest_evaluated()
-  last_train = {}
-  eval_time = 0.0
-  timed_from = None  # (time, step) once the first step has compiled and run.
-  step = start_step
-  train_batches = pipeline.train_batches(start_step, total_steps)
-  try:
-    with metric_writers.ensure_flushes(writer), progress.attached():
-      while step < total_steps and not stop.check(step):
-        if config.profile_steps and step == config.profile_start_step:
-          jax.profiler.start_trace(os.path.join(workdir, 'profile'))
-        with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, metrics = train_step(state, metrics, *next(train_batches),
-                                      _selects_patches(config, step, steps_per_epoch))
-        step += 1
-        if config.profile_steps and step == config.profile_start_step + config.profile_steps:
-          jax.block_until_ready(state)
-          jax.profiler.stop_trace()
-          logging.info('Wrote a profile of steps %d-%d to %s/profile.', config.profile_start_step,
-                       step - 1, workdir)
-        if timed_from is None:
-          jax.block_until_ready(state)
-          timed_from = (time.perf_counter(), step)
-          throughput.start(step)
-        progress(step, lambda: metrics.summary('train'))
-        epoch_end = step % steps_per_epoch == 0
-        if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
-          _check_finite(metrics, step, checkpointer)
-          scalars = metrics.summary('train')
-          scalars['learning_rate'] = float(learning_rate(step - 1))
-          writer.write_scalars(step, {**scalars, **throughput.rates(step)})
-          last_train = scalars
-          metrics = sharding.put_replicated(Metrics.zeros(), mesh)
-        epoch = step // steps_per_epoch
-        if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
-          eval_started = time.perf_counter()
-          results = {}
-          for split in pipeline.eval_splits:
-            results.update(evaluate(eval_step, state, lambda: pipeline.eval_batches(split),
-                                    mesh, prefix=EVAL_PREFIXES[split]))
-          writer.write_scalars(step, {**results, 'epoch': epoch})
-          if config.model.mask.kind == 'gmm':
-            write_picture(writer, workdir, 'gmm_masks', gmm_masks_picture(
-                graphdef, state.params, state.buffers, step=step, mode=config.model.mask.mode),
-                step=step)
-          eval_seconds = time.perf_counter() - eval_started
-          eval_time += eval_seconds
-          progress.eval_done(step, results, eval_seconds)
-          throughput.pause(eval_seconds)
-          last_eval = (step, results)
-          if best is None or results[selection] >= best[1][selection]:
-            best = last_eval
-          checkpointer.save(state, metrics=results)
-        elif step % config.checkpoint.every_steps == 0:
-          checkpointer.save(state)
-      if step < total_steps:  # Stopped early: the state of `step` is saved, whatever the interval.
-        checkpointer.save(state, force=True)
-    jax.block_until_ready(state)
-    # Nothing says done or stopped before the checkpoint of `step` is committed on disk.
-    checkpointer.commit(step)
-    if step < total_steps:
-      logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
-                      total_steps)
-  finally:
-    stop.restore()
-  timed_steps = step - timed_from[1] if timed_from else 0
-  train_time = time.perf_counter() - timed_from[0] - eval_time if timed_steps else 0.0
-
-  summary = dict(
-      step=step, total_steps=total_steps, completed=step == total_steps,
-      **(last_eval[1] if last_eval else {}), eval_step=last_eval and last_eval[0],
-      best_eval_accuracy=best and best[1]['eval_accuracy'], best_step=best and best[0],
-      **({'best_val_accuracy': best and best[1]['val_accuracy']}
-         if 'validation' in pipeline.eval_splits else {}),
-      **last_train,
-      train_wall_time_s=time.time() - started,
-      train_steps_per_s=timed_steps / train_time if train_time else None,
-      train_images_per_s=timed_steps * config.batch_size / train_time if train_time else None,
-      devices=jax.device_count(), platform=jax.devices()[0].platform)
-  run.write_summary(summary)
-  if console.verbose():
-    logging.info('Summary: %s', json.dumps(summary))
-  if summary['completed']:
-    logging.info('%s', closing_line(summary, run.path('summary.json'), selection))
-  return summary
+  training = _Training(config, run, checkpointer, mesh, info, started)
+  training.set_up(changes)
+  return training.summary(training.step_loop())

@@ -40,7 +40,7 @@ from gmm_vit_jax.benchmarks.cpu_info import cpu_description
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
 flags.DEFINE_integer('batch_size', 128, 'Batch size of both sides.')
 flags.DEFINE_integer('steps', 2, 'Profiled steps, after as many untimed ones.')
-flags.DEFINE_integer('top', 6, 'Most expensive operations listed per side.')
+flags.DEFINE_integer('top', 3, 'Costliest operations listed per class and side.')
 flags.DEFINE_bool('json', False, 'Print one JSON line instead of tables.')
 flags.DEFINE_enum('side', None, ['jax', 'torch'], 'Profile one side in this process, as JSON.')
 flags.mark_flags_as_required(['config'])
@@ -62,6 +62,9 @@ INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = .*? ([a-z][a-z0-9-]*)\(')
 CALLED = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)=\{?%([^\s,}]+)')
 STACK_FRAME = re.compile(r'stack_frame_id=(\d+)')
 OP_NAME = re.compile(r'op_name="([^"]*)"')
+TARGET = re.compile(r'custom_call_target="([^"]*)"')
+# Custom calls to a library's products (oneDNN's, where XLA:CPU is told to use it).
+PRODUCT_CALL = re.compile(r'matmul|conv|gemm|dot', re.IGNORECASE)
 
 TORCH_DENSE = {'aten::mm', 'aten::addmm', 'aten::convolution', 'aten::_convolution',
                'aten::mkldnn_convolution', 'aten::convolution_backward', 'aten::linear',
@@ -75,6 +78,8 @@ TORCH_COPIES = {'aten::copy_', 'aten::clone', 'aten::contiguous', 'aten::cat', '
 
 def parse_hlo(text: str) -> dict[str, dict]:
   """Compiled HLO text -> {instruction name: its opcode, computation, calls, metadata}.
+
+  A custom call to a library's matrix product or convolution gets the opcode 'dot'.
 
   Also returns, under the key '', the stack-frame table: {frame id: (file, parent id)}.
   """
@@ -104,8 +109,12 @@ def parse_hlo(text: str) -> dict[str, dict]:
     if found and computation:
       frame = STACK_FRAME.search(line)
       op_name = OP_NAME.search(line)
+      target = TARGET.search(line)
+      opcode = found.group(2)
+      if opcode == 'custom-call' and target and PRODUCT_CALL.search(target.group(1)):
+        opcode = 'dot'
       ops[found.group(1)] = dict(
-          opcode=found.group(2), computation=computation, calls=CALLED.findall(line),
+          opcode=opcode, computation=computation, calls=CALLED.findall(line),
           batched='lhs_batch_dims=' in line, frame=frame.group(1) if frame else None,
           op_name=op_name.group(1) if op_name else '')
   return {'': frames, **ops}
@@ -175,16 +184,22 @@ def trace_durations(log_dir: str) -> dict[str, float]:
 
 
 def summary(class_us: dict[str, float], step_us: float, steps: int,
-            top: list[tuple[str, str, float]]) -> dict:
-  """Per-class ms per step and shares; the step time not covered by operations is REST."""
+            per_op: list[tuple[str, str, float]], top: int) -> dict:
+  """Per-class ms per step and shares, and the `top` costliest operations of each class.
+
+  per_op: (name, class, microseconds) of each operation over all profiled steps. The
+  step time not covered by operations is REST.
+  """
   measured = sum(class_us.values())
   class_us = dict(class_us)
   class_us[REST] = max(0.0, step_us - measured)
   whole = max(step_us, measured)
+  ranked = sorted(per_op, key=lambda row: -row[2])
   return dict(step_ms=step_us / steps / 1e3,
               classes={c: dict(ms=class_us.get(c, 0.0) / steps / 1e3,
                                share=class_us.get(c, 0.0) / whole) for c in CLASSES},
-              top=[dict(name=n, cls=c, ms=us / steps / 1e3) for n, c, us in top])
+              top=[dict(name=n, cls=c, ms=us / steps / 1e3)
+                   for cls in CLASSES for n, c, us in [r for r in ranked if r[1] == cls][:top]])
 
 
 def jax_side(config, batch_size: int, steps: int, top: int) -> dict:
@@ -231,11 +246,10 @@ def jax_side(config, batch_size: int, steps: int, top: int) -> dict:
   for name, us in durations.items():
     if name in classes:
       class_us[classes[name]] += us
-      per_op.append((f"{name} ({ops[name]['op_name'].rsplit('/', 2)[-1] or ops[name]['opcode']})",
-                     classes[name], us))
-  per_op.sort(key=lambda row: -row[2])
-  return dict(side=f'jax {jax.__version__}',
-              **summary(class_us, step_us, steps, per_op[:top]))
+      source = '/'.join(ops[name]['op_name'].split('/')[-2:]) or ops[name]['opcode']
+      per_op.append((f'{name} ({source})', classes[name], us))
+  return dict(side=f'jax {jax.__version__}', xla_flags=os.environ.get('XLA_FLAGS', ''),
+              **summary(class_us, step_us, steps, per_op, top))
 
 
 def torch_class(event) -> str | None:
@@ -270,17 +284,15 @@ def torch_side(config, batch_size: int, steps: int, top: int) -> dict:
     start = time.perf_counter()
     window(steps)
     step_us = (time.perf_counter() - start) * 1e6
-  class_us, per_name = collections.Counter(), collections.Counter()
-  names = {}
+  class_us, per_op = collections.Counter(), collections.Counter()
   for event in prof.events():
     cls = torch_class(event)
     if cls:
       class_us[cls] += event.self_cpu_time_total
-      per_name[event.name] += event.self_cpu_time_total
-      names[event.name] = cls
-  per_op = [(name, names[name], us) for name, us in per_name.most_common(top)]
+      per_op[event.name, cls] += event.self_cpu_time_total
+  per_op = [(name, cls, us) for (name, cls), us in per_op.items()]
   return dict(side=f'pytorch {torch.__version__} (eager, {torch.get_num_threads()} threads)',
-              **summary(class_us, step_us, steps, per_op))
+              **summary(class_us, step_us, steps, per_op, top))
 
 
 def run_side(side: str) -> dict:
@@ -295,7 +307,8 @@ def run_side(side: str) -> dict:
 def report(config, batch_size: int, steps: int, sides: list[dict]) -> list[str]:
   lines = [f'CPU: {cpu_description()}; load average {os.getloadavg()[0]:.1f}',
            f'{config.model.name} (mask {config.model.mask.kind}), batch {batch_size}, float32, '
-           f'{steps} profiled steps per side, each side in its own process',
+           f'{steps} profiled steps per side, each side in its own process; '
+           f"XLA_FLAGS={sides[0]['xla_flags']}",
            f"{'':28s}" + ''.join(f'{s["side"].split(" (")[0]:>24s}' for s in sides),
            f"{'step, ms (profiled)':28s}"
            + ''.join(f'{s["step_ms"]:>24,.0f}' for s in sides)]
@@ -303,7 +316,7 @@ def report(config, batch_size: int, steps: int, sides: list[dict]) -> list[str]:
     cells = [s['classes'][cls] for s in sides]
     lines.append(f'{cls:28s}' + ''.join(f"{c['ms']:>14,.1f} ms {c['share']:>6.1%}" for c in cells))
   for s in sides:
-    lines.append(f"top operations, {s['side']}:")
+    lines.append(f"costliest operations of each class, {s['side']}:")
     lines += [f"  {row['ms']:>10,.1f} ms  {row['cls']:28s} {row['name'][:80]}" for row in s['top']]
   return lines
 

@@ -1,4 +1,4 @@
-"""The step profile names the CPU and splits both sides' step into the same op classes."""
+"""The step profile and the XLA options benchmark: their output, not their speed."""
 
 import json
 import os
@@ -73,3 +73,19 @@ def test_profile_reports_both_sides_with_shares_that_add_up():
     assert side['step_ms'] > 0 and 2 <= len(side['top']) <= len(step_profile.CLASSES)
     assert side['classes'][step_profile.DENSE]['ms'] > 0
     assert len({row['cls'] for row in side['top']}) == len(side['top'])
+
+
+def test_xla_options_parse_to_the_types_xla_wants():
+  from gmm_vit_jax.benchmarks.xla_options import parse_options
+  assert parse_options('a=true,b=512,c=dot') == {'a': True, 'b': 512, 'c': 'dot'}
+
+
+def test_xla_options_runs_each_variant_beside_the_default():
+  out = subprocess.run(
+      [sys.executable, '-m', 'gmm_vit_jax.benchmarks.xla_options', '--config=tests/tiny_config.py',
+       '--batch_size=8', '--rounds=2', '--options=xla_cpu_prefer_vector_width=512', '--json'],
+      cwd=ROOT, capture_output=True, text=True, check=True,
+      env={**os.environ, **QUICK_COMPILES_ENV}).stdout
+  rows = [json.loads(line) for line in out.strip().splitlines() if line.startswith('{')]
+  assert [row['variant'] for row in rows] == ['default', 'xla_cpu_prefer_vector_width=512']
+  assert rows[0]['vs_default'] == 1.0 and all(row['images_per_s'] > 0 for row in rows)

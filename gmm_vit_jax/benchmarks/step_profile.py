@@ -37,13 +37,6 @@ from ml_collections import config_flags
 
 from gmm_vit_jax.benchmarks.cpu_info import cpu_description
 
-config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
-flags.DEFINE_integer('batch_size', 128, 'Batch size of both sides.')
-flags.DEFINE_integer('steps', 2, 'Profiled steps, after as many untimed ones.')
-flags.DEFINE_integer('top', 3, 'Costliest operations listed per class and side.')
-flags.DEFINE_bool('json', False, 'Print one JSON line instead of tables.')
-flags.DEFINE_enum('side', None, ['jax', 'torch'], 'Profile one side in this process, as JSON.')
-flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 DENSE, BATCHED, ELEMENTWISE, COPIES, OPTIMIZER, REST = (
@@ -337,4 +330,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
+  flags.DEFINE_integer('batch_size', 128, 'Batch size of both sides.')
+  flags.DEFINE_integer('steps', 2, 'Profiled steps, after as many untimed ones.')
+  flags.DEFINE_integer('top', 3, 'Costliest operations listed per class and side.')
+  flags.DEFINE_bool('json', False, 'Print one JSON line instead of tables.')
+  flags.DEFINE_enum('side', None, ['jax', 'torch'], 'Profile one side in this process, as JSON.')
+  flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -7,8 +7,8 @@ svhn_cropped, tiny_imagenet). The ELM ablation: --config.model.mask.kind=elm.
 
 import ml_collections
 
-from configs import common
 from configs import cait_cifar10
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -10,8 +10,8 @@ The model is that of configs/hatnet_cifar10.py: 12,269,602 trainable parameters.
 
 import ml_collections
 
-from configs import common
 from configs import hatnet_cifar10
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -17,8 +17,8 @@ e_step='soft', pi='e_step'), not gradient descent.
 
 import ml_collections
 
-from configs import common
 from configs import vit_cifar10
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -9,8 +9,8 @@ tiny_imagenet).
 
 import ml_collections
 
-from configs import common
 from configs import pit_cifar10
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -10,8 +10,8 @@ layer (8x8 grid).
 
 import ml_collections
 
-from configs import common
 from configs import t2t_cifar10
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

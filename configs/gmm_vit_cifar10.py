@@ -6,8 +6,8 @@ Other datasets by argument: --config=configs/gmm_vit_cifar10.py:cifar100 (or svh
 
 import ml_collections
 
-from configs import common
 from configs import vit_cifar10
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -7,11 +7,14 @@ datasets"). The model is DeiT-Small's size (dim 384, depth 12, 6 heads of 64, ML
 16x16 patches: a 14x14 token grid) with the Gaussian mixture mask in every layer and the
 token mean pooled (the masked ViTs carry no CLS token). The argument 'none' gives the plain
 ViT (CLS token) of the same size.
+Augmented as DeiT trains: the Inception crop (augment.inception_crop, crop_scale 0.08-1,
+crop_ratio 3/4-4/3), flip, and RandAugment (augment.randaugment_ops=2,
+randaugment_magnitude=9, randaugment_magnitude_std=0.5), set by common.imagenet_recipe.
 """
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str) -> ml_collections.ConfigDict:

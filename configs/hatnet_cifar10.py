@@ -24,7 +24,7 @@ never uses, left out here.
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:

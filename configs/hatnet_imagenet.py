@@ -6,12 +6,15 @@ The argument is the size, 'tiny', 'small', 'medium' or 'large', optionally with 
 the Gaussian mixture mask in the windowed attention (e.g. 'small,gmm'). All four keep
 HAT-Net-Tiny's expansions 8/8/4/4, windows 8/7/7/1 and pooling ratios 8/4/2/1; the paper
 reports 12.7M, 25.7M, 42.9M and 63.1M parameters at 2.0, 4.3, 8.3 and 11.5 GFLOPs.
+Augmented as DeiT trains: the Inception crop (augment.inception_crop, crop_scale 0.08-1,
+crop_ratio 3/4-4/3), flip, and RandAugment (augment.randaugment_ops=2,
+randaugment_magnitude=9, randaugment_magnitude_std=0.5), set by common.imagenet_recipe.
 """
 
 import ml_collections
 
-from configs import common
 from configs import hatnet_cifar10
+from gmm_vit_jax import configs_common as common
 
 # dims, head_dim, depths, kernel_sizes of each size.
 SIZES = {

@@ -10,7 +10,7 @@ stages keep their 16x16, 8x8 and 4x4 grids.
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:

@@ -7,8 +7,8 @@ keeping 70% of the patches in training.
 
 import ml_collections
 
-from configs import common
 from configs import quickstart
+from gmm_vit_jax import configs_common as common
 
 
 def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:

@@ -7,7 +7,7 @@ tiny_imagenet, which doubles the patch size).
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ as in the reference, so the encoder keeps its 8x8 grid.
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:

@@ -7,7 +7,7 @@ tiny_imagenet with --config.dataset.data_dir=tiny-imagenet-200).
 
 import ml_collections
 
-from configs import common
+from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str, dataset: str = 'cifar10') -> ml_collections.ConfigDict:

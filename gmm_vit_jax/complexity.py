@@ -16,18 +16,17 @@ Depth is the number of attention layers.
 """
 
 import contextlib
-import importlib.util
 import json
 import math
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from jax.extend import core as jex_core
 
-from gmm_vit_jax import console
+from gmm_vit_jax import cli, config_files, console
 from gmm_vit_jax.attention import Attention
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import build_model, layers
@@ -103,7 +102,7 @@ def _depthwise_as_convolution():
 
 def model_complexity(config: ml_collections.ConfigDict) -> dict:
   """Counts for config.model on one image of config.dataset."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   model_config = config.model.copy_and_resolve_references()
   # The materialised core: 'blockwise' loops over batch slices, whose one traced body
   # the walk below would count once.
@@ -150,8 +149,7 @@ def main(argv):
   console.quiet_jax()
   rows = []
   for path in FLAGS.config:
-    name, _, arg = path.partition(':')
-    config = _load_config(name, arg)
+    config = config_files.load(path)
     rows.append(dict(config=path.split('/')[-1], **model_complexity(config)))
   if FLAGS.json:
     for r in rows:
@@ -162,16 +160,9 @@ def main(argv):
     print(text_table(rows))
 
 
-def _load_config(path: str, arg: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location('experiment_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 if __name__ == '__main__':
   flags.DEFINE_multi_string('config', None, 'Config file(s), optionally with :argument.')
   flags.DEFINE_bool('json', False, 'Print one JSON object per config instead of a table.')
   flags.DEFINE_bool('markdown', False, 'Print a Markdown table (as in README).')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

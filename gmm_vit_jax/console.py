@@ -7,6 +7,8 @@ By default the console leaves out notices a user cannot act on:
   train.py does that before anything else imports it (clu's writers, tfds), when flags
   are not parsed yet, so --verbosity is read from the command line itself.
 - the checkpoint library's INFO records (every save and restore logs a dozen lines).
+- absl's record prefix (severity, date, microseconds, thread id, file and line): each
+  console line starts with the time alone, and warnings say so in words.
 - JAX's probe of backends that cannot exist here ("Unable to initialize backend 'tpu'"):
   where no accelerator plugin is installed (cpu_runtime.cpu_only), JAX is told to start
   the CPU backend alone. With a plugin installed, or JAX_PLATFORMS set, nothing changes.
@@ -88,13 +90,28 @@ class _QuietCheckpointLibrary(py_logging.Filter):
 _QUIET_CHECKPOINT_LIBRARY = _QuietCheckpointLibrary()
 
 
+class ShortPrefix(py_logging.Formatter):
+  """'09:42:07  message', and '09:42:07  warning: message' from WARNING up."""
+
+  def __init__(self):
+    super().__init__('%(asctime)s  %(message)s', datefmt='%H:%M:%S')
+
+  def formatMessage(self, record: py_logging.LogRecord) -> str:
+    text = super().formatMessage(record)
+    if record.levelno < py_logging.WARNING:
+      return text
+    time_text, _, message = text.partition('  ')
+    return f'{time_text}  {record.levelname.lower()}: {message}'
+
+
 def quiet_jax() -> None:
-  """Starts only the CPU backend where nothing else can exist, and keeps the checkpoint
-  library's INFO records off the console, unless verbose. Call it after flag parsing and
-  before anything touches jax.devices()."""
+  """Starts only the CPU backend where nothing else can exist, keeps the checkpoint
+  library's INFO records off the console and gives records the short prefix, unless
+  verbose. Call it after flag parsing and before anything touches jax.devices()."""
   if verbose():
     return
   logging.get_absl_handler().addFilter(_QUIET_CHECKPOINT_LIBRARY)
+  logging.get_absl_handler().setFormatter(ShortPrefix())
   if cpu_runtime.cpu_only(os.environ):
     jax.config.update('jax_platforms', 'cpu')
 

@@ -44,6 +44,10 @@ class DatasetUnavailableError(UserError, RuntimeError):
   """The dataset is not prepared and cannot be downloaded from here."""
 
 
+class DatasetError(UserError, ValueError):
+  """The dataset's files are there, but one of them is not what the dataset holds."""
+
+
 class StorageError(UserError, OSError):
   """A disk-full, quota, permission or read-only failure, described in one line."""
 

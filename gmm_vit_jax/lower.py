@@ -26,13 +26,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from jax import export
-from jax._src.cudnn import fused_attention_stablehlo
-from jax._src import xla_bridge
-from jax._src.lib import _jax, cuda_versions
 from ml_collections import config_flags
 
-from gmm_vit_jax import platforms
-from gmm_vit_jax import sharding
+from gmm_vit_jax import cli, jax_private, platforms, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.models import compute_dtype
 from gmm_vit_jax.training.optimizer import make_optimizer
@@ -48,21 +44,15 @@ SCHEDULE_STEPS_PER_EPOCH = 1000
 ASSUMED_CUDNN_VERSION = 91000
 # The cuDNN attention calls carry no compatibility guarantee across jaxlib versions, so
 # jax.export refuses them unless told otherwise; these modules are inspected, not stored.
-CUDNN_CALLS = tuple(export.DisabledSafetyCheck.custom_call(name) for name in
-                    sorted(set(fused_attention_stablehlo._custom_name_maps.values())))
+CUDNN_CALLS = tuple(export.DisabledSafetyCheck.custom_call(name)
+                    for name in jax_private.cudnn_attention_call_targets())
 CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @([^\s(]+)\(')
 FLOPS_SOURCE = 'xla_hlo_cost_analysis_of_the_lowered_module'
 
 
-def _cudnn_version_for_lowering():
-  if cuda_versions is not None:
-    return fused_attention_stablehlo.check_cudnn_version()
-  return ASSUMED_CUDNN_VERSION
-
-
 def _steps(config: ml_collections.ConfigDict):
   """The trainer's jitted steps and abstract arguments for them, on this machine's mesh."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   mesh = sharding.make_mesh()
   sharding.check_batch_size('batch_size', config.batch_size, mesh)
   sharding.check_batch_size('eval_batch_size', config.eval_batch_size, mesh)
@@ -87,10 +77,7 @@ def _steps(config: ml_collections.ConfigDict):
 
 def _flops(exported: export.Exported) -> float:
   """XLA's cost analysis of the exported module, as jax.stages.Lowered.cost_analysis runs it."""
-  computation = _jax.mlir.mlir_module_to_xla_computation(exported.mlir_module(),
-                                                         use_tuple_args=False)
-  return float(_jax.hlo_module_cost_analysis(xla_bridge.get_backend(),
-                                             computation.as_hlo_module())['flops'])
+  return jax_private.hlo_flops(exported.mlir_module())
 
 
 def _export(step, args, platform: str) -> export.Exported:
@@ -105,14 +92,13 @@ def lower(config: ml_collections.ConfigDict, platform: str, *,
   config = config.copy_and_resolve_references()
   if batch_size:
     config.batch_size = batch_size
-  original = fused_attention_stablehlo.check_cudnn_version
-  fused_attention_stablehlo.check_cudnn_version = _cudnn_version_for_lowering
-  try:
+  with jax_private.cudnn_version_for_tracing(ASSUMED_CUDNN_VERSION):
     with platforms.lowering_for(platform):
       result = dict(platform=platform, model=config.model.name, mask=config.model.mask.kind,
                     dtype=compute_dtype(config.model.dtype), batch_size=config.batch_size,
                     eval_batch_size=config.eval_batch_size, devices=jax.device_count())
-      exported = {name: _export(step, args, platform) for name, (step, args) in _steps(config).items()}
+      exported = {name: _export(step, args, platform)
+                  for name, (step, args) in _steps(config).items()}
       opaque = False
       for name, module in exported.items():
         calls = collections.Counter(CUSTOM_CALL.findall(module.mlir_module()))
@@ -126,8 +112,6 @@ def lower(config: ml_collections.ConfigDict, platform: str, *,
       for name, module in exported.items():
         result[name]['flops'] = _flops(module)
       result['flops_source'] = FLOPS_SOURCE + ('_with_xla_attention_for_cudnn' if opaque else '')
-  finally:
-    fused_attention_stablehlo.check_cudnn_version = original
   return result
 
 
@@ -143,4 +127,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('batch_size', None, 'Global train batch (default: the config\'s).')
   flags.mark_flags_as_required(['config', 'platform'])
   FLAGS = flags.FLAGS
-  app.run(main)
+  cli.run_app(main)

@@ -2,10 +2,15 @@
 
     python -m gmm_vit_jax.predict --export=DIR image.png [more.png ...]
 
-Each image is converted to the bundle's channels (grey <-> RGB) and resized to its
-image size (bilinear) before the bundle's own normalisation. The images must look like
-the training data: the digits models learned light strokes on a dark background, as in
-scikit-learn's digits, so a scan of dark ink on white paper needs --invert.
+Each image goes through the preprocessing that image folders get in training
+(gmm_vit_jax/data/images.py): 16-bit and float images scaled by their range,
+transparency composited over white, converted to the bundle's channels (grey <-> RGB),
+the centre square resized to its image size by area averaging; then the bundle's own
+normalisation. A file of several frames is refused. The images must look like the
+training data: the digits models learned light strokes on a dark background, as in
+scikit-learn's digits, so a scan of dark ink on white paper needs --invert; predict says
+so when an image's background is the opposite of the training images' (preprocess.json's
+background).
 
 A file that cannot be read is reported on its own line and the others are still
 answered; the exit code is then 1.
@@ -16,32 +21,29 @@ import sys
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image
 
 from gmm_vit_jax import cli, console, errors, export
+from gmm_vit_jax.data import images
 
 TOP_K = 5
 
 
 def read_image(path: str, image_size: int, channels: int, invert: bool = False) -> np.ndarray:
   """An image file as uint8 (image_size, image_size, channels); `invert` maps v to 255 - v."""
-  with Image.open(path) as image:
-    image = image.convert('L' if channels == 1 else 'RGB')
-    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
+  pixels = images.read_image(path, image_size, channels)
   return 255 - pixels if invert else pixels
 
 
-def _why_unreadable(e: Exception) -> str:
-  if isinstance(e, FileNotFoundError):
-    return 'no such file'
-  if isinstance(e, IsADirectoryError):
-    return 'a directory, not an image'
-  if isinstance(e, Image.DecompressionBombError):
-    return f'too many pixels to decode safely ({e})'
-  if isinstance(e, Image.UnidentifiedImageError):
-    return 'not an image file PIL can read'
-  return f'{type(e).__name__}: {e}'
+def background_hint(pixels: np.ndarray, trained_on: str | None, inverted: bool) -> str | None:
+  """What to try when uint8 (H, W, C) `pixels` have a background ('dark' or 'light' by
+  their outermost ring) opposite to `trained_on`, the training images' background."""
+  if trained_on not in ('dark', 'light'):
+    return None
+  seen = 'light' if images.border_brightness(pixels) > 0.5 else 'dark'
+  if seen == trained_on:
+    return None
+  fix = 'try it without --invert' if inverted else 'try --invert'
+  return f'its background is {seen}, but the model learned {trained_on} backgrounds: {fix}'
 
 
 def top_classes(logits: np.ndarray, class_names: list[str],
@@ -59,27 +61,36 @@ def main(argv):
   if not paths:
     raise app.UsageError('give one or more image files.')
   bundle = export.load(flags.FLAGS.export)
+  recipe = bundle.preprocess.get('preprocessing', images.PREPROCESSING)
+  if recipe != images.PREPROCESSING:
+    raise errors.UserError(f'{flags.FLAGS.export} asks for the preprocessing {recipe!r}, which '
+                           f'this version does not know ({images.PREPROCESSING!r}); predict '
+                           'with the version that wrote the bundle.')
   size, _, channels = bundle.image_shape
-  images, readable, failed = [], [], 0
+  inputs, readable, failed = [], [], 0
   for path in paths:
     try:
-      images.append(read_image(path, size, channels, flags.FLAGS.invert))
+      inputs.append(read_image(path, size, channels, flags.FLAGS.invert))
       readable.append(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-      print(f'{path}: cannot read: {_why_unreadable(e)}', file=sys.stderr)
+    except images.ImageError as e:
+      print(f'{e.path}: cannot read: {e.why}', file=sys.stderr)
       failed += 1
-  logits = bundle.predict(np.stack(images)) if images else []
-  for path, row in zip(readable, logits):
+  logits = bundle.predict(np.stack(inputs)) if inputs else []
+  for path, pixels, row in zip(readable, inputs, logits):
     print(path)
     for rank, (name, index, prob) in enumerate(top_classes(row, bundle.class_names), 1):
       print(f'  {rank}. {name} ({index})  {prob:.4f}')
+    hint = background_hint(pixels, bundle.preprocess.get('background'), flags.FLAGS.invert)
+    if hint:
+      print(f'{path}: {hint}.', file=sys.stderr)
   if failed:
     print(f'{failed} of {len(paths)} files could not be read.', file=sys.stderr)
   return errors.EXIT_ERROR if failed else errors.EXIT_OK
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('export', None, 'Inference bundle directory.', required=True)
+  flags.DEFINE_string('export', None, 'Inference bundle directory (a local folder or a '
+                      'storage URL such as gs://BUCKET/bundle).', required=True)
   flags.DEFINE_bool('invert', False, 'Use 255 - pixel: for dark strokes on a light background '
                     'when the model learned light on dark (the digits models).')
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

@@ -17,7 +17,7 @@ Writes WORKDIR/table.md and WORKDIR/table.png: the final eval accuracy of each r
 beside the published top-1 (gmm_vit_jax/published.py) and the difference.
 """
 
-import importlib.util
+import io
 import json
 import logging
 import os
@@ -28,7 +28,7 @@ from types import ModuleType
 import ml_collections
 from absl import app, flags
 
-from gmm_vit_jax import cli, console, cpu_runtime, errors
+from gmm_vit_jax import cli, config_files, console, cpu_runtime, errors, storage
 from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.published import BACKBONES, DATASETS, PUBLISHED
 from gmm_vit_jax.training.run_directory import SUMMARY_FILE
@@ -46,10 +46,7 @@ def config_file(configs: str, name: str) -> ModuleType:
   if not os.path.isfile(path):
     raise errors.ConfigError(f'{path} does not exist: --configs names the folder of the '
                              "config files (the repository's configs/).")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.module(path, flag='--configs')
 
 
 def run_config(configs: str, backbone: str, variant: str, dataset: str, *,
@@ -66,11 +63,10 @@ def run_config(configs: str, backbone: str, variant: str, dataset: str, *,
 
 
 def finished_summary(workdir: str) -> dict | None:
-  path = os.path.join(workdir, SUMMARY_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, SUMMARY_FILE)
+  if not storage.exists(path):
     return None
-  with open(path) as f:
-    summary = json.load(f)
+  summary = json.loads(storage.read_text(path))
   return summary if summary.get('completed') else None
 
 
@@ -88,7 +84,7 @@ def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
     for backbone in backbones:
       row = dict(dataset=dataset, backbone=backbone)
       for variant in VARIANTS:
-        run_dir = os.path.join(workdir, dataset, f'{variant}_{backbone}')
+        run_dir = storage.join(workdir, dataset, f'{variant}_{backbone}')
         summary = finished_summary(run_dir)
         if summary is None:
           logging.info('Training %s %s on %s in %s.', variant, backbone, dataset, run_dir)
@@ -170,19 +166,20 @@ def bar_chart(rows: list[dict], path: str, *, title: str) -> None:
   fig.legend(handles, labels, loc='lower center', ncol=len(labels), fontsize=9, frameon=False)
   fig.suptitle(title, fontsize=11)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
-  fig.savefig(path, dpi=120)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=120)
   plt.close(fig)
+  storage.write_atomically(path, png.getvalue())
 
 
 def write_table(rows: list[dict], workdir: str, *, tiny_run: bool) -> None:
   kind = 'tiny models (configs/tiny.py)' if tiny_run else 'the paper configs'
-  with open(os.path.join(workdir, 'table.md'), 'w') as f:
-    f.write(f'Final eval top-1 (%) of {kind}, beside the published table.\n\n')
-    f.write(markdown_table(rows))
+  storage.write_atomically(storage.join(workdir, 'table.md'), f'Final eval top-1 (%) of {kind}, '
+                           f'beside the published table.\n\n{markdown_table(rows)}')
   title = f'GMM paper table: final eval top-1 of {kind}'
   if any(r['published'] for r in rows):  # Digits has no published number to differ from.
     title += '\n(in brackets: difference from the published number)'
-  bar_chart(rows, os.path.join(workdir, 'table.png'), title=title)
+  bar_chart(rows, storage.join(workdir, 'table.png'), title=title)
 
 
 FLAGS = flags.FLAGS
@@ -196,7 +193,8 @@ def main(argv):
   # The XLA flags must be set before JAX starts; every run shares the one process.
   cpu_runtime.apply(run_config(FLAGS.configs, FLAGS.backbones[0], 'gmm', FLAGS.datasets[0],
                                shrink=shrink, data_dir=FLAGS.data_dir))
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  storage.check_reachable(FLAGS.workdir)
+  storage.makedirs(FLAGS.workdir)
   rows = reproduce(FLAGS.workdir, datasets=FLAGS.datasets, backbones=FLAGS.backbones,
                    configs=FLAGS.configs, shrink=shrink, data_dir=FLAGS.data_dir)
   write_table(rows, FLAGS.workdir, tiny_run=FLAGS.tiny)
@@ -216,4 +214,4 @@ if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
   logging.getLogger().setLevel(logging.INFO)
   console.import_tensorflow_quietly(sys.argv)
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

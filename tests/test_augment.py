@@ -1,4 +1,5 @@
-"""Augmentation: every AutoAugment op against PIL, the policies, erasing and mixing statistics."""
+"""Augmentation: every AutoAugment and RandAugment op against PIL, the policies, the Inception
+crop against NumPy and PIL, erasing and mixing statistics."""
 
 import math
 
@@ -11,10 +12,13 @@ from PIL import Image, ImageEnhance, ImageOps
 from sklearn.datasets import load_digits
 
 from configs import common
-from gmm_vit_jax.augment import augment_batch, augmentation_grid, ops, policies
+from configs import gmm_vit_imagenet, hatnet_imagenet
+from gmm_vit_jax.augment import augment_batch, augmentation_grid, ops, policies, randaugment
 from gmm_vit_jax.augment.autoaugment import apply_op, autoaugment
 from gmm_vit_jax.augment.erasing import random_erasing
+from gmm_vit_jax.augment.inception_crop import ATTEMPTS, DRAWS, crop_box, resized_crop
 from gmm_vit_jax.augment.mix import cutmix_box, mix_batch, symmetric_beta
+from gmm_vit_jax.training import config_checks
 
 pytestmark = pytest.mark.usefixtures('quick_compiles')
 
@@ -424,3 +428,251 @@ def test_mixing_pairs_images_within_each_device_shard():
   done = subprocess.run([sys.executable, '-c', SHARDED_MIX], env=env, capture_output=True,
                         text=True, cwd=pathlib.Path(__file__).parents[1], timeout=300)
   assert done.returncode == 0 and 'ok' in done.stdout, done.stderr[-3000:]
+
+
+# RandAugment as the DeiT recipe configures it (timm's rand-m9-mstd0.5-inc1): the level
+# L in [0, 10] maps to each op's argument as below, geometric ops resample bicubically and
+# fill with ImageNet's mean colour in 8 bits.
+IMAGENET_FILL = (124, 116, 104)
+
+
+def pil_rand_op(name, x, level, sign):
+  """One RandAugment op at `level` with `sign` through PIL."""
+  image = Image.fromarray(x)
+  f = level / 10
+  factor = max(0.1, 1 + 0.9 * f * sign)
+  affine = lambda m: np.asarray(image.transform(image.size, Image.AFFINE, m, Image.BICUBIC,
+                                                fillcolor=IMAGENET_FILL))
+  add = int(f * 110)
+  steps = {
+      'autocontrast': lambda: ImageOps.autocontrast(image),
+      'equalize': lambda: ImageOps.equalize(image),
+      'invert': lambda: ImageOps.invert(image),
+      'rotate': lambda: image.rotate(30 * f * sign, resample=Image.BICUBIC,
+                                     fillcolor=IMAGENET_FILL),
+      # PIL takes 1-8 bits; keeping none (level 10) leaves every value 0.
+      'posterize': lambda: (ImageOps.posterize(image, 4 - int(f * 4)) if f < 1
+                            else np.zeros_like(x)),
+      'solarize': lambda: ImageOps.solarize(image, 256 - int(f * 256)),
+      'solarize_add': lambda: image.point([min(255, i + add) if i < 128 else i
+                                           for i in range(256)] * 3),
+      'color': lambda: ImageEnhance.Color(image).enhance(factor),
+      'contrast': lambda: ImageEnhance.Contrast(image).enhance(factor),
+      'brightness': lambda: ImageEnhance.Brightness(image).enhance(factor),
+      'sharpness': lambda: ImageEnhance.Sharpness(image).enhance(factor),
+      'shear_x': lambda: affine((1, 0.3 * f * sign, 0, 0, 1, 0)),
+      'shear_y': lambda: affine((1, 0, 0, 0.3 * f * sign, 1, 0)),
+      'translate_x': lambda: affine((1, 0, 0.45 * f * sign * x.shape[1], 0, 1, 0)),
+      'translate_y': lambda: affine((1, 0, 0, 0, 1, 0.45 * f * sign * x.shape[0])),
+  }
+  return np.asarray(steps[name]())
+
+
+# One compile for every op: the op index, level and sign are traced.
+RAND_APPLY_OP = jax.jit(jax.vmap(randaugment.apply_op, (0, None, None, None, None)))
+RAND_GEOMETRIC = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
+
+
+RAND_ENHANCE = ('color', 'contrast', 'brightness', 'sharpness')
+
+
+@pytest.mark.parametrize('name', randaugment.OP_NAMES)
+def test_randaugment_op_matches_pil(name):
+  """Exact for the integer ops. The geometric ones may differ in a few pixels, as
+  AutoAugment's (float32 against float64 coordinates); the enhancements by one level
+  where a blend lands on a truncation boundary (XLA may fuse its multiply and add, PIL
+  rounds both); autocontrast by PIL's float rounding
+  (test_autocontrast_is_exact_stretch_and_within_one_of_pil)."""
+  assert set(randaugment.OP_NAMES) == set(RAND_GEOMETRIC) | {
+      'autocontrast', 'equalize', 'invert', 'posterize', 'solarize', 'solarize_add', 'color',
+      'contrast', 'brightness', 'sharpness'}
+  op = np.int32(randaugment.OP_NAMES.index(name))
+  fill = jnp.asarray(IMAGENET_FILL, jnp.uint8)
+  for level, sign in ((9.0, 1.0), (6.3, -1.0), (10.0, -1.0), (2.5, 1.0)):
+    ours = np.asarray(RAND_APPLY_OP(jnp.asarray(IMAGES), op, np.float32(level),
+                                    np.float32(sign), fill)).astype(int)
+    expected = np.stack([pil_rand_op(name, x, level, sign) for x in IMAGES]).astype(int)
+    diff = np.abs(ours - expected).max(-1)
+    if name in RAND_GEOMETRIC:
+      assert (diff > 0).mean() < 0.01 and (diff > 1).mean() < 0.005, f'{name}({level}, {sign})'
+    elif name in RAND_ENHANCE:
+      assert diff.max() <= 1 and (diff > 0).mean() < 0.01, f'{name}({level}, {sign})'
+    elif name == 'autocontrast':
+      assert diff.max() <= 1 and (diff > 0).mean() < 0.05
+    else:
+      np.testing.assert_array_equal(ours, expected, err_msg=f'{name}({level}, {sign})')
+
+
+def test_randaugment_draws_map_to_ops_levels_and_signs():
+  """Uniforms (op, taken, sign) and a normal per op: the op is OP_NAMES[floor(u0 K)],
+  taken when u1 < 0.5, negated when u2 >= 0.5, at level clip(m + std z, 0, 10); the ops
+  run in turn."""
+  names = randaugment.OP_NAMES
+  k = len(names)
+  fill = jnp.asarray(IMAGENET_FILL, jnp.uint8)
+  draw = jax.jit(lambda x, u, z: randaugment.randaugment_image(
+      x, u, z, magnitude=9.0, magnitude_std=0.5, fill=fill))
+  cases = [
+      ([[(names.index('rotate') + 0.5) / k, 0.2, 0.7], [(names.index('posterize') + 0.1) / k,
+                                                        0.4, 0.1]], [1.0, -2.0]),
+      ([[(names.index('shear_x') + 0.9) / k, 0.6, 0.1], [names.index('color') / k, 0.1, 0.9]],
+       [0.0, 5.0]),
+      ([[0.999, 0.3, 0.3], [0.0, 0.49, 0.6]], [-30.0, 0.4]),
+  ]
+  for u, z in cases:
+    for x in IMAGES[:2]:
+      ours = np.asarray(draw(jnp.asarray(x), jnp.asarray(u, jnp.float32),
+                             jnp.asarray(z, jnp.float32)))
+      expected = x
+      for (u_op, u_take, u_sign), noise in zip(u, z):
+        if u_take < 0.5:
+          level = min(max(9.0 + 0.5 * noise, 0.0), 10.0)
+          expected = pil_rand_op(names[min(int(u_op * k), k - 1)], expected, level,
+                                 1.0 if u_sign < 0.5 else -1.0)
+      diff = np.abs(ours.astype(int) - expected.astype(int)).max(-1)
+      assert (diff > 1).mean() < 0.01, (u, z)
+
+
+def test_randaugment_batch_draws_each_example_independently():
+  images = jnp.asarray(np.repeat(IMAGES[:1], 16, 0))
+  run = jax.jit(lambda k: randaugment.randaugment(images, k, num_ops=2, magnitude=9.0,
+                                                  magnitude_std=0.5, fill=IMAGENET_FILL))
+  out = np.asarray(run(jax.random.key(0)))
+  assert out.shape == images.shape and out.dtype == np.uint8
+  assert len({o.tobytes() for o in out}) > 8
+  np.testing.assert_array_equal(out, run(jax.random.key(0)))
+  # Each op is skipped with probability 1/2, so about a quarter pass untouched.
+  untouched = (out == np.asarray(images)).all((1, 2, 3)).mean()
+  assert 0 < untouched < 0.6
+
+
+def numpy_crop_box(u, height, width, scale, ratio):
+  """torchvision's RandomResizedCrop.get_params on the given uniforms, in float64."""
+  for i in range(ATTEMPTS):
+    target = height * width * (scale[0] + (scale[1] - scale[0]) * u[i])
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[ATTEMPTS + i]
+    aspect = math.exp(log_ratio)
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return (min(int(u[-2] * (height - h + 1)), height - h),
+              min(int(u[-1] * (width - w + 1)), width - w), h, w)
+  if width / height < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif width / height > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+DEIT_SCALE, DEIT_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+
+
+@pytest.mark.parametrize('height,width,scale', [
+    (32, 32, DEIT_SCALE), (24, 40, DEIT_SCALE), (40, 16, (0.5, 1.0)), (32, 32, (1.5, 2.0)),
+    (16, 40, (1.5, 2.0)), (40, 16, (1.5, 2.0))])
+def test_crop_box_matches_numpy_and_respects_ranges(height, width, scale):
+  """Scales above 1 never fit: every box is then the centred fallback."""
+  u = np.random.default_rng(height + width).uniform(size=(2000, DRAWS)).astype(np.float32)
+  boxes = np.stack(jax.jit(jax.vmap(lambda v: crop_box(v, height, width, scale, DEIT_RATIO)))(
+      jnp.asarray(u)), -1)
+  expected = np.array([numpy_crop_box(v.astype(np.float64), height, width, scale, DEIT_RATIO)
+                       for v in u])
+  # A side on a rounding tie can round differently in float32.
+  assert (boxes != expected).any(-1).mean() < 0.005
+  top, left, h, w = boxes.T
+  assert (top >= 0).all() and (left >= 0).all() and (h > 0).all() and (w > 0).all()
+  assert (top + h <= height).all() and (left + w <= width).all()
+  fallback = numpy_crop_box(np.ones(DRAWS) * 0.999, height, width, (2.0, 2.0), DEIT_RATIO)
+  drawn = (boxes != fallback).any(-1)
+  if scale[0] > 1:
+    assert not drawn.any()
+    return
+  # A drawn box's sides are rounded from some area in `scale` and ratio in DEIT_RATIO.
+  hh, ww = h[drawn], w[drawn]
+  area = height * width
+  assert ((hh + 0.5) * (ww + 0.5) >= scale[0] * area).all()
+  assert ((hh - 0.5) * (ww - 0.5) <= scale[1] * area).all()
+  assert ((ww + 0.5) / (hh - 0.5) >= DEIT_RATIO[0]).all()
+  assert ((ww - 0.5) / (hh + 0.5) <= DEIT_RATIO[1]).all()
+  # The ratio is log-uniform: its log is centred on the range's when the image is square.
+  if height == width:
+    assert abs(np.log(ww / hh).mean()) < 0.03
+
+
+def numpy_bicubic_resize_line(line, out_size):
+  """PIL's bicubic resize of (N, C) to (out_size, C) in float64, rounded to 8 bits."""
+  n = len(line)
+  scale = n / out_size
+  stretch = max(scale, 1.0)
+  support = 2.0 * stretch
+  out = np.zeros((out_size, line.shape[1]))
+  for i in range(out_size):
+    centre = (i + 0.5) * scale
+    lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n)
+    taps = np.arange(lo, hi)
+    t = np.abs((taps - centre + 0.5) / stretch)
+    weights = np.where(t < 1, (1.5 * t - 2.5) * t * t + 1,
+                       np.where(t < 2, (((t - 5) * t + 8) * t - 4) * -0.5, 0.0))
+    out[i] = weights @ line[taps] / weights.sum()
+  return np.clip(np.floor(out + 0.5), 0, 255)
+
+
+def numpy_resized_crop(image, top, left, h, w):
+  crop = image[top:top + h, left:left + w].astype(np.float64)
+  rows = np.stack([numpy_bicubic_resize_line(r, image.shape[1]) for r in crop])
+  return np.stack([numpy_bicubic_resize_line(c, image.shape[0]) for c in rows.transpose(1, 0, 2)],
+                  1).astype(np.uint8)
+
+
+def test_resized_crop_matches_numpy_and_pil():
+  """Given the box, the crop resized back to 32 x 32 as PIL's bicubic resize does (PIL's
+  8-bit weights are fixed point, so a level may differ by one)."""
+  run = jax.jit(jax.vmap(resized_crop, (0, None, None, None, None)))
+  for top, left, h, w in ((0, 0, 32, 32), (3, 5, 9, 14), (10, 0, 22, 17), (0, 20, 32, 12),
+                          (7, 7, 1, 2)):
+    ours = np.asarray(run(jnp.asarray(IMAGES), top, left, h, w)).astype(int)
+    expected = np.stack([numpy_resized_crop(x, top, left, h, w) for x in IMAGES]).astype(int)
+    assert np.abs(ours - expected).max() <= 1 and (ours != expected).mean() < 0.01, (h, w)
+    pil = np.stack([np.asarray(Image.fromarray(x).crop((left, top, left + w, top + h))
+                               .resize((32, 32), Image.BICUBIC)) for x in IMAGES]).astype(int)
+    assert np.abs(ours - pil).max() <= 1 and (ours != pil).mean() < 0.01, (h, w)
+    if (h, w) == (32, 32):
+      np.testing.assert_array_equal(ours, IMAGES)
+
+
+@pytest.mark.parametrize('make', [gmm_vit_imagenet.get_config, hatnet_imagenet.get_config])
+def test_imagenet_configs_use_deit_augmentation(make):
+  config = make()
+  augment = config.augment
+  assert augment.inception_crop and augment.crop_padding == 0 and augment.flip
+  assert tuple(augment.crop_scale) == DEIT_SCALE and tuple(augment.crop_ratio) == DEIT_RATIO
+  assert augment.autoaugment == 'none'
+  assert (augment.randaugment_ops, augment.randaugment_magnitude,
+          augment.randaugment_magnitude_std) == (2, 9.0, 0.5)
+  assert config_checks.problems(config) == []
+  augment.update(dict(autoaugment='imagenet', crop_padding=4, crop_scale=(0.5, 0.1),
+                      randaugment_magnitude=12.0))
+  found = config_checks.problems(config)
+  assert any('augment.crop_scale' in p for p in found)
+  assert any('augment.randaugment_magnitude' in p for p in found)
+  augment.update(dict(crop_scale=DEIT_SCALE, randaugment_magnitude=9.0))
+  found = config_checks.problems(config)
+  assert any('two policies' in p for p in found) and any('two crops' in p for p in found)
+
+
+def test_augment_batch_imagenet_recipe():
+  """The ImageNet recipe's augmentation end to end on small images."""
+  config = gmm_vit_imagenet.get_config().augment
+  augment = jax.jit(lambda x, y, k: augment_batch(x, y, k, config, num_classes=10,
+                                                  mean=CIFAR_MEAN, std=CIFAR_STD))
+  images = jnp.asarray(IMAGES)
+  x, t = augment(images, jnp.arange(8), jax.random.key(0))
+  assert x.shape == (8, 32, 32, 3) and x.dtype == jnp.float32 and t.shape == (8, 10)
+  np.testing.assert_array_equal(x, augment(images, jnp.arange(8), jax.random.key(0))[0])
+  assert not np.array_equal(x, augment(images, jnp.arange(8), jax.random.key(1))[0])
+  config.crop_scale = (0.0, 0.5)
+  with pytest.raises(ValueError, match='augment.crop_scale'):
+    augment_batch(images, jnp.arange(8), jax.random.key(0), config, num_classes=10,
+                  mean=CIFAR_MEAN, std=CIFAR_STD)

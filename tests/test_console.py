@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gmm_vit_jax import console
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.training import pictures
-from gmm_vit_jax.training.progress import CLEAR_LINE, Progress, epoch_of, format_duration
+from gmm_vit_jax.training.progress import (CLEAR_LINE, Progress, closing_line, epoch_of,
+                                           eval_figures, format_duration)
 from gmm_vit_jax.training.writers import create_writer
 from tests.test_training import tiny_config
 
@@ -69,9 +70,50 @@ def test_eval_time_is_left_out_of_the_rates_and_gets_one_line(caplog):
     progress.eval_done(25, {'eval_accuracy': 0.975, 'eval_loss': 0.25}, 20.0)
     progress(11, lambda: METRICS)
   eval_line, line = [r.getMessage() for r in caplog.records]
-  assert eval_line == 'eval  epoch 1/4  step 25/100  accuracy 97.50%  loss 0.2500  (20s)'
+  assert eval_line == 'eval  epoch 1/4  step 25/100  test 97.50%  loss 0.2500  (20s)'
   # 10 steps in 30 - 20 = 10 s of training.
   assert '  10 img/s  ' in line and line.endswith('ETA 1m29s')
+
+
+def test_progress_lines_are_capped_over_the_run(caplog):
+  # Due every 1 s of a clock that moves 2 s a step; at most 4 lines over 100 steps.
+  progress = Progress(total_steps=100, steps_per_epoch=25, batch_size=8, every_s=1.0,
+                      max_lines=4, stream=io.StringIO(), clock=Clock(range(0, 200, 2)))
+  with caplog.at_level(logging.INFO):
+    for step in range(1, 101):
+      progress(step, lambda: METRICS)
+  steps = [int(re.search(r'step (\d+)/', r.getMessage()).group(1)) for r in caplog.records]
+  assert steps == [26, 51, 76] and progress.lines == 3
+
+
+@pytest.mark.parametrize('results, text', [
+    ({'eval_accuracy': 0.98333, 'eval_loss': 0.04213}, 'test 98.33%  loss 0.0421'),
+    ({'val_accuracy': 0.979, 'eval_accuracy': 0.9833, 'eval_ema_accuracy': 0.986,
+      'eval_loss': 0.5}, 'val 97.90%  test 98.33%  ema 98.60%  loss 0.5000'),
+    ({'val_accuracy': 0.979, 'val_ema_accuracy': 0.98, 'eval_accuracy': 0.9833,
+      'eval_ema_accuracy': 0.986, 'eval_loss': 0.5},
+     'val 97.90%  test 98.33%  ema val 98.00%  ema test 98.60%  loss 0.5000'),
+])
+def test_eval_lines_show_every_split_and_the_moving_average(results, text):
+  assert eval_figures(results) == text
+
+
+def test_the_closing_line_names_the_metric_the_best_checkpoint_is_chosen_on():
+  summary = dict(step=20, total_steps=20, val_accuracy=0.9, eval_accuracy=0.95, eval_loss=0.25,
+                 best_val_accuracy=0.925, best_eval_accuracy=0.95, best_step=10,
+                 train_wall_time_s=75.0, train_images_per_s=1234.4)
+  assert closing_line(summary, 'run/summary.json', 'val_accuracy') == (
+      'Done at step 20/20: val 90.00%  test 95.00%  loss 0.2500; best val 92.50% at step 10 '
+      '(the checkpoint export takes, chosen on validation accuracy); 1m15s in all, 1,234 img/s '
+      'of training. Summary: run/summary.json')
+
+
+def test_console_records_start_with_the_time_and_warnings_say_so():
+  formatter = console.ShortPrefix()
+  record = logging.LogRecord('x', logging.WARNING, __file__, 1, 'disk %s', ('low',), None)
+  assert re.fullmatch(r'\d\d:\d\d:\d\d  warning: disk low', formatter.format(record))
+  record = logging.LogRecord('x', logging.INFO, __file__, 1, 'step  5', (), None)
+  assert re.fullmatch(r'\d\d:\d\d:\d\d  step  5', formatter.format(record))
 
 
 def test_on_a_terminal_the_line_is_rewritten_and_log_records_clear_it():

@@ -4,10 +4,11 @@ re-initialised, and a fine-tuned epoch beating the same epoch from scratch."""
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import save_file
 
-from configs import common
-from gmm_vit_jax import export
-from gmm_vit_jax.models import build_model
+from configs import common, swin_cifar10, tiny
+from gmm_vit_jax import errors, export
+from gmm_vit_jax.models import build_from_config, build_model
 from gmm_vit_jax.data import sources
 from gmm_vit_jax.training import init_from, loop
 from gmm_vit_jax.training.checkpoint import restore_model
@@ -101,8 +102,9 @@ def half_loader(half: int):
   return load_split
 
 
-def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch):
+def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch, caplog):
   """Trained on one half of the training split, fine-tuned for an epoch on the other."""
+  caplog.set_level('INFO')
   monkeypatch.setattr(sources, 'load_split', half_loader(0))
   loop.train_and_evaluate(tiny_config(epochs=3), str(tmp_path / 'pretrain'))
   model, config = restore_model(str(tmp_path / 'pretrain'), 'best')
@@ -120,6 +122,11 @@ def test_fine_tuning_beats_the_same_epoch_from_scratch(tmp_path, monkeypatch):
     config = tiny_config(epochs=1)
     config.init_from = source
     results[name] = loop.train_and_evaluate(config, str(tmp_path / name))
+  table = (tmp_path / 'fine_tuned' / init_from.TABLE_FILE).read_text()
+  assert 'blocks.0.attention.query.kernel' in table and '0 re-initialised' in table
+  counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Initialised')]
+  assert len(counts) == 1 and '0 re-initialised, 0 source variables unused' in counts[0]
+  assert 'query.kernel' not in counts[0]  # The table is in the file, not on the console.
   assert results['fine_tuned']['eval_loss'] < results['scratch']['eval_loss']
   assert results['fine_tuned']['eval_accuracy'] > results['scratch']['eval_accuracy']
 
@@ -146,3 +153,68 @@ def test_a_reference_state_dict_reads_back_as_the_model_it_came_from(tmp_path):
   assert read.keys() == variables.keys()
   for name, value in variables.items():
     np.testing.assert_allclose(read[name], value, rtol=1e-6)
+
+
+def weights_folder(path, config) -> str:
+  """A bundle's weights and config (all that init_from reads of it) of an untrained model."""
+  path.mkdir()
+  save_file(export.flat_variables(build_from_config(config)), str(path / export.PARAMS_FILE))
+  (path / export.CONFIG_FILE).write_text(config.to_json())
+  return str(path)
+
+
+def no_data(*args, **kwargs):
+  raise AssertionError('the data loaded before init_from was checked')
+
+
+def test_a_missing_source_is_refused_before_the_data_loads(tmp_path, monkeypatch):
+  monkeypatch.setattr(loop, 'make_pipeline', no_data)
+  config = tiny_config()
+  config.init_from = str(tmp_path / 'no_such_run')
+  with pytest.raises(errors.ConfigError, match='no_such_run.* does not exist: give a run'):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_a_damaged_source_is_one_line(tmp_path, monkeypatch):
+  monkeypatch.setattr(loop, 'make_pipeline', no_data)
+  config = tiny_config()
+  config.init_from = weights_folder(tmp_path / 'bundle', config)
+  (tmp_path / 'bundle' / export.PARAMS_FILE).write_bytes(b'\x00' * 40)
+  with pytest.raises(errors.ConfigError, match='bundle.* cannot be read') as error:
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert '\n' not in str(error.value)
+
+
+def test_another_backbone_is_refused_unless_partial(tmp_path, monkeypatch):
+  swin = tiny.shrink(swin_cifar10.get_config('digits'))
+  config = tiny_config()
+  config.init_from = weights_folder(tmp_path / 'swin', swin)
+  monkeypatch.setattr(loop, 'make_pipeline', no_data)
+  with pytest.raises(errors.ConfigError, match="holds a 'swin' model and would fill [0-9]+% .*"
+                                               r're-initialised.*init_from_partial=True'):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  config.init_from_partial = True
+  init_from.check(config)
+
+
+def test_a_new_head_and_grid_fill_enough(tmp_path):
+  """Fine-tuning on another class count and patch size: the head and the patch projection
+  are new, the rest loads or resizes."""
+  source = tiny_config()
+  source.dataset.name = 'cifar10'  # 10 classes of 32x32x3 images: 64 tokens of patch 4.
+  source.model.patch_size = 4
+  config = tiny_config()  # Digits: 8x8x1 images, 16 tokens of patch 2.
+  config.init_from = weights_folder(tmp_path / 'cifar', source)
+  init_from.check(config)
+
+
+
+def test_filled_share_counts_values_and_leaves_dont_load_out():
+  source = flat_model(num_classes=5, patch_size=2)
+  target = flat_model(num_classes=10, patch_size=2)  # Only the head differs.
+  total = sum(value.size for value in target.values())
+  head = target['head.kernel'].size + target['head.bias'].size
+  _, table = init_from.adapt(source, target)
+  assert init_from.filled_share(table, target) == pytest.approx(1 - head / total)
+  _, table = init_from.adapt(source, target, dont_load=(r'head\..*',))
+  assert init_from.filled_share(table, target) == 1.0

@@ -7,7 +7,9 @@ are written out here, not inferred, so that moving a module up or down is a deci
 takes in this file. Lowest first:
 
   0. foundations: errors and the one-line reports of the commands, the console, runtime and
-     platform facts, the device mesh, initialisers and the Linear layer; none knows a model.
+     platform facts, the device mesh, initialisers and the Linear layer, the private JAX
+     names, the shared config pieces, how config files and overrides are read, and local
+     and bucket storage; none knows a model.
   1. building blocks on arrays: attention, the augmentation, the datasets and their batches.
   2. models: the backbones, built from the attention.
   3. what works on a model: patch selection, the PyTorch twins and their conversion, the
@@ -27,13 +29,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 
 FLOORS = (
     ('errors', 'cli', 'console', 'cpu_runtime', 'platforms', 'sharding', 'initializers',
-     'linear', 'published'),
+     'linear', 'published', 'jax_private', 'configs_common', 'config_files',
+     'config_overrides', 'storage'),
     ('attention', 'augment', 'data'),
     ('models',),
-    ('patches', 'torch_models', 'convert', 'export', 'visualize'),
+    ('patches', 'torch_models', 'convert', 'export', 'visualize', 'onnx_export'),
     ('training',),
     ('export.__main__', 'convert.__main__', 'complexity', 'lower', 'predict', 'reproduce',
-     'benchmarks'),
+     'benchmarks', 'train', 'evaluate'),
 )
 
 

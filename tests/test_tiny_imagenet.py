@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import gmm_vit_cifar10
+from gmm_vit_jax import errors
 from gmm_vit_jax.data import tiny_imagenet
+from gmm_vit_jax.training import config_checks
 
 pytestmark = pytest.mark.usefixtures('quick_compiles')
 
@@ -81,9 +84,28 @@ def test_val_sorted_into_class_folders(folder):
   np.testing.assert_array_equal(colour_labels(images), labels)
 
 
-def test_missing_folder_says_how_to_get_it(tmp_path):
-  with pytest.raises(FileNotFoundError, match='tiny-imagenet-200.zip'):
+def test_missing_folder_says_how_to_get_it_in_one_line(tmp_path):
+  with pytest.raises(errors.DatasetUnavailableError, match='tiny-imagenet-200.zip') as error:
     tiny_imagenet.load(str(tmp_path / 'nowhere'), 'train')
+  assert '\n' not in str(error.value)
+
+
+def test_no_folder_at_all_is_refused_with_the_config():
+  with pytest.raises(errors.ConfigError, match='needs dataset.data_dir'):
+    config_checks.check(gmm_vit_cifar10.get_config('tiny_imagenet'))
+
+
+def test_a_damaged_image_or_annotation_names_the_file(folder):
+  root, _ = folder
+  damaged = os.path.join(root, 'val', 'images', 'val_1.JPEG')
+  with open(damaged, 'wb') as f:
+    f.write(b'not a jpeg')
+  with pytest.raises(errors.DatasetError, match=f'{damaged} cannot be read as an image'):
+    tiny_imagenet.load(root, 'val')
+  with open(os.path.join(root, 'val', 'val_annotations.txt'), 'a') as f:
+    f.write('val_9.JPEG n01443537\n')
+  with pytest.raises(errors.DatasetError, match='is not "<file>'):
+    tiny_imagenet.load(root, 'val')
 
 
 def test_unknown_split_and_class(folder):

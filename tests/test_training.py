@@ -4,6 +4,7 @@ SIGTERM, kill -9, NaN, several devices, bad configs."""
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,7 +113,10 @@ def test_interrupted_runs_end_bit_identical_to_an_uninterrupted_one(tmp_path):
   assert 'oneDNN' not in outputs['whole'], outputs['whole'][:3000]
   assert 'Unable to initialize backend' not in outputs['whole'], outputs['whole'][:3000]
   assert 'parameters (table in' in outputs['whole']
-  assert f'eval  epoch 5/5  step {total}/{total}  accuracy' in outputs['whole']
+  assert f'eval  epoch 5/5  step {total}/{total}  test ' in outputs['whole']
+  assert f'Done at step {total}/{total}: test ' in outputs['whole']
+  # Every console line is a log record in the short form: the time, two spaces, the text.
+  assert all(re.match(r'\d\d:\d\d:\d\d  ', line) for line in outputs['whole'].splitlines())
   assert runs['killed'].returncode == -signal.SIGKILL
   assert runs['stopped'].returncode == errors.EXIT_STOPPED, outputs['stopped'][-3000:]
   assert 'SIGTERM received' in outputs['stopped']

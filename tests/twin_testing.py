@@ -13,7 +13,7 @@ def strong_twin(config, seed: int = 0) -> torch.nn.Module:
   norm scales ~ N(1, 0.04); the GMM's sigma and alpha keep their own init.
   """
   torch.manual_seed(seed)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   twin = build_torch_model(config.model, num_classes=info['num_classes'],
                            image_size=info['image_size'], channels=info['channels'])
   with torch.no_grad():

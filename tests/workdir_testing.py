@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gmm_vit_jax import storage
+
 
 def files_with_times(workdir: str) -> dict[str, tuple[int, int]]:
   """{relative path: (size, mtime_ns)} of every file but the lock, whose holder line is
@@ -22,8 +24,9 @@ def files_with_times(workdir: str) -> dict[str, tuple[int, int]]:
 
 
 def restored_state(workdir: str, step: int) -> list[tuple[str, np.ndarray]]:
-  """(path, value) of every array of the train state saved at `step`, read as stored."""
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+  """(path, value) of every array of the train state saved at `step`, read as stored;
+  `workdir` a local folder or a storage URL."""
+  manager = ocp.CheckpointManager(storage.join(storage.absolute(workdir), 'checkpoints'),
                                   options=ocp.CheckpointManagerOptions(create=False))
   state = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()

@@ -28,7 +28,7 @@ def make_score(attention: ml_collections.ConfigDict, *, dim: int, num_heads: int
   if attention.score == 'mixture_of_keys':
     if 'mixture' not in attention:
       raise ValueError("model.attention.score='mixture_of_keys' needs a model.attention.mixture "
-                       "section (configs/common.py: attention('mixture_of_keys')).")
+                       "section (gmm_vit_jax/configs_common.py: attention('mixture_of_keys')).")
     mixture = attention.mixture
     return MixtureOfKeysScore(
         dim, num_heads=num_heads, head_dim=head_dim, num_keys=mixture.num_keys,

@@ -14,7 +14,7 @@ ATTEMPTS = 100
 DRAWS = 2 * ATTEMPTS + 3
 
 
-def _index(u: jax.Array, n: jax.Array) -> jax.Array:
+def uniform_index(u: jax.Array, n: jax.Array) -> jax.Array:
   """A uniform integer in [0, n) from u uniform in [0, 1)."""
   return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
 
@@ -36,8 +36,8 @@ def erase_image(image: jax.Array, u: jax.Array, *, prob: float, area: tuple[floa
   fits = (heights < h) & (widths < w)
   first = jnp.argmax(fits)
   eh, ew = heights[first], widths[first]
-  top = _index(u[-2], h - eh + 1)
-  left = _index(u[-1], w - ew + 1)
+  top = uniform_index(u[-2], h - eh + 1)
+  left = uniform_index(u[-1], w - ew + 1)
   rows = jnp.arange(h)[:, None]
   cols = jnp.arange(w)[None, :]
   box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)

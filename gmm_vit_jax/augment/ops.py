@@ -1,11 +1,15 @@
-"""The AutoAugment image operations, on one uint8 image, with PIL's arithmetic.
+"""The AutoAugment and RandAugment image operations, on one uint8 image, with PIL's arithmetic.
 
 Every op maps an (H, W, C) uint8 image (C is 3, or 1 for grey) and traced scalar
 arguments to an (H, W, C) uint8 image, so `jax.vmap` batches it and `lax.switch`
-selects it. The reference applies these through PIL (Image.transform, ImageOps,
+selects it. Both policies apply these through PIL (Image.transform, ImageOps,
 ImageEnhance); each op follows the PIL routine it names, including its integer
 rounding and its truncation of float results, so that the two agree pixel for pixel
 up to float32 (here) against float64 (PIL's coordinates) rounding.
+
+The geometric ops take `fill`, the colour of uncovered pixels (a grey level or one
+value per channel); translation and rotation also take `resample`, 'nearest' (as
+AutoAugment's reference) or 'bicubic' (as RandAugment in the DeiT recipe).
 """
 
 import jax
@@ -18,6 +22,11 @@ FILL = 128
 def _to_uint8(x: jax.Array) -> jax.Array:
   """Clip to [0, 255] and truncate, as PIL stores a float result in 8 bits."""
   return jnp.floor(jnp.clip(x, 0.0, 255.0)).astype(jnp.uint8)
+
+
+def _fill(fill, channels: int) -> jax.Array:
+  """`fill` (a grey level or C levels) as a (C,) uint8 array."""
+  return jnp.broadcast_to(jnp.asarray(fill, jnp.uint8), (channels,))
 
 
 def _gather(image: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
@@ -38,8 +47,8 @@ def _cubic(v1, v2, v3, v4, d):
   return v2 + d * (p2 + d * (p3 + d * p4))
 
 
-def shear_x(image: jax.Array, shear) -> jax.Array:
-  """PIL AFFINE (1, shear, 0, 0, 1, 0), BICUBIC, fill 128: input x = x + shear * y.
+def shear_x(image: jax.Array, shear, fill=FILL) -> jax.Array:
+  """PIL AFFINE (1, shear, 0, 0, 1, 0), BICUBIC: input x = x + shear * y.
 
   Pixel centres are at +0.5. Every output row reads its own input row, so PIL's
   bicubic reduces to its cubic along the row, with edge-clamped taps.
@@ -55,55 +64,89 @@ def shear_x(image: jax.Array, shear) -> jax.Array:
   taps = _gather(image.astype(jnp.float32), rows, cols)  # (H, W, 4, C)
   out = _to_uint8(_cubic(taps[:, :, 0], taps[:, :, 1], taps[:, :, 2], taps[:, :, 3], d))
   inside = (xin >= 0) & (xin < w)
-  return jnp.where(inside[..., None], out, jnp.uint8(FILL))
+  return jnp.where(inside[..., None], out, _fill(fill, image.shape[-1]))
 
 
-def shear_y(image: jax.Array, shear) -> jax.Array:
-  """PIL AFFINE (1, 0, 0, shear, 1, 0), BICUBIC, fill 128: input y = shear * x + y."""
-  return shear_x(image.transpose(1, 0, 2), shear).transpose(1, 0, 2)
+def shear_y(image: jax.Array, shear, fill=FILL) -> jax.Array:
+  """PIL AFFINE (1, 0, 0, shear, 1, 0), BICUBIC: input y = shear * x + y."""
+  return shear_x(image.transpose(1, 0, 2), shear, fill).transpose(1, 0, 2)
 
 
-def affine_nearest(image: jax.Array, matrix) -> jax.Array:
-  """PIL `Image.transform(size, AFFINE, matrix, NEAREST, fillcolor=128)`.
-
-  Args:
-    image: (H, W, C) uint8.
-    matrix: (a, b, c, d, e, f): the output pixel centre (x, y) (at +0.5, x along the
-      width) samples the input at (a x + b y + c, d x + e y + f).
-
-  Returns:
-    (H, W, C) uint8; samples falling outside the input are FILL.
-  """
+def _input_coordinates(image: jax.Array, matrix) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Where each output pixel centre samples the input under PIL's affine `matrix`, and
+  whether that falls inside the image: (H, W) x, y and mask."""
   h, w, _ = image.shape
   a, b, c, d, e, f = (jnp.asarray(m, jnp.float32) for m in matrix)
   ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
                         jnp.arange(w, dtype=jnp.float32) + 0.5, indexing='ij')
   xin = a * xs + b * ys + c
   yin = d * xs + e * ys + f
-  inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+  return xin, yin, (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+
+
+def affine_nearest(image: jax.Array, matrix, fill=FILL) -> jax.Array:
+  """PIL `Image.transform(size, AFFINE, matrix, NEAREST, fillcolor=fill)`.
+
+  Args:
+    image: (H, W, C) uint8.
+    matrix: (a, b, c, d, e, f): the output pixel centre (x, y) (at +0.5, x along the
+      width) samples the input at (a x + b y + c, d x + e y + f).
+    fill: the colour of samples falling outside the input.
+
+  Returns:
+    (H, W, C) uint8.
+  """
+  h, w, _ = image.shape
+  xin, yin, inside = _input_coordinates(image, matrix)
   cols = jnp.clip(jnp.floor(xin).astype(jnp.int32), 0, w - 1)
   rows = jnp.clip(jnp.floor(yin).astype(jnp.int32), 0, h - 1)
-  return jnp.where(inside[..., None], _gather(image, rows, cols), jnp.uint8(FILL))
+  return jnp.where(inside[..., None], _gather(image, rows, cols), _fill(fill, image.shape[-1]))
 
 
-def translate_x(image: jax.Array, fraction) -> jax.Array:
-  """Samples `fraction` of the width to the right (the content moves left), nearest."""
-  return affine_nearest(image, (1.0, 0.0, fraction * image.shape[1], 0.0, 1.0, 0.0))
+def affine_bicubic(image: jax.Array, matrix, fill=FILL) -> jax.Array:
+  """PIL `Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill)`.
+
+  PIL's cubic (a = -1, `_cubic`) over the 4 x 4 edge-clamped pixels about the sample,
+  along each row and then down the column, truncated to 8 bits; `matrix` and `fill`
+  as in `affine_nearest`.
+  """
+  h, w, _ = image.shape
+  xin, yin, inside = _input_coordinates(image, matrix)
+  x0, y0 = jnp.floor(xin - 0.5), jnp.floor(yin - 0.5)
+  dx, dy = xin - 0.5 - x0, yin - 0.5 - y0
+  offsets = jnp.arange(-1, 3)
+  cols = jnp.clip(x0.astype(jnp.int32)[..., None] + offsets, 0, w - 1)  # (H, W, 4)
+  rows = jnp.clip(y0.astype(jnp.int32)[..., None] + offsets, 0, h - 1)  # (H, W, 4)
+  rows, cols = jnp.broadcast_arrays(rows[..., :, None], cols[..., None, :])  # (H, W, 4, 4)
+  taps = _gather(image.astype(jnp.float32), rows, cols)  # (H, W, 4, 4, C)
+  along = _cubic(taps[..., 0, :], taps[..., 1, :], taps[..., 2, :], taps[..., 3, :],
+                 dx[..., None, None])  # (H, W, 4, C): one value per tap row.
+  out = _to_uint8(_cubic(along[:, :, 0], along[:, :, 1], along[:, :, 2], along[:, :, 3],
+                         dy[..., None]))
+  return jnp.where(inside[..., None], out, _fill(fill, image.shape[-1]))
 
 
-def translate_y(image: jax.Array, fraction) -> jax.Array:
-  """Samples `fraction` of the height below (the content moves up), nearest."""
-  return affine_nearest(image, (1.0, 0.0, 0.0, 0.0, 1.0, fraction * image.shape[0]))
+RESAMPLERS = {'nearest': affine_nearest, 'bicubic': affine_bicubic}
 
 
-def rotate(image: jax.Array, degrees) -> jax.Array:
-  """PIL `Image.rotate(degrees)`: counter-clockwise about the centre, nearest, fill 128."""
+def translate_x(image: jax.Array, fraction, fill=FILL, resample: str = 'nearest') -> jax.Array:
+  """Samples `fraction` of the width to the right (the content moves left)."""
+  return RESAMPLERS[resample](image, (1.0, 0.0, fraction * image.shape[1], 0.0, 1.0, 0.0), fill)
+
+
+def translate_y(image: jax.Array, fraction, fill=FILL, resample: str = 'nearest') -> jax.Array:
+  """Samples `fraction` of the height below (the content moves up)."""
+  return RESAMPLERS[resample](image, (1.0, 0.0, 0.0, 0.0, 1.0, fraction * image.shape[0]), fill)
+
+
+def rotate(image: jax.Array, degrees, fill=FILL, resample: str = 'nearest') -> jax.Array:
+  """PIL `Image.rotate(degrees)`: counter-clockwise about the centre."""
   h, w, _ = image.shape
   theta = -jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
   cos, sin = jnp.cos(theta), jnp.sin(theta)
   cx, cy = w / 2.0, h / 2.0
-  return affine_nearest(image, (cos, sin, cx - cos * cx - sin * cy,
-                                -sin, cos, cy + sin * cx - cos * cy))
+  return RESAMPLERS[resample](image, (cos, sin, cx - cos * cx - sin * cy,
+                                      -sin, cos, cy + sin * cx - cos * cy), fill)
 
 
 def grayscale(image: jax.Array) -> jax.Array:
@@ -168,6 +211,12 @@ def posterize(image: jax.Array, bits) -> jax.Array:
 def solarize(image: jax.Array, threshold) -> jax.Array:
   """Inverts every value >= threshold."""
   return jnp.where(image < threshold, image, 255 - image).astype(jnp.uint8)
+
+
+def solarize_add(image: jax.Array, addition, threshold=128) -> jax.Array:
+  """Adds `addition` to every value below `threshold`, saturating at 255."""
+  added = jnp.minimum(image.astype(jnp.int32) + jnp.asarray(addition, jnp.int32), 255)
+  return jnp.where(image < threshold, added, image).astype(jnp.uint8)
 
 
 def autocontrast(image: jax.Array) -> jax.Array:

@@ -34,6 +34,8 @@ import time
 
 from absl import app, flags
 
+from gmm_vit_jax import cli
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The speed benchmark's module, in one place: where `python -m` finds it.
 SPEED_MODULE = 'gmm_vit_jax.benchmarks.speed'
@@ -178,4 +180,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('cheap', False, 'The plumbing on a CPU: one tiny backbone, two steps.')
   flags.DEFINE_enum('install', 'cuda13', INSTALLS, 'Which JAX wheel to install first.')
   flags.DEFINE_float('budget_s', 570.0, 'No command starts after this many seconds.')
-  app.run(main)
+  cli.run_app(main)

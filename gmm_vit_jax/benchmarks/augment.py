@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import cli
 from gmm_vit_jax.augment import augment_batch
 from gmm_vit_jax.data.info import dataset_info
 
@@ -58,7 +59,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
-  info = dataset_info(args.config.dataset.name)
+  info = dataset_info(args.config.dataset)
   size, channels = info['image_size'], info['channels']
   device = jax.devices()[0]
   print(f'augment_batch, batch {args.batch}, {size}x{size}x{channels} uint8, '
@@ -77,4 +78,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 20, 'Batches per timed run.')
   flags.DEFINE_integer('repeats', 3, 'Timed runs; the best counts.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

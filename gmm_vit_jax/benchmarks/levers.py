@@ -31,6 +31,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import cli
+
 VARIANTS = {
     'all on': {},
     "attention core 'xla'": {'implementation': 'xla'},
@@ -94,7 +96,7 @@ def main(argv):
     done = subprocess.run([sys.executable, '-m', __spec__.name, *sys.argv[1:],
                            f'--variant={name}'], capture_output=True, text=True, check=False)
     if done.returncode:
-      raise RuntimeError(f'variant {name!r} failed:\n{done.stderr[-3000:]}')
+      raise cli.child_failed(f'variant {name!r}', done)
     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
   base = rows[0]['images_per_s']
   print(f"{FLAGS.config.model.name} (mask {FLAGS.config.model.mask.kind}), batch "
@@ -108,4 +110,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(main)

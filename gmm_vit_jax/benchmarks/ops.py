@@ -25,10 +25,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
-from gmm_vit_jax import cpu_runtime
+from gmm_vit_jax import cli, cpu_runtime
 from gmm_vit_jax.linear import Linear
 from gmm_vit_jax.models.layers import depthwise_conv, gelu
 
@@ -127,4 +127,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(main)

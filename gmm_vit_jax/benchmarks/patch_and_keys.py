@@ -27,6 +27,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from gmm_vit_jax import cli
 from gmm_vit_jax.models import build_model
 from gmm_vit_jax.patches import select_tokens
 
@@ -137,4 +138,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 5, 'Timed steps; the median counts.')
   flags.DEFINE_integer('warmup', 1, 'Untimed steps first.')
   flags.mark_flags_as_required(['config', 'keys_config'])
-  app.run(main)
+  cli.run_app(main)

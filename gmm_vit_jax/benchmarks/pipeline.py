@@ -17,11 +17,10 @@ import time
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
-from gmm_vit_jax import sharding
+from gmm_vit_jax import cli, cpu_runtime, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.pipeline import make_pipeline
 from gmm_vit_jax.training.optimizer import make_optimizer
@@ -43,7 +42,7 @@ def train_rate(config: ml_collections.ConfigDict, name: str, steps: int, warmup:
   replicated = sharding.replicated(mesh)
   tx = make_optimizer(config, pipeline.steps_per_epoch)
   graphdef, state = create_train_state(config, tx, replicated)
-  train_step = make_train_step(graphdef, tx, config, dataset_info(config.dataset.name),
+  train_step = make_train_step(graphdef, tx, config, dataset_info(config.dataset),
                                out_sharding=replicated)
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   batches = pipeline.train_batches(0, warmup + steps)
@@ -110,4 +109,4 @@ if __name__ == '__main__':
                        "config's dataset.grain_workers).")
   flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

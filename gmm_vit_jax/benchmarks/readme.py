@@ -23,6 +23,8 @@ import time
 
 from absl import app, flags
 
+from gmm_vit_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # README's rows: (name, config path, extra environment, what README calls the row).
@@ -50,7 +52,7 @@ def train_once(config: str, env: dict) -> dict:
                           capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if done.returncode:
-      raise RuntimeError(f'train.py --config={config} failed:\n{done.stderr[-3000:]}')
+      raise cli.child_failed(f'train.py --config={config}', done)
     with open(os.path.join(workdir, 'summary.json')) as f:
       return dict(json.load(f), command_seconds=seconds)
 
@@ -108,4 +110,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(main)

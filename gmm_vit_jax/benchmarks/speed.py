@@ -21,11 +21,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
-from gmm_vit_jax import sharding
+from gmm_vit_jax import cli, cpu_runtime, sharding
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.models import compute_dtype
@@ -92,7 +91,7 @@ def time_steps(train_step, state, metrics, images, labels, batches, select: bool
 def random_dataset(config: ml_collections.ConfigDict, num: int, mesh):
   """`num` random uint8 images of the config's dataset shape and random int32 labels,
   replicated over the mesh: a stand-in dataset that needs no download."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   rng = np.random.default_rng(config.seed)
   shape = (num, info['image_size'], info['image_size'], info['channels'])
   images = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -103,7 +102,7 @@ def random_dataset(config: ml_collections.ConfigDict, num: int, mesh):
 def train_rate(config: ml_collections.ConfigDict, batch_size: int, steps: int, warmup: int,
                images, labels, mesh, *, donate: bool = True, host_sync: bool = False) -> dict:
   """The trainer's step timed; `donate` and `host_sync` switch levers off for comparison."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   replicated = sharding.replicated(mesh)
   tx = make_optimizer(config, steps_per_epoch=1000)
   graphdef, state = create_train_state(config, tx, replicated)
@@ -147,7 +146,7 @@ def step_memory(memory) -> int | None:
 
 
 def eval_rate(graphdef, state, config, images, labels, mesh, repeats: int = 3) -> float:
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   eval_step = make_eval_step(graphdef, info, out_sharding=sharding.replicated(mesh))
   batches = [(sharding.global_batch(i, mesh), sharding.global_batch(w, mesh))
              for i, w in eval_batches(labels.shape[0], config.eval_batch_size)]
@@ -217,4 +216,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
   flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

@@ -32,9 +32,10 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import cli
 from gmm_vit_jax.benchmarks.cpu_info import cpu_description
 
 FLAGS = flags.FLAGS
@@ -211,7 +212,7 @@ def jax_side(config, batch_size: int, steps: int, top: int) -> dict:
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
   config.augment.update(NO_AUGMENTATION)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   mesh = sharding.make_mesh()
   images, labels = random_dataset(config, 2 * batch_size, mesh)
   tx = make_optimizer(config, steps_per_epoch=1000)
@@ -337,4 +338,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('json', False, 'Print one JSON line instead of tables.')
   flags.DEFINE_enum('side', None, ['jax', 'torch'], 'Profile one side in this process, as JSON.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

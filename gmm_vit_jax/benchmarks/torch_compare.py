@@ -22,11 +22,10 @@ from collections.abc import Callable
 
 import jax
 import torch
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import cpu_runtime
-from gmm_vit_jax import sharding
+from gmm_vit_jax import cli, cpu_runtime, sharding
 from gmm_vit_jax.benchmarks.cpu_info import cpu_description
 from gmm_vit_jax.benchmarks.speed import NO_AUGMENTATION, random_dataset, time_steps
 from gmm_vit_jax.data.info import dataset_info
@@ -53,7 +52,7 @@ def synchronize(device: torch.device) -> None:
 def torch_window(config, batch_size: int, compile_model: bool,
                  dtype: str) -> Callable[[int], float]:
   """A PyTorch training step; returns steps -> seconds those steps took."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   torch.manual_seed(config.seed)
   device = torch_device()
   torch.backends.cuda.matmul.allow_tf32 = True
@@ -94,7 +93,7 @@ def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
   config.batch_size = batch_size
   config.model.dtype = dtype
   config.augment.update(NO_AUGMENTATION)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   mesh = sharding.make_mesh()
   num = 4 * batch_size
   images, labels = random_dataset(config, num, mesh)
@@ -169,4 +168,4 @@ if __name__ == '__main__':
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute precision of both.')
   flags.DEFINE_bool('torch_compile', False, 'Also time the PyTorch model under torch.compile.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

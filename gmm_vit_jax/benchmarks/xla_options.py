@@ -18,9 +18,10 @@ import os
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from gmm_vit_jax import cli, errors
 from gmm_vit_jax.benchmarks.cpu_info import cpu_description
 
 FLAGS = flags.FLAGS
@@ -32,7 +33,8 @@ def parse_options(text: str) -> dict:
   for pair in filter(None, text.split(',')):
     name, sep, value = pair.partition('=')
     if not sep:
-      raise app.UsageError(f'--options: {pair!r} is not name=value.')
+      raise errors.UserError(f'--options: {pair!r} is not name=value; write e.g. '
+                             '--options=xla_cpu_prefer_vector_width=512.')
     lowered = value.lower()
     options[name.strip()] = ({'true': True, 'false': False}[lowered]
                              if lowered in ('true', 'false')
@@ -70,7 +72,7 @@ def main(argv):
   config = config.copy_and_resolve_references()
   config.batch_size = FLAGS.batch_size
   config.augment.update(NO_AUGMENTATION)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   mesh = sharding.make_mesh()
   images, labels = random_dataset(config, 2 * FLAGS.batch_size, mesh)
   tx = make_optimizer(config, steps_per_epoch=1000)
@@ -117,4 +119,4 @@ if __name__ == '__main__':
   flags.DEFINE_multi_string('options', [], 'name=value[,name=value...]: one variant each.')
   flags.DEFINE_bool('json', False, 'Print one JSON line per variant instead of a table.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run_app(main)

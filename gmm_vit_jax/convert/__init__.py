@@ -10,12 +10,14 @@ backbone joins by adding its mapping to MAPPINGS: a function of its `model` conf
 and the image size that returns a `core.Mapping`.
 """
 
+import io
+
 import ml_collections
 import numpy as np
 import torch
 from flax import nnx
 
-from gmm_vit_jax import export
+from gmm_vit_jax import export, storage
 from gmm_vit_jax.convert import cait
 from gmm_vit_jax.convert import core
 from gmm_vit_jax.convert import pit
@@ -37,14 +39,14 @@ MAPPINGS = {
 
 def reference_mapping(config: ml_collections.ConfigDict) -> core.Mapping:
   check_choice('model.name', config.model.name, tuple(MAPPINGS))
-  image_size = dataset_info(config.dataset.name)['image_size']
+  image_size = dataset_info(config.dataset)['image_size']
   return MAPPINGS[config.model.name](config.model, image_size=image_size)
 
 
 def model_from_torch(state_dict: dict[str, np.ndarray],
                      config: ml_collections.ConfigDict) -> nnx.Module:
   """The Flax model of `config` carrying a reference state_dict's weights."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   model = build_model(config.model, num_classes=info['num_classes'],
                       image_size=info['image_size'], channels=info['channels'],
                       rngs=nnx.Rngs(0))
@@ -61,7 +63,8 @@ def torch_from_variables(variables: dict[str, np.ndarray],
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   """A .pth state_dict, or a reference training checkpoint holding one, as float32 NumPy."""
-  loaded = torch.load(path, map_location='cpu', weights_only=True)
+  loaded = torch.load(io.BytesIO(storage.read_bytes(path)), map_location='cpu',
+                      weights_only=True)
   if 'model_state_dict' in loaded:
     loaded = loaded['model_state_dict']
   return {key: value.detach().float().numpy() for key, value in loaded.items()}

@@ -4,7 +4,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from gmm_vit_jax import convert
+from gmm_vit_jax import cli, convert
 
 COMMANDS = ('torch-reference', 'to-torch')
 
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(main)

@@ -7,7 +7,7 @@
   ArrayRecord, image folders), each process building only its own rows of every global
   batch (grain.sharding.ShardByJaxProcess), placed on the devices as global arrays split
   on 'data' a few batches ahead. For datasets beyond device memory (ImageNet).
-'auto':   'device' when both splits fit dataset.resident_share of one device's memory.
+'auto':   'device' when every split fits dataset.resident_share of one device's memory.
 
 Both draw the rows of training step s from the same EpochSampler, a pure function of
 (seed, s): a resumed run reads exactly the batches an uninterrupted one would, and the two
@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from gmm_vit_jax import sharding
-from gmm_vit_jax.data import records, sources, validation
+from gmm_vit_jax.data import records, validation
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler, eval_batches
 from gmm_vit_jax.errors import ConfigError, check_choice
@@ -38,8 +38,13 @@ PIPELINES = ('device', 'grain', 'auto')
 
 
 def _holdout(config: ml_collections.ConfigDict, labels: np.ndarray) -> dict:
-  """{'train': rows} or, with dataset.validation set, {'train': rows, 'validation': rows}."""
+  """{'train': rows} or, with dataset.validation set, {'train': rows, 'validation': rows};
+  {'train': rows} too where the data has a validation split of its own."""
   fraction = validation.check_fraction(config.dataset.validation)
+  if fraction is not None and config.dataset.get('validation_split'):
+    logging.warning('dataset.validation=%g is not used: the data has a validation split of its '
+                    'own (%s).', fraction, config.dataset.validation_split)
+    fraction = None
   if fraction is None:
     return {'train': np.arange(len(labels))}
   train, held = validation.holdout(labels, fraction, config.seed)
@@ -55,12 +60,8 @@ class DevicePipeline:
   def __init__(self, config: ml_collections.ConfigDict, mesh):
     self.mesh, self.eval_batch_size = mesh, config.eval_batch_size
     d = config.dataset
-    if d.name in records.VARIABLE_SIZE:
-      host = {split: records.read_all(records.open_records(d.name, split, data_dir=d.data_dir))
-              for split in ('train', 'test')}
-    else:
-      host = {split: sources.load_split(d.name, split, data_dir=d.data_dir, download=d.download)
-              for split in ('train', 'test')}
+    host = {split: records.read_split(d, split, download=d.download)
+            for split in records.splits(d)}
     images, labels = host.pop('train')
     for split, rows in _holdout(config, labels).items():
       host[split] = (images[rows], labels[rows])
@@ -140,8 +141,9 @@ class GrainPipeline:
       if config[field] % self.shard.shard_count:
         raise ConfigError(f'{field}={config[field]} does not divide by the '
                           f'{self.shard.shard_count} processes.')
-    train_records = opened['train']
-    self.sources = {'test': (opened['test'], np.arange(len(opened['test'])))}
+    train_records = opened.pop('train')
+    self.sources = {split: (records_, np.arange(len(records_)))
+                    for split, records_ in opened.items()}
     held = (_holdout(config, train_records.labels()) if d.validation
             else {'train': np.arange(len(train_records))})
     for split, rows in held.items():
@@ -210,13 +212,12 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh):
   check_choice('dataset.pipeline', d.pipeline, PIPELINES)
   choice = d.pipeline
   if choice == 'auto':
-    info = dataset_info(d.name)
+    info = dataset_info(d)
     example = info['image_size'] ** 2 * info['channels']
-    needed = example * sum(records.num_examples(d.name, split, data_dir=d.data_dir)
-                           for split in ('train', 'test'))
+    needed = example * sum(records.num_examples(d, split) for split in records.splits(d))
     budget = d.resident_share * device_memory_bytes()
     choice = 'device' if needed <= budget else 'grain'
-    logging.info("Input pipeline: %r (dataset.pipeline='auto'): both splits take %.2f GB as "
+    logging.info("Input pipeline: %r (dataset.pipeline='auto'): the splits take %.2f GB as "
                  "uint8, %s dataset.resident_share=%g of one device's memory (%.2f GB).",
                  choice, needed / 1e9, 'within' if choice == 'device' else 'beyond',
                  d.resident_share, budget / 1e9)
@@ -224,6 +225,5 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh):
     logging.info('Input pipeline: %r (dataset.pipeline=%r).', choice, d.pipeline)
   if choice == 'device':
     return DevicePipeline(config, mesh)
-  return GrainPipeline(config, mesh, {split: records.open_records(d.name, split,
-                                                                  data_dir=d.data_dir)
-                                      for split in ('train', 'test')})
+  return GrainPipeline(config, mesh, {split: records.open_records(d, split)
+                                      for split in records.splits(d)})

@@ -111,18 +111,17 @@ def _removed_on_failure(*directories: str):
     raise
 
 
-def _tfds(name: str, split: str, data_dir: str | None,
-          download: bool) -> tuple[np.ndarray, np.ndarray]:
+def read_tfds(name: str, data_dir: str | None, download: bool, read):
+  """read(builder) of tfds dataset `name`, prepared first when it is not and `download`
+  allows; a DatasetUnavailableError saying how to prepare it otherwise."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
   # TensorFlow only reads files here; the accelerator belongs to JAX.
   tf.config.set_visible_devices([], 'GPU')
   builder = tfds.builder(name, data_dir=data_dir)
-  read = lambda: tfds.as_numpy(builder.as_dataset(split=tfds_split(name, split), as_supervised=True)
-                              .batch(READ_CHUNK))
   try:
-    chunks = read()
+    return read(builder)
   except AssertionError:  # What tfds raises for a dataset that is not prepared.
     if not download:
       raise _not_prepared(name, builder.data_dir, 'dataset.download is off') from None
@@ -136,6 +135,16 @@ def _tfds(name: str, split: str, data_dir: str | None,
     except Exception as e:  # pylint: disable=broad-except
       raise _not_prepared(name, builder.data_dir,
                           f'the download failed: {type(e).__name__}: {e}') from None
-    chunks = read()
-  images, labels = zip(*chunks)
+    return read(builder)
+
+
+def _tfds(name: str, split: str, data_dir: str | None,
+          download: bool) -> tuple[np.ndarray, np.ndarray]:
+  import tensorflow_datasets as tfds
+
+  def read(builder):
+    return list(tfds.as_numpy(builder.as_dataset(split=tfds_split(name, split),
+                                                 as_supervised=True).batch(READ_CHUNK)))
+
+  images, labels = zip(*read_tfds(name, data_dir, download, read))
   return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)

@@ -5,19 +5,19 @@ The folder is the unzipped tiny-imagenet-200.zip:
   train/<wnid>/images/*.JPEG       500 training images per class
   val/images/*.JPEG                10,000 validation images, all in one folder
   val/val_annotations.txt          '<file>\\t<wnid>\\t<box>' for each of them
-The validation images are not sorted into class folders: their classes come from
+The folder may be a storage URL (gs://BUCKET/tiny-imagenet-200). The validation
+images are not sorted into class folders: their classes come from
 val_annotations.txt. A val/ already sorted into val/<wnid>/ folders is read like
 train/. Class k is the k-th id in sorted order, the order of the reference's
 ImageFolder. The val split is the test set of the published table.
 """
 
 import concurrent.futures
-import os
 
 import numpy as np
 from PIL import Image
 
-from gmm_vit_jax.errors import ConfigError
+from gmm_vit_jax import errors, storage
 
 NUM_CLASSES = 200
 IMAGE_SIZE = 64
@@ -32,24 +32,24 @@ HOW_TO_GET = ('Tiny-ImageNet is not downloaded automatically: fetch '
 
 
 def _require(path: str) -> str:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'Tiny-ImageNet: {path} is missing. {HOW_TO_GET}')
+  if not storage.exists(path):
+    raise errors.DatasetUnavailableError(f'Tiny-ImageNet: {path} is missing. {HOW_TO_GET}')
   return path
 
 
 def class_ids(data_dir: str) -> list[str]:
   """The sorted class ids of wnids.txt; label k is class_ids(...)[k]."""
-  with open(_require(os.path.join(data_dir, 'wnids.txt'))) as f:
-    return sorted(line.strip() for line in f if line.strip())
+  text = storage.read_text(_require(storage.join(data_dir, 'wnids.txt')))
+  return sorted(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _class_folder_files(split_dir: str, wnids: list[str]) -> list[tuple[str, int]]:
   """(path, label) of every JPEG under <split_dir>/<wnid>/, class by class, sorted."""
   files = []
   for label, wnid in enumerate(wnids):
-    class_dir = _require(os.path.join(split_dir, wnid))
-    for root, _, names in sorted(os.walk(class_dir)):
-      files += [(os.path.join(root, n), label) for n in sorted(names)
+    class_dir = _require(storage.join(split_dir, wnid))
+    for root, _, names in sorted(storage.walk(class_dir)):
+      files += [(storage.join(root, n), label) for n in sorted(names)
                 if n.lower().endswith(('.jpeg', '.jpg'))]
   return files
 
@@ -58,23 +58,33 @@ def _annotated_files(val_dir: str, wnids: list[str]) -> list[tuple[str, int]]:
   """(path, label) of val/images/<file> for each line of val_annotations.txt."""
   label_of = {wnid: k for k, wnid in enumerate(wnids)}
   files = []
-  with open(os.path.join(val_dir, 'val_annotations.txt')) as f:
+  with storage.open_file(storage.join(val_dir, 'val_annotations.txt')) as f:
     for line in f:
       if not line.strip():
         continue
-      name, wnid = line.split('\t')[:2]
+      fields = line.split('\t')
+      if len(fields) < 2:
+        raise errors.DatasetError(f'Tiny-ImageNet: the line {line.strip()!r} of '
+                                  'val_annotations.txt is not "<file>\\t<wnid>\\t<box>"; '
+                                  'restore the file from tiny-imagenet-200.zip.')
+      name, wnid = fields[:2]
       if wnid not in label_of:
-        raise ConfigError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class {wnid!r}, '
-                          'which wnids.txt does not list.')
-      files.append((_require(os.path.join(val_dir, 'images', name)), label_of[wnid]))
+        raise errors.DatasetError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class '
+                                  f'{wnid!r}, which wnids.txt does not list.')
+      files.append((_require(storage.join(val_dir, 'images', name)), label_of[wnid]))
   return files
 
 
 def _decode(path: str) -> np.ndarray:
-  with Image.open(path) as image:
-    array = np.asarray(image.convert('RGB'))  # A few images are greyscale.
+  try:
+    with storage.open_file(path, 'rb') as f, Image.open(f) as image:
+      array = np.asarray(image.convert('RGB'))  # A few images are greyscale.
+  except (OSError, Image.DecompressionBombError) as e:
+    raise errors.DatasetError(f'Tiny-ImageNet: {path} cannot be read as an image ({e}); '
+                              'restore it from tiny-imagenet-200.zip or delete it.') from e
   if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-    raise ConfigError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not {IMAGE_SIZE}x{IMAGE_SIZE}.')
+    raise errors.DatasetError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not '
+                              f'{IMAGE_SIZE}x{IMAGE_SIZE}.')
   return array
 
 
@@ -83,13 +93,14 @@ def files(data_dir: str, split: str) -> list[tuple[str, int]]:
   if split not in SPLITS:
     raise ValueError(f'Tiny-ImageNet split={split!r} is not supported; choose one of {SPLITS}.')
   wnids = class_ids(_require(data_dir))
-  split_dir = _require(os.path.join(data_dir, split))
-  if split == 'val' and os.path.exists(os.path.join(split_dir, 'val_annotations.txt')):
+  split_dir = _require(storage.join(data_dir, split))
+  if split == 'val' and storage.exists(storage.join(split_dir, 'val_annotations.txt')):
     found = _annotated_files(split_dir, wnids)
   else:
     found = _class_folder_files(split_dir, wnids)
   if not found:
-    raise FileNotFoundError(f'Tiny-ImageNet: no images under {split_dir}. {HOW_TO_GET}')
+    raise errors.DatasetUnavailableError(f'Tiny-ImageNet: no images under {split_dir}. '
+                                         f'{HOW_TO_GET}')
   return found
 
 

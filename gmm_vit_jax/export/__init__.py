@@ -4,31 +4,36 @@ A bundle is a directory:
   params.safetensors  the model's variables without optimizer state, under flat names
                       such as 'blocks.0.attention.query.kernel'
   config.json         the resolved config the model was built from
-  preprocess.json     dataset, image_size, channels, num_classes, mean, std, class_names
+  preprocess.json     dataset, image_size, channels, num_classes, mean, std, class_names,
+                      background ('dark', 'light' or None: the training images'), and
+                      preprocessing, the name of how image files become model inputs
+                      (gmm_vit_jax/data/images.py, which predict applies)
   forward.jax_export  a serialized `jax.export` (StableHLO) of
                       forward(params, images) -> logits, where images are uint8
                       (B, H, W, C) with a symbolic batch B, params a dict of the flat
                       names, logits float32 (B, num_classes); normalisation is inside.
   source.json         where the weights came from: workdir, step, eval_accuracy,
                       eval_loss (None for a step that was not evaluated)
+The directory may be a storage URL (gs://BUCKET/...; gmm_vit_jax/storage.py).
 `load` runs the serialized forward, so predicting needs none of the model code;
 `Bundle.build_model` rebuilds the nnx model from the config and parameters.
 
-`python -m gmm_vit_jax.export` (`__main__.py`) writes the bundle of a training run.
+`python -m gmm_vit_jax.export` (`__main__.py`) writes the bundle of a training run; with
+--format=onnx also model.onnx (gmm_vit_jax/onnx_export.py).
 """
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_safetensors, save as save_safetensors
 
-from gmm_vit_jax import errors
+from gmm_vit_jax import errors, storage
 from gmm_vit_jax.augment.basic import normalize
+from gmm_vit_jax.data.images import PREPROCESSING
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.errors import ConfigError
 from gmm_vit_jax.models import build_model
@@ -81,11 +86,12 @@ def set_flat_variables(model: nnx.Module, values: dict[str, np.ndarray]) -> None
 
 
 def _preprocess_facts(config: ml_collections.ConfigDict) -> dict:
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   names = info['class_names'] or [str(i) for i in range(info['num_classes'])]
   return dict(dataset=config.dataset.name, image_size=info['image_size'],
               channels=info['channels'], num_classes=info['num_classes'],
-              mean=list(info['mean']), std=list(info['std']), class_names=list(names))
+              mean=list(info['mean']), std=list(info['std']), class_names=list(names),
+              background=info['background'], preprocessing=PREPROCESSING)
 
 
 def export_forward(model: nnx.Module, preprocess: dict,
@@ -114,37 +120,34 @@ def save_bundle(model: nnx.Module, config: ml_collections.ConfigDict, out_dir: s
   """
   preprocess = _preprocess_facts(config)
   exported = export_forward(model, preprocess, platforms)
-  os.makedirs(out_dir, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in flat_variables(model).items()},
-            os.path.join(out_dir, PARAMS_FILE))
-  with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:
-    f.write(config.to_json(indent=2))
-  with open(os.path.join(out_dir, PREPROCESS_FILE), 'w') as f:
-    json.dump(preprocess, f, indent=2)
-  with open(os.path.join(out_dir, FORWARD_FILE), 'wb') as f:
-    f.write(exported.serialize())
+  storage.check_reachable(out_dir)
+  storage.makedirs(out_dir)
+  write = lambda name, data: storage.write_atomically(storage.join(out_dir, name), data)
+  write(PARAMS_FILE, save_safetensors({k: np.ascontiguousarray(v)
+                                       for k, v in flat_variables(model).items()}))
+  write(CONFIG_FILE, config.to_json(indent=2))
+  write(PREPROCESS_FILE, json.dumps(preprocess, indent=2))
+  write(FORWARD_FILE, bytes(exported.serialize()))
   if source is not None:
-    with open(os.path.join(out_dir, SOURCE_FILE), 'w') as f:
-      json.dump(source, f, indent=2)
+    write(SOURCE_FILE, json.dumps(source, indent=2))
 
 
 class Bundle:
   """A loaded bundle: `predict` runs the serialized forward pass."""
 
   def __init__(self, directory: str):
+    storage.check_reachable(directory)
     missing = [f for f in (CONFIG_FILE, PREPROCESS_FILE, FORWARD_FILE, PARAMS_FILE)
-               if not os.path.isfile(os.path.join(directory, f))]
+               if not storage.isfile(storage.join(directory, f))]
     if missing:
       raise errors.UserError(
           f'{directory} is not an inference bundle (it lacks {", ".join(missing)}); write one '
           'with python -m gmm_vit_jax.export --workdir=RUN --out=DIR.')
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-      self.config = ml_collections.ConfigDict(json.load(f))
-    with open(os.path.join(directory, PREPROCESS_FILE)) as f:
-      self.preprocess = json.load(f)
-    with open(os.path.join(directory, FORWARD_FILE), 'rb') as f:
-      self.exported = jax.export.deserialize(bytearray(f.read()))
-    self.params = load_file(os.path.join(directory, PARAMS_FILE))
+    read = lambda name: storage.read_bytes(storage.join(directory, name))
+    self.config = ml_collections.ConfigDict(json.loads(read(CONFIG_FILE)))
+    self.preprocess = json.loads(read(PREPROCESS_FILE))
+    self.exported = jax.export.deserialize(bytearray(read(FORWARD_FILE)))
+    self.params = load_safetensors(read(PARAMS_FILE))
     self.class_names = self.preprocess['class_names']
     self._forward = jax.jit(self.exported.call)
 

@@ -6,12 +6,11 @@ default the best one, and its raw weights, or with --weights=ema their moving av
 command reads the run with it.
 """
 
-import os
 
 from absl import app
 from absl import flags
 
-from gmm_vit_jax import cli, console, errors
+from gmm_vit_jax import cli, console, errors, storage
 from gmm_vit_jax.export import save_bundle
 from gmm_vit_jax.training.checkpoint import restore_run
 
@@ -22,6 +21,8 @@ flags.DEFINE_string('step', 'best', "Which checkpoint: 'best' (by eval accuracy,
                     'or a step number.')
 flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'The trained weights, or their moving '
                   'average (runs trained with ema_decay).')
+flags.DEFINE_enum('format', 'jax', ['jax', 'onnx'], "'onnx' also writes model.onnx into the "
+                  'bundle (docs/onnx.md).')
 
 
 def _step(flag: str) -> str | int:
@@ -41,14 +42,17 @@ def main(argv):
   run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
   metrics = run.metrics or {}
   prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'
-  source = dict(workdir=os.path.abspath(workdir), step=run.step, weights=flags.FLAGS.weights,
+  source = dict(workdir=storage.absolute(workdir), step=run.step, weights=flags.FLAGS.weights,
                 eval_accuracy=metrics.get(f'{prefix}_accuracy'),
                 eval_loss=metrics.get(f'{prefix}_loss'))
   save_bundle(run.model, run.config, flags.FLAGS.out, source=source)
+  if flags.FLAGS.format == 'onnx':
+    from gmm_vit_jax import onnx_export  # Imports the converter only when asked for.
+    print(f'ONNX model written to {onnx_export.write_onnx(flags.FLAGS.out)}')
   accuracy = ('not evaluated' if source['eval_accuracy'] is None
               else f'eval accuracy {source["eval_accuracy"]:.4f}')
   print(f'bundle of step {run.step} ({accuracy}) written to {flags.FLAGS.out}')
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: cli.run(main, argv))
+  cli.run_app(main)

@@ -58,7 +58,7 @@ def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_siz
 
 def build_from_config(config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
   """The model of an experiment config, sized for its dataset."""
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   return build_model(config.model, num_classes=info['num_classes'],
                      image_size=info['image_size'], channels=info['channels'],
                      rngs=nnx.Rngs(seed))

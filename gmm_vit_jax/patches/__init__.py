@@ -1,7 +1,7 @@
 """The patch heuristic: score every patch of an image, keep the best fraction of tokens.
 
 Entry points for a trainer (cfg is the config's `patch_selection` section, see
-configs/common.py `patch_selection`):
+gmm_vit_jax/configs_common.py `patch_selection`):
   application_probability(cfg, epoch) -> float, on the host: filter this batch or not.
   select_tokens(images, key, cfg, *, patch_size) -> (B, K) token_index, inside the
     jitted step; images are floats in [0, 1]. Mode 'drop' passes token_index to the

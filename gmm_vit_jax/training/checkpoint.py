@@ -4,14 +4,13 @@ Layout: WORKDIR/checkpoints/<step>/ holds the train state and, for steps that we
 evaluated, their eval metrics (orbax writes those only when the manager has a best_fn,
 which is what lets the best checkpoint survive restarts). A checkpoint that cannot be
 restored is moved to WORKDIR/checkpoints_damaged/<step>, never deleted. Multi-host runs
-write each checkpoint once, through orbax's own multi-process coordination.
+write each checkpoint once, through orbax's own multi-process coordination. WORKDIR may be
+a bucket (gs://...): orbax and tensorstore write there directly.
 """
 
 import contextlib
 import dataclasses
 import logging
-import os
-import shutil
 import sys
 
 import jax
@@ -22,7 +21,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from gmm_vit_jax import errors
+from gmm_vit_jax import errors, storage
 from gmm_vit_jax.models import build_from_config
 from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import TrainState
@@ -89,8 +88,10 @@ def _storage_errors(where: str):
 
 def selection_metric(config: ml_collections.ConfigDict) -> str:
   """The metric the best checkpoint of a run with `config` is chosen on: the validation
-  split's accuracy when dataset.validation holds one out, else the test split's."""
-  return 'val_accuracy' if config.dataset.get('validation') else BEST_METRIC
+  split's accuracy when dataset.validation holds one out or the data has one
+  (dataset.validation_split), else the test split's."""
+  validates = config.dataset.get('validation') or config.dataset.get('validation_split')
+  return 'val_accuracy' if validates else BEST_METRIC
 
 
 def _value_of(metric: str):
@@ -99,7 +100,7 @@ def _value_of(metric: str):
 
 
 def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS),
+  return ocp.CheckpointManager(storage.join(storage.absolute(workdir), CHECKPOINTS),
                                options=options)
 
 
@@ -185,13 +186,13 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('checkpoint restored')
     if jax.process_index() == 0:
-      damaged = os.path.join(self.workdir, DAMAGED)
-      os.makedirs(damaged, exist_ok=True)
+      damaged = storage.join(self.workdir, DAMAGED)
+      storage.makedirs(damaged)
       for step in steps:
-        destination = os.path.join(damaged, str(step))
-        while os.path.exists(destination):
+        destination = storage.join(damaged, str(step))
+        while storage.exists(destination):
           destination += '_'
-        shutil.move(os.path.join(self.manager.directory, str(step)), destination)
+        storage.move(storage.join(str(self.manager.directory), str(step)), destination)
         logging.warning('Moved the damaged checkpoint of step %d to %s.', step, destination)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('damaged checkpoints moved')
@@ -210,7 +211,7 @@ class Checkpointer:
     if bad:
       raise self.nonfinite_error(
           f'The train state holds {bad:,} NaN or infinite values at step {step}')
-    with _storage_errors(os.path.join(self.manager.directory, str(step))):
+    with _storage_errors(storage.join(str(self.manager.directory), str(step))):
       self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
 
   def nonfinite_error(self, what: str) -> errors.NonFiniteError:
@@ -249,6 +250,7 @@ def restore_run(workdir: str, which: str | int = 'best', weights: str = 'raw') -
   if weights not in WEIGHTS:
     raise errors.UserError(f'weights={weights!r} is not supported; choose one of '
                            f'{tuple(WEIGHTS)}.')
+  storage.check_reachable(workdir)
   stored = RunDirectory(workdir).stored_config()
   if stored is None:
     raise errors.UserError(f'{workdir} holds no config.json: it is not a training run directory.')

@@ -16,43 +16,56 @@ fixed by its config and stay as built. Where only the shape differs:
 and so does every parameter matching a pattern of config.init_from_dont_load (such as
 'head\\..*' for a head trained on other classes).
 The GMM masks' sigma and alpha are per head and kernel, and their token coordinates are
-computed from the grid, so they load whatever the grid. A table of what was loaded,
-resized and re-initialised goes to the log.
+computed from the grid, so they load whatever the grid.
+
+`check(config)` reads the source before any data loads and refuses it, in one line, when
+it is missing or unreadable, or when it would fill less than MIN_FILLED_SHARE of the
+model's parameter values (most likely another backbone or shape), unless
+config.init_from_partial. The console gets the counts of what was loaded, resized and
+re-initialised; the table of every variable goes to WORKDIR/init_from.txt.
 """
 
+import json
 import logging
 import math
-import os
 import re
 
 import jax
 import ml_collections
 import numpy as np
-from flax import traverse_util
-from safetensors.numpy import load_file
+from flax import nnx, traverse_util
+from safetensors.numpy import load as load_safetensors
 
-from gmm_vit_jax import export
-from gmm_vit_jax import sharding
+from gmm_vit_jax import errors, export, sharding, storage
 from gmm_vit_jax.errors import ConfigError
+from gmm_vit_jax.models import build_from_config
 from gmm_vit_jax.training.checkpoint import restore_model
 from gmm_vit_jax.training.state import TrainState
 
 LOADED, RESIZED, REINITIALISED = 'loaded', 'resized', 're-initialised'
+DONT_LOAD = 'init_from_dont_load'  # The table's reason for a parameter left fresh on purpose.
 # Parameters (last name part) laid out over the token grid, and over pairs of its cells.
 TOKEN_TABLES = ('pos_embed', 'relative_position_bias')
 PAIRWISE_TABLES = ('weight',)  # Of a mask: the element-wise learnable mask.
 # Class rows a token table may carry before its grid rows (none, CLS, CLS + distillation).
 MAX_LEADING_TOKENS = 2
+# The least share of the model's parameter values that the source must fill (loaded or
+# resized) unless config.init_from_partial: a new head or patch embedding is a few percent
+# of a model, a source of another backbone or width fills next to nothing.
+MIN_FILLED_SHARE = 0.5
+TABLE_FILE = 'init_from.txt'
 
 
 def read_source(path: str, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The {flat name: array} variables that `path` (see the module docstring) holds."""
-  if os.path.isfile(os.path.join(path, export.PARAMS_FILE)):
-    return load_file(os.path.join(path, export.PARAMS_FILE))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
+  """The {flat name: array} variables that `path` (see the module docstring; a local path or
+  a storage URL) holds."""
+  storage.check_reachable(path)
+  if storage.isfile(storage.join(path, export.PARAMS_FILE)):
+    return load_safetensors(storage.read_bytes(storage.join(path, export.PARAMS_FILE)))
+  if storage.isdir(storage.join(path, 'checkpoints')):
     model, _ = restore_model(path, 'best')
     return export.flat_variables(model)
-  if os.path.isfile(path) and path.endswith(('.pth', '.pt')):
+  if storage.isfile(path) and path.endswith(('.pth', '.pt')):
     from gmm_vit_jax import convert  # Imports torch, which only this source needs.
     state_dict = convert.read_torch_state_dict(path)
     return convert.core.to_flax(convert.reference_mapping(config), state_dict, None)
@@ -111,7 +124,7 @@ def adapt(source: dict[str, np.ndarray], target: dict[str, np.ndarray],
   for name, fresh in target.items():
     fresh = np.asarray(fresh)
     why_not = ('not in the source' if name not in source else
-               'init_from_dont_load' if any(re.fullmatch(p, name) for p in dont_load) else None)
+               DONT_LOAD if any(re.fullmatch(p, name) for p in dont_load) else None)
     if why_not:
       values[name] = fresh
       table.append((name, REINITIALISED, why_not))
@@ -136,15 +149,81 @@ def adapt(source: dict[str, np.ndarray], target: dict[str, np.ndarray],
   return values, table
 
 
+def summary(table: list[tuple[str, str, str]], unused: list[str]) -> str:
+  """'L loaded, R resized, I re-initialised, U source variables unused'."""
+  counts = {a: sum(row[1] == a for row in table) for a in (LOADED, RESIZED, REINITIALISED)}
+  return (', '.join(f'{n} {a}' for a, n in counts.items()) +
+          f', {len(unused)} source variables unused')
+
+
 def format_table(table: list[tuple[str, str, str]], unused: list[str]) -> str:
   width = max([len(name) for name, _, _ in table] + [8])
   lines = [f'{"variable":<{width}}  {"action":<14}  shape']
   lines += [f'{name:<{width}}  {action:<14}  {detail}' for name, action, detail in table]
-  counts = {a: sum(row[1] == a for row in table) for a in (LOADED, RESIZED, REINITIALISED)}
-  lines.append(', '.join(f'{n} {a}' for a, n in counts.items()) +
-               f', {len(unused)} source variables unused{": " if unused else ""}'
-               + ', '.join(unused[:8]) + (' ...' if len(unused) > 8 else ''))
+  lines.append(summary(table, unused) + (': ' if unused else '') + ', '.join(unused[:8])
+               + (' ...' if len(unused) > 8 else ''))
   return '\n'.join(lines)
+
+
+def filled_share(table: list[tuple[str, str, str]], target: dict[str, np.ndarray]) -> float:
+  """The share of the target's parameter values that the table loads or resizes; those
+  left fresh on purpose (init_from_dont_load) count on neither side."""
+  size = lambda name: math.prod(np.shape(target[name]))
+  wanted = [(name, action) for name, action, why in table if why != DONT_LOAD]
+  filled = sum(size(name) for name, action in wanted if action != REINITIALISED)
+  return filled / max(sum(size(name) for name, _ in wanted), 1)
+
+
+def _source_backbone(path: str) -> str | None:
+  """model.name of the config stored beside a run's or a bundle's weights."""
+  try:
+    stored = json.loads(storage.read_text(storage.join(path, export.CONFIG_FILE)))
+    return stored['model']['name']
+  except (OSError, ValueError, KeyError, TypeError):  # A .pth, or no readable config.
+    return None
+
+
+def _abstract_params(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """{flat name: zeros of the parameter's shape}, broadcast views that hold no memory."""
+  model = nnx.eval_shape(lambda: build_from_config(config, config.seed))
+  params = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return {name: np.broadcast_to(np.zeros((), p.dtype), p.shape) for name, p in params.items()}
+
+
+def _read(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """read_source, its failures one ConfigError each."""
+  path = config.init_from
+  try:
+    return read_source(path, config)
+  except Exception as e:  # pylint: disable=broad-except  # Any damage, any reader.
+    if not storage.exists(path):
+      raise errors.ConfigError(f'init_from={path!r} does not exist: give a run workdir, an '
+                               'export bundle or a .pth state_dict, or leave init_from None.'
+                               ) from e
+    why = ' '.join(str(e).split())
+    why = why if len(why) < 300 else why[:300] + ' ...'
+    raise errors.ConfigError(f'init_from={path!r} cannot be read ({type(e).__name__}: '
+                             f'{why.rstrip(".")}); give a run workdir, an export bundle or a '
+                             '.pth state_dict in good order.') from e
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises a ConfigError unless config.init_from reads and fills enough of the model."""
+  if not config.init_from:
+    return
+  source = _read(config)
+  target = _abstract_params(config)
+  table = adapt(source, target, tuple(config.init_from_dont_load))[1]
+  share = filled_share(table, target)
+  if share >= MIN_FILLED_SHARE or config.init_from_partial:
+    return
+  backbone = _source_backbone(config.init_from)
+  holds = f'holds a {backbone!r} model and ' if backbone else ''
+  raise errors.ConfigError(
+      f'init_from={config.init_from!r} {holds}would fill {share:.0%} of the parameter values '
+      f'of this {config.model.name!r} model ({summary(table, sorted(set(source) - set(target)))}'
+      f'), below the {MIN_FILLED_SHARE:.0%} a fine-tuning needs: give a source of the same '
+      'backbone and widths, or --config.init_from_partial=True to load only what fits.')
 
 
 def _flat(tree: dict) -> dict[str, np.ndarray]:
@@ -157,14 +236,24 @@ def _nested(like: dict, flat: dict[str, np.ndarray]) -> dict:
   return traverse_util.unflatten_dict({path: flat['.'.join(map(str, path))] for path in paths})
 
 
-def initialise(state: TrainState, config: ml_collections.ConfigDict, mesh) -> TrainState:
+def initialise(state: TrainState, config: ml_collections.ConfigDict, mesh,
+               workdir: str | None = None) -> TrainState:
   """`state` with its params taken from config.init_from (and the moving average restarted
-  from them); the optimizer state stays fresh."""
-  source = read_source(config.init_from, config)
+  from them); the optimizer state stays fresh.
+
+  workdir: where TABLE_FILE, the table of every variable, goes (process 0 writes it).
+  """
+  source = _read(config)
   values, table = adapt(source, jax.device_get(_flat(state.params)),
                         tuple(config.init_from_dont_load))
   unused = sorted(set(source) - set(values))
-  logging.info('Initialised from %s:\n%s', config.init_from, format_table(table, unused))
+  where = ''
+  if workdir is not None:
+    path = storage.join(workdir, TABLE_FILE)
+    if jax.process_index() == 0:
+      storage.write_atomically(path, format_table(table, unused) + '\n')
+    where = f' (every variable: {path})'
+  logging.info('Initialised from %s: %s%s.', config.init_from, summary(table, unused), where)
   params = sharding.put_replicated(_nested(state.params, values), mesh)
   ema = None if state.ema is None else sharding.put_replicated(_nested(state.params, values), mesh)
   return state.replace(params=params, ema=ema)

@@ -13,17 +13,18 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from gmm_vit_jax import console, patches, sharding
-from gmm_vit_jax.data.info import dataset_info
+from gmm_vit_jax.data.info import dataset_info, resolve
 from gmm_vit_jax.data.pipeline import make_pipeline
 from gmm_vit_jax.training import config_checks, init_from
 from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from gmm_vit_jax.training.pictures import (augmentation_picture, gmm_masks_picture,
                                            kept_patches_picture, write_picture)
-from gmm_vit_jax.training.progress import Progress
+from gmm_vit_jax.training.progress import Progress, closing_line
 from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
 from gmm_vit_jax.training.step import make_eval_step, make_train_step
+from gmm_vit_jax.training.throughput import Throughput
 from gmm_vit_jax.training.writers import create_writer, write_parameter_overview
 
 PICTURE_EXAMPLES = 8
@@ -114,10 +115,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   started = time.time()
   config_checks.check(config)
+  # Facts read from the data (an image folder's classes) go into the stored config.
+  config = resolve(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size('batch_size', config.batch_size, mesh)
   sharding.check_batch_size('eval_batch_size', config.eval_batch_size, mesh)
-  info = dataset_info(config.dataset.name)
+  info = dataset_info(config.dataset)
   run = RunDirectory(workdir)
   with run.locked():
     checkpointer = Checkpointer(workdir, config.checkpoint,
@@ -128,7 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                  changes_structure=_changes_structure(config))
       finished = run.finished_summary(config, checkpointer.latest_step())
       if finished:
-        logging.info('%s is complete (step %d); its summary stands.', workdir, finished['step'])
+        logging.info('Already complete, nothing to train. %s', closing_line(
+            finished, run.path('summary.json'), checkpointer.best_metric))
         return finished
       return _train(config, run, checkpointer, changes, mesh, info, started)
     finally:
@@ -142,9 +146,11 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
 
+  if config.init_from and checkpointer.latest_step() is None:
+    init_from.check(config)  # Before the data loads; a resumed run restores its own weights.
   pipeline = make_pipeline(config, mesh)
   selection = checkpointer.best_metric
-  logging.info('The best checkpoint is chosen on %s.', selection)
+  logging.debug('The best checkpoint is chosen on %s.', selection)
   steps_per_epoch = pipeline.steps_per_epoch
   total_steps = config.epochs * steps_per_epoch
 
@@ -155,7 +161,7 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
     state = restored
     logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step), total_steps)
   elif config.init_from:
-    state = init_from.initialise(state, config, mesh)
+    state = init_from.initialise(state, config, mesh, workdir)
   start_step = int(state.step)
   for field, (old, new) in changes.items():
     logging.warning('Config change accepted: %s %r -> %r.', field, old, new)
@@ -176,7 +182,9 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
       write_picture(writer, workdir, 'kept_patches', kept_patches_picture(config, examples),
                     step=0)
   progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                      batch_size=config.batch_size, every_s=config.progress_every_s)
+                      batch_size=config.batch_size, every_s=config.progress_every_s,
+                      max_lines=config.progress_max_lines)
+  throughput = Throughput(config.batch_size)
   stop = _StopRequest()
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
@@ -203,13 +211,14 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
         if timed_from is None:
           jax.block_until_ready(state)
           timed_from = (time.perf_counter(), step)
+          throughput.start(step)
         progress(step, lambda: metrics.summary('train'))
         epoch_end = step % steps_per_epoch == 0
         if step % config.log_every_steps == 0 or epoch_end or step == total_steps:
           _check_finite(metrics, step, checkpointer)
           scalars = metrics.summary('train')
           scalars['learning_rate'] = float(learning_rate(step - 1))
-          writer.write_scalars(step, scalars)
+          writer.write_scalars(step, {**scalars, **throughput.rates(step)})
           last_train = scalars
           metrics = sharding.put_replicated(Metrics.zeros(), mesh)
         epoch = step // steps_per_epoch
@@ -227,6 +236,7 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
           eval_seconds = time.perf_counter() - eval_started
           eval_time += eval_seconds
           progress.eval_done(step, results, eval_seconds)
+          throughput.pause(eval_seconds)
           last_eval = (step, results)
           if best is None or results[selection] >= best[1][selection]:
             best = last_eval
@@ -258,10 +268,5 @@ def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict,
   if console.verbose():
     logging.info('Summary: %s', json.dumps(summary))
   if summary['completed']:
-    rate = summary['train_images_per_s']
-    logging.info('Done at step %d/%d: eval accuracy %.4g (best %.4g at step %s), %.0f s in all%s; '
-                 'summary in %s.', step, total_steps, summary.get('eval_accuracy', np.nan),
-                 summary['best_eval_accuracy'] or np.nan, summary['best_step'],
-                 summary['train_wall_time_s'], f', {rate:.0f} img/s of training' if rate else '',
-                 run.path('summary.json'))
+    logging.info('%s', closing_line(summary, run.path('summary.json'), selection))
   return summary

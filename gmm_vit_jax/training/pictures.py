@@ -9,7 +9,7 @@ Each is a matplotlib figure with a title, named rows and columns and, where colo
 carry meaning, a legend.
 """
 
-import os
+import io
 
 import jax
 import matplotlib.pyplot as plt
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from gmm_vit_jax import patches
+from gmm_vit_jax import patches, storage
 from gmm_vit_jax.augment import augmentation_grid
 from gmm_vit_jax.patches.visualize import HATCH_COLOUR
 from gmm_vit_jax.visualize import plot_gmm_masks, suptitle_fitted
@@ -49,7 +49,9 @@ def write_picture(writer, workdir: str, name: str, rgb: np.ndarray, *, step: int
   """A uint8 (H, W, 3) picture to TensorBoard (tag `name`) and to WORKDIR/<name>.png."""
   writer.write_images(step, {name: rgb[None]})
   if jax.process_index() == 0:
-    Image.fromarray(rgb).save(os.path.join(workdir, f'{name}.png'))
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format='PNG')
+    storage.write_atomically(storage.join(workdir, f'{name}.png'), png.getvalue())
 
 
 def _grid_figure(grid: np.ndarray, rows: list[str], columns: int, tile: tuple[int, int], *,

@@ -31,6 +31,46 @@ def epoch_of(step: int, steps_per_epoch: int) -> int:
   return max(1, -(-step // steps_per_epoch))
 
 
+# The splits an eval reports, by the prefix of their metrics (training/loop.py), as the
+# console names them, in the order it shows them.
+SPLIT_NAMES = {'val': 'val', 'eval': 'test'}
+
+
+def eval_figures(results: Mapping[str, float]) -> str:
+  """'val 97.90%  test 98.33%  ema 98.61%  loss 0.0421': the accuracy of each split the
+  results hold, then that of the weights' moving average where the run keeps one (of each
+  split, named, when there are two), then the test loss of the raw weights."""
+  splits = [(name, prefix) for prefix, name in SPLIT_NAMES.items()
+            if f'{prefix}_accuracy' in results]
+  figures = [f'{name} {results[f"{prefix}_accuracy"]:.2%}' for name, prefix in splits]
+  averaged = [(name, prefix) for name, prefix in splits if f'{prefix}_ema_accuracy' in results]
+  figures += [f'ema{f" {name}" if len(averaged) > 1 else ""} '
+              f'{results[f"{prefix}_ema_accuracy"]:.2%}' for name, prefix in averaged]
+  if 'eval_loss' in results:
+    figures.append(f'loss {results["eval_loss"]:.4f}')
+  return '  '.join(figures)
+
+
+def metric_name(metric: str) -> str:
+  """A summary metric as a person reads it: 'val_accuracy' -> 'validation accuracy'."""
+  prefix, _, what = metric.partition('_')
+  return f'{"validation" if prefix == "val" else SPLIT_NAMES.get(prefix, prefix)} {what}'
+
+
+def closing_line(summary: Mapping, summary_path: str, selection: str) -> str:
+  """The line that ends a complete run: its figures, the best checkpoint and the metric it
+  was chosen on, the time and the rate, and where the summary is."""
+  best_prefix = selection.rpartition('_')[0]
+  best = summary.get(f'best_{selection}')
+  rate = summary.get('train_images_per_s')
+  return (f'Done at step {summary["step"]}/{summary["total_steps"]}: '
+          f'{eval_figures(summary)}; best {SPLIT_NAMES.get(best_prefix, best_prefix)} '
+          f'{"-" if best is None else f"{best:.2%}"} at step {summary.get("best_step")} (the '
+          f'checkpoint export takes, chosen on {metric_name(selection)}); '
+          f'{format_duration(summary["train_wall_time_s"])} in all'
+          f'{f", {rate:,.0f} img/s of training" if rate else ""}. Summary: {summary_path}')
+
+
 class _ClearsLiveLine(logging.Filter):
   """Attached to the console's log handlers: erases the live progress line before a record
   is written, so the record starts at column 0; the next update redraws the line."""
@@ -48,17 +88,20 @@ class Progress:
   """Reports training progress at most every `every_s` seconds of wall time.
 
   Call it after every training step; it reads the clock and returns at once unless a
-  line is due, so the metrics (a device-to-host copy) are fetched only for lines that
+  line is due. With `max_lines`, lines are also at least total_steps / max_lines steps
+  apart, so a slow machine does not print more of them than a fast one, so the metrics (a device-to-host copy) are fetched only for lines that
   print. Rates and the ETA leave out compilation (the first step it is called for starts
   the clock) and evaluation (`eval_done` moves the clock past it).
   """
 
   def __init__(self, *, total_steps: int, steps_per_epoch: int, batch_size: int,
-               every_s: float, stream=None, clock: Callable[[], float] = time.monotonic):
+               every_s: float, max_lines: int = 0, stream=None,
+               clock: Callable[[], float] = time.monotonic):
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
     self.batch_size = batch_size
     self.every_s = every_s
+    self.min_steps = -(-total_steps // max_lines) if max_lines else 0
     self._stream = stream if stream is not None else sys.stderr
     self._tty = bool(getattr(self._stream, 'isatty', lambda: False)())
     self._clock = clock
@@ -78,7 +121,7 @@ class Progress:
     if self._origin is None:
       self._origin = self._last = (now, step)
       return
-    if now - self._last[0] < self.every_s:
+    if now - self._last[0] < self.every_s or step - self._last[1] < self.min_steps:
       return
     self._show(self.line(step, now, metrics()))
     self._last = (now, step)
@@ -99,9 +142,9 @@ class Progress:
     if self._origin is not None:
       self._origin = (self._origin[0] + seconds, self._origin[1])
       self._last = (self._last[0] + seconds, self._last[1])
-    logging.info('eval  epoch %d/%d  step %d/%d  accuracy %.2f%%  loss %.4f  (%s)',
+    logging.info('eval  epoch %d/%d  step %d/%d  %s  (%s)',
                  epoch_of(step, self.steps_per_epoch), self.epochs, step, self.total_steps,
-                 100 * results['eval_accuracy'], results['eval_loss'],
+                 eval_figures(results),
                  format_duration(seconds) if seconds >= 1 else f'{seconds:.2f}s')
 
   def _show(self, text: str) -> None:

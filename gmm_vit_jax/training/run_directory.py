@@ -1,12 +1,15 @@
 """The run directory besides its checkpoints: the lock, the stored config, the summary.
 
-    WORKDIR/lock                 held (flock) by the process training in WORKDIR
+    WORKDIR/lock                 held by the process training in WORKDIR: flock on a local
+                                 disk, an object created only if absent on a bucket
+                                 (training/object_lock.py)
     WORKDIR/config.json          the resolved config the trained state belongs to
     WORKDIR/config_history.json  each accepted change of a resumed run: step, fields, values
     WORKDIR/summary.json         eval results, best step, rates; rebuilt, never blanked
 
-Files are replaced atomically (written beside, then renamed), so a crash leaves the old
-version or the new one, never half of one. Only process 0 writes; with several
+WORKDIR is a local folder or a storage URL (gmm_vit_jax/storage.py). Files are replaced
+atomically (written beside, then renamed; an object is replaced whole), so a crash leaves
+the old version or the new one, never half of one. Only process 0 writes; with several
 processes, only process 0 holds the lock.
 """
 
@@ -22,7 +25,8 @@ import socket
 import jax
 import ml_collections
 
-from gmm_vit_jax import errors
+from gmm_vit_jax import errors, storage
+from gmm_vit_jax.training.object_lock import ObjectLock
 
 LOCK_FILE = 'lock'
 CONFIG_FILE = 'config.json'
@@ -32,11 +36,12 @@ SUMMARY_FILE = 'summary.json'
 # Fields that change how a run is watched, stored, fed or computed, not what it learns
 # (both input pipelines give the same batches; init_from acts only at step 0): a resumed
 # run takes their new values and says so.
-FREE_TO_CHANGE = ('log_every_steps', 'progress_every_s', 'eval_every_epochs', 'eval_batch_size', 'checkpoint.',
+FREE_TO_CHANGE = ('log_every_steps', 'progress_every_s', 'progress_max_lines',
+                  'eval_every_epochs', 'eval_batch_size', 'checkpoint.',
                   'profile_steps', 'profile_start_step', 'cpu_keep_step_memory',
                   'dataset.data_dir', 'dataset.download', 'dataset.pipeline',
                   'dataset.resident_share', 'dataset.grain_workers', 'dataset.grain_threads',
-                  'dataset.prefetch', 'init_from', 'init_from_dont_load',
+                  'dataset.prefetch', 'init_from', 'init_from_dont_load', 'init_from_partial',
                   'model.attention.implementation', 'model.attention.max_slices')
 _ABSENT = '<absent>'
 
@@ -72,22 +77,16 @@ def _listing(changes: dict) -> str:
   return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items())
 
 
-def _write_atomically(path: str, text: str) -> None:
-  temporary = f'{path}.tmp'
-  with open(temporary, 'w') as f:
-    f.write(text)
-  os.replace(temporary, path)
-
-
 class RunDirectory:
   """WORKDIR's lock, stored config and summary."""
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     self._lock_fd = None
+    self._object_lock = None
 
   def path(self, name: str) -> str:
-    return os.path.join(self.workdir, name)
+    return storage.join(self.workdir, name)
 
   @contextlib.contextmanager
   def locked(self):
@@ -95,7 +94,8 @@ class RunDirectory:
     if jax.process_index() != 0:
       yield
       return
-    os.makedirs(self.workdir, exist_ok=True)
+    storage.check_reachable(self.workdir)
+    storage.makedirs(self.workdir)
     self._acquire()
     try:
       yield
@@ -103,6 +103,10 @@ class RunDirectory:
       self._release()
 
   def _acquire(self) -> None:
+    if storage.is_url(self.workdir):
+      self._object_lock = ObjectLock(self.workdir, LOCK_FILE)
+      self._object_lock.acquire()
+      return
     fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,6 +135,10 @@ class RunDirectory:
     self._lock_fd = fd
 
   def _release(self) -> None:
+    if self._object_lock is not None:
+      self._object_lock.release()
+      self._object_lock = None
+      return
     # The file stays: removing it would let a process that opened it before the removal
     # lock an orphaned copy while a third locks a new file.
     os.ftruncate(self._lock_fd, 0)
@@ -141,8 +149,7 @@ class RunDirectory:
   def stored_config(self) -> dict | None:
     """config.json as stored, or None for a new run."""
     try:
-      with open(self.path(CONFIG_FILE)) as f:
-        return json.load(f)
+      return json.loads(storage.read_text(self.path(CONFIG_FILE)))
     except FileNotFoundError:
       return None
 
@@ -183,14 +190,14 @@ class RunDirectory:
     """Stores the config in force, and the accepted changes in the history."""
     if jax.process_index() != 0:
       return
-    _write_atomically(self.path(CONFIG_FILE), config.to_json_best_effort(indent=2,
-                                                                        sort_keys=True))
+    storage.write_atomically(self.path(CONFIG_FILE), config.to_json_best_effort(indent=2,
+                                                                             sort_keys=True))
     if not changes or step == 0:
       return
     history = self._read_json(HISTORY_FILE) or []
     history.append(dict(step=step, time=datetime.datetime.now().isoformat(timespec='seconds'),
                         changes={k: list(v) for k, v in changes.items()}))
-    _write_atomically(self.path(HISTORY_FILE), json.dumps(history, indent=2))
+    storage.write_atomically(self.path(HISTORY_FILE), json.dumps(history, indent=2))
 
   def read_summary(self) -> dict | None:
     return self._read_json(SUMMARY_FILE)
@@ -209,12 +216,11 @@ class RunDirectory:
 
   def write_summary(self, summary: dict) -> None:
     if jax.process_index() == 0:
-      _write_atomically(self.path(SUMMARY_FILE), json.dumps(summary, indent=2))
+      storage.write_atomically(self.path(SUMMARY_FILE), json.dumps(summary, indent=2))
 
   def _read_json(self, name: str):
     try:
-      with open(self.path(name)) as f:
-        return json.load(f)
+      return json.loads(storage.read_text(self.path(name)))
     except (FileNotFoundError, json.JSONDecodeError):
       return None
 

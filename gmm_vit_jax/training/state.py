@@ -28,25 +28,41 @@ class TrainState:
 
 @flax.struct.dataclass
 class Metrics:
-  """Sums over the steps since the last log, kept on the device: no host sync per step."""
+  """Sums over the steps since the last log, kept on the device: no host sync per step.
+
+  loss, correct, nonfinite: over the `count` examples. grad_norm, param_norm: the global
+  L2 norms of each train step's gradient (of its micro-batch, before clipping) and of the
+  parameters after its update, over the `steps` train steps; evaluation leaves them 0.
+  """
   loss: jax.Array
   correct: jax.Array
   count: jax.Array
   nonfinite: jax.Array
+  grad_norm: jax.Array | float = 0.0
+  param_norm: jax.Array | float = 0.0
+  steps: jax.Array | float = 0.0
 
   @classmethod
   def zeros(cls) -> 'Metrics':
     # Separate buffers: the train step donates each field.
     z = lambda: jax.numpy.zeros((), jax.numpy.float32)
-    return cls(loss=z(), correct=z(), count=z(), nonfinite=z())
+    return cls(loss=z(), correct=z(), count=z(), nonfinite=z(), grad_norm=z(), param_norm=z(),
+               steps=z())
 
   def __add__(self, other: 'Metrics') -> 'Metrics':
     return jax.tree.map(lambda a, b: a + b, self, other)
 
   def summary(self, prefix: str) -> dict[str, float]:
+    """<prefix>_loss and <prefix>_accuracy; with train steps counted, also the mean
+    <prefix>_grad_norm and <prefix>_param_norm."""
     count = max(float(self.count), 1.0)
-    return {f'{prefix}_loss': float(self.loss) / count,
-            f'{prefix}_accuracy': float(self.correct) / count}
+    result = {f'{prefix}_loss': float(self.loss) / count,
+              f'{prefix}_accuracy': float(self.correct) / count}
+    steps = float(self.steps)
+    if steps:
+      result[f'{prefix}_grad_norm'] = float(self.grad_norm) / steps
+      result[f'{prefix}_param_norm'] = float(self.param_norm) / steps
+    return result
 
 
 def ema_decay(config: ml_collections.ConfigDict) -> float | None:

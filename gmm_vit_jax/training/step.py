@@ -5,7 +5,7 @@ streamed), augments it on the device, and adds its metrics to sums kept on the d
 nothing waits for the host inside the step loop.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +90,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
     return state, metrics + Metrics(loss=loss * batch, correct=correct.astype(jnp.float32),
                                     count=batch,
-                                    nonfinite=(~jnp.isfinite(loss)).astype(jnp.float32))
+                                    nonfinite=(~jnp.isfinite(loss)).astype(jnp.float32),
+                                    grad_norm=optax.tree.norm(grads).astype(jnp.float32),
+                                    param_norm=optax.tree.norm(params).astype(jnp.float32),
+                                    steps=jnp.float32(1))
 
   return jax.jit(step, donate_argnums=(0, 1) if donate else (), static_argnums=(5,),
                  out_shardings=out_sharding)

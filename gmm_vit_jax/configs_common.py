@@ -1,18 +1,28 @@
 """The pieces every experiment config shares: the paper's training recipe and model sections.
 
-Each experiment file in this folder composes these and states its own model; every
-value a run uses is in the resolved config it writes to its workdir.
+Each experiment file in the repository's configs/ composes these and states its own model,
+and so can a config file of your own, wherever it lives:
+
+    from gmm_vit_jax import configs_common as common
+    config = common.paper_recipe('cifar10')
+
+Every value a run uses is in the resolved config it writes to its workdir.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-# The datasets of the published table, the offline one, and ImageNet (configs/*_imagenet.py).
-DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012')
+# The datasets of the published table, the offline one, ImageNet (configs/*_imagenet.py),
+# and the user's own: a folder of images (docs/own_images.md), or any tfds dataset as
+# 'tfds:NAME'.
+DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012',
+            'image_folder')
 
 # The reference's AutoAugment policy for each dataset; the offline digits go without.
+# Photographs of the user's own take ImageNet's.
 AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped': 'svhn',
-                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet'}
+                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet',
+                      'image_folder': 'imagenet'}
 # Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
 TINY_IMAGENET = 'tiny_imagenet'
 
@@ -111,13 +121,25 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
 
 def augment(dataset: str) -> ml_collections.ConfigDict:
   """The recipe's augmentation (docs/design.md); the offline digits keep only flip and crop."""
-  if dataset not in AUTOAUGMENT_POLICY:
-    raise ValueError(f'dataset.name={dataset!r} is not supported; choose one of {DATASETS}.')
+  policy = 'imagenet' if dataset.startswith('tfds:') else AUTOAUGMENT_POLICY.get(dataset)
+  if policy is None:
+    raise ValueError(f"dataset.name={dataset!r} is not supported; choose one of {DATASETS} "
+                     "or 'tfds:NAME'.")
   heavy = dataset != 'digits'
   return ml_collections.ConfigDict(dict(
+      # The Inception crop (imagenet_recipe): a box of a uniform area fraction in crop_scale
+      # and a log-uniform width / height in crop_ratio, resized back to the image's size.
+      inception_crop=False,
+      crop_scale=(0.08, 1.0),
+      crop_ratio=(3 / 4, 4 / 3),
       flip=True,
       crop_padding=4,
-      autoaugment=AUTOAUGMENT_POLICY[dataset],
+      autoaugment=policy,
+      # RandAugment (imagenet_recipe): ops per image (0: off), each taken with probability
+      # 0.5 at a level 0-10 drawn around the magnitude with the given standard deviation.
+      randaugment_ops=0,
+      randaugment_magnitude=9.0,
+      randaugment_magnitude_std=0.5,
       erasing_prob=0.25 if heavy else 0.0,
       erasing_area=(0.02, 0.4),
       erasing_min_aspect=0.3,
@@ -140,10 +162,21 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # host) or 'auto' (resident when both splits fit resident_share of one device's memory);
   # gmm_vit_jax/data/pipeline.py. grain_workers: grain's worker processes (0: read in this
   # process with grain_threads threads); prefetch: batches read and placed ahead.
+  # The dataset's facts (gmm_vit_jax/data/info.py), None for the dataset's own: image_size
+  # (image folders need it; images are resized to it), channels (1 grey, 3 RGB; image
+  # folders: 3), class_names, mean and std (per channel, pixels in [0, 1]), background
+  # ('dark' or 'light'). For image folders and 'tfds:NAME' the trainer reads the ones left
+  # None from the data and stores them in the run's config; so does validation_split, the
+  # name of a labelled validation split the data holds (an image folder's validation/ or
+  # val/), which takes the place of a dataset.validation hold-out.
   config.dataset = ml_collections.ConfigDict(dict(
       name=dataset, data_dir=config_dict.placeholder(str), download=True,
       validation=config_dict.placeholder(float), pipeline='device',
-      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2))
+      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2,
+      image_size=config_dict.placeholder(int), channels=config_dict.placeholder(int),
+      class_names=config_dict.placeholder(tuple), mean=config_dict.placeholder(tuple),
+      std=config_dict.placeholder(tuple), background=config_dict.placeholder(str),
+      validation_split=config_dict.placeholder(str)))
   config.batch_size = 128
   config.epochs = 100
   config.passes_per_epoch = 3  # The reference's repeated-augmentation sampler, 3 repeats.
@@ -156,6 +189,10 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
       eps=1e-8,
       decay_mask_params=True,  # The reference decays GMM sigma/alpha like every weight.
       grad_clip_norm=config_dict.placeholder(float),  # None: no clipping.
+      # Layer-wise learning-rate decay, for fine-tuning: layer l of a backbone of L blocks
+      # (embedding 0, head L + 1) learns at learning_rate * layer_decay**(L + 1 - l);
+      # gmm_vit_jax/training/optimizer.py numbers each backbone's layers. 1.0: off.
+      layer_decay=1.0,
   ))
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))
@@ -170,6 +207,9 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.init_from = config_dict.placeholder(str)
   # Regular expressions of parameter names (e.g. 'head\\..*') that init_from leaves fresh.
   config.init_from_dont_load = ()
+  # init_from is refused when it would fill under half the model's parameter values (another
+  # backbone or width); True loads whatever fits and leaves the rest fresh.
+  config.init_from_partial = False
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')
@@ -179,6 +219,8 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # The console's progress line (epoch, step, images/s, loss, accuracy, ETA) at most this
   # often; TensorBoard gets the metrics every log_every_steps.
   config.progress_every_s = 3.0
+  # And at most this many progress lines in the whole run (0: no limit), spread over it.
+  config.progress_max_lines = 0
   config.eval_every_epochs = 1
   # A jax.profiler trace of profile_steps steps from profile_start_step into
   # WORKDIR/profile (TensorBoard's profile tab, or Perfetto); 0 steps: no trace.
@@ -194,10 +236,12 @@ def imagenet_recipe() -> ml_collections.ConfigDict:
   """The ImageNet-1k recipe at 224x224 that HAT-Net and the DeiT line of ViTs train with:
   AdamW lr 5e-4 per 512 images (1e-3 at batch 1024), weight decay 0.05, 300 epochs with 5
   of warmup, label smoothing 0.1, random erasing 0.25, Mixup 0.8 / CutMix 1.0 on every
-  batch, stochastic depth in the model. Two departures, both the device augmentation's:
-  AutoAugment's ImageNet policy stands in for RandAugment, and a 28-pixel padded random
-  crop of the centre-cropped 224x224 image for RandomResizedCrop. Streamed by grain unless
-  both splits fit (dataset.pipeline='auto'); the best checkpoint is chosen on a 1%
+  batch, stochastic depth in the model, and DeiT's augmentation: the Inception crop
+  (area 8-100%, width / height 3/4-4/3, bicubic), flip, and RandAugment with 2 ops at
+  magnitude 9 with noise 0.5 (timm's rand-m9-mstd0.5-inc1). One departure, the device
+  augmentation's: the crop is taken from the stored centre-cropped 224x224 image rather
+  than from the full photograph, so it never reaches beyond that square. Streamed by
+  grain unless both splits fit (dataset.pipeline='auto'); the best checkpoint is chosen on a 1%
   validation hold-out, since ImageNet's labelled 'validation' split is the test set."""
   config = paper_recipe('imagenet2012')
   config.dataset.pipeline = 'auto'
@@ -212,7 +256,8 @@ def imagenet_recipe() -> ml_collections.ConfigDict:
   config.passes_per_epoch = 1
   config.optimizer.learning_rate = 1e-3
   config.schedule.warmup_epochs = 5
-  config.augment.update(dict(crop_padding=28, mix_prob=1.0, cutmix_prob=0.5, mixup_alpha=0.8,
+  config.augment.update(dict(inception_crop=True, crop_padding=0, autoaugment='none',
+                             randaugment_ops=2, mix_prob=1.0, cutmix_prob=0.5, mixup_alpha=0.8,
                              cutmix_beta=1.0))
   config.checkpoint.every_steps = 2000
   config.log_every_steps = 200

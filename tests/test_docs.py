@@ -86,6 +86,15 @@ NOT_RUN = {
         'twins of it',
     'python -m gmm_vit_jax.convert to-torch --export=exported/ref --out=back.pth':
         'needs the bundle the command before writes',
+    # docs/cpu_speed.md
+    'python -m gmm_vit_jax.benchmarks.step_profile --config=configs/gmm_vit_cifar10.py '
+    '--batch_size=128 --steps=2 --top=3':
+        'a benchmark: minutes of full-size steps on both sides; tests/test_step_profile.py '
+        'runs it small',
+    'python -m gmm_vit_jax.benchmarks.xla_options --config=configs/gmm_vit_cifar10.py '
+    '--options=xla_cpu_prefer_vector_width=512 --options=xla_cpu_use_onednn=true':
+        'a benchmark: three compilations and minutes of full-size steps; '
+        'tests/test_step_profile.py runs it small',
     # docs/speed.md
     'python -m gmm_vit_jax.benchmarks.speed --config=configs/gmm_vit_cifar10.py '
     '[--batch_size=N] [--steps=N] [--json]': _PLACEHOLDERS,

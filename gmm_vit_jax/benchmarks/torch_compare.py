@@ -26,6 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gmm_vit_jax import cli, cpu_runtime, sharding
+from gmm_vit_jax.benchmarks.cpu_info import cpu_description
 from gmm_vit_jax.benchmarks.speed import NO_AUGMENTATION, random_dataset, time_steps
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.data.sampling import EpochSampler
@@ -34,13 +35,6 @@ from gmm_vit_jax.training.optimizer import make_optimizer
 from gmm_vit_jax.training.state import Metrics, create_train_state
 from gmm_vit_jax.training.step import make_train_step
 
-config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
-flags.DEFINE_integer('batch_size', 128, 'Batch size of both sides.')
-flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
-flags.DEFINE_integer('repeats', 3, 'Timed windows; the median is reported.')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute precision of both.')
-flags.DEFINE_bool('torch_compile', False, 'Also time the PyTorch model under torch.compile.')
-flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 WARMUP_STEPS = 3
@@ -155,6 +149,8 @@ def main(argv):
   device = jax.devices()[0]
   where = (torch.cuda.get_device_name() if torch_device().type == 'cuda'
            else f'cpu, {torch.get_num_threads()} threads')
+  if device.platform == 'cpu':
+    print(f'CPU: {cpu_description()}')
   print(f'{config.model.name} (mask {config.model.mask.kind}, attention core '
         f'{config.model.attention.implementation}), batch {FLAGS.batch_size}, {FLAGS.dtype}; '
         f'jax {jax.__version__} on {device.platform} ({device.device_kind}), '
@@ -165,4 +161,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
+  flags.DEFINE_integer('batch_size', 128, 'Batch size of both sides.')
+  flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
+  flags.DEFINE_integer('repeats', 3, 'Timed windows; the median is reported.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute precision of both.')
+  flags.DEFINE_bool('torch_compile', False, 'Also time the PyTorch model under torch.compile.')
+  flags.mark_flags_as_required(['config'])
   cli.run_app(main)

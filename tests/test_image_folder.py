@@ -86,7 +86,7 @@ def mixed_folder(root, validation='val') -> dict:
   rng = np.random.default_rng(1)
   expected = {}
   for split in ('train', 'test', validation):
-    for label, name in enumerate(('cat', 'dog')):
+    for name in ('cat', 'dog'):
       for i, shape in enumerate([(12, 18, 3), (6, 6, 3), (24, 12), (12, 12, 4)] * 2):
         base = os.path.join(root, split, name, f'{i}')
         if len(shape) == 2:

@@ -340,7 +340,7 @@ def test_gmm_mask_lookup_equals_direct_evaluation(side, cls):
       coords = grid.with_leading_tokens(coords)
     logits = jnp.asarray(rng.normal(size=(3, 3) + coords.shape[-2:-1] * 2), jnp.float32)
 
-    def loss(mask):
+    def loss(mask, logits=logits, coords=coords):
       return jnp.sum(jnp.sin(mask(logits, coords)))
 
     want, want_grad = nnx.jit(nnx.value_and_grad(loss))(direct)

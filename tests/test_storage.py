@@ -232,7 +232,7 @@ def test_paths_join_and_write_alike(tmp_path):
 
 
 @inside
-def test_a_data_dir_on_a_bucket_reads_like_the_local_folder(bucket, folder):
+def test_a_data_dir_on_a_bucket_reads_like_the_local_folder(bucket, folder):  # noqa: F811
   local, _ = folder
   remote = f'{bucket}/data/tiny-imagenet-200'
   fs, path = storage.filesystem(remote)

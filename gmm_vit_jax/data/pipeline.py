@@ -148,7 +148,7 @@ class GrainPipeline:
             else {'train': np.arange(len(train_records))})
     for split, rows in held.items():
       self.sources[split] = (train_records, rows)
-    for split, (source, rows) in self.sources.items():
+    for split, (_, rows) in self.sources.items():
       logging.info('%s split: %d examples, streamed by grain (%d workers, %d threads).', split,
                    len(rows), self.workers, self.threads)
     self.sampler = EpochSampler(len(self.sources['train'][1]), config.batch_size,

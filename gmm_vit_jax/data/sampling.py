@@ -23,7 +23,8 @@ class EpochSampler:
     self.seed = seed
     self.steps_per_epoch = num_examples * passes // batch_size
 
-  @functools.lru_cache(maxsize=2)
+  # The sampler lives as long as the run; the cache holds two epochs' orders, not more.
+  @functools.lru_cache(maxsize=2)  # noqa: B019
   def _order(self, epoch: int) -> np.ndarray:
     rng = np.random.default_rng([self.seed, epoch])
     return np.concatenate([rng.permutation(self.num_examples) for _ in range(self.passes)])

@@ -25,6 +25,7 @@ anything is written.
 """
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp

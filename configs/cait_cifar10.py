@@ -15,7 +15,8 @@ def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
 
   9.02M parameters, as the reference code builds it (its README's 5.1M does not match).
   """
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name='cait',
       patch_size=common.patch_size(dataset, 4),
       dim=192,
@@ -30,7 +31,8 @@ def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
       dtype=common.PAPER_DTYPE,
       attention=common.attention(),
       mask=common.mask(mask_kind),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -27,6 +27,7 @@ def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:
   config.model = vit_cifar10.model('gmm', arg)
   config.model.num_heads = 6
   config.model.attention = common.attention(
-      'mixture_of_keys', mixture=common.mixture_of_keys(pi_scope='position'))
+    'mixture_of_keys', mixture=common.mixture_of_keys(pi_scope='position')
+  )
   config.patch_selection = common.patch_selection('variance', keep=0.7)
   return config

@@ -18,7 +18,8 @@ from gmm_vit_jax import configs_common as common
 
 
 def model(mask_kind: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name='vit',
       patch_size=16,
       dim=384,
@@ -33,7 +34,8 @@ def model(mask_kind: str) -> ml_collections.ConfigDict:
       dtype='auto',  # bfloat16 on GPUs and TPUs, float32 on CPUs.
       attention=common.attention(qkv_bias=True),
       mask=common.mask(mask_kind),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = 'gmm') -> ml_collections.ConfigDict:

@@ -38,7 +38,8 @@ def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
 
 def imagenet_tiny(mask_kind: str) -> ml_collections.ConfigDict:
   """HAT-Net-Tiny of the HAT-Net paper, for 224x224 ImageNet images."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name='hatnet',
       stem_strides=(2, 2),
       dims=(48, 96, 240, 384),
@@ -54,7 +55,8 @@ def imagenet_tiny(mask_kind: str) -> ml_collections.ConfigDict:
       dtype=common.PAPER_DTYPE,
       attention=common.attention(qkv_bias=True),
       mask=common.mask(mask_kind),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

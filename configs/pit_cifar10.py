@@ -15,7 +15,8 @@ from gmm_vit_jax import configs_common as common
 
 def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
   """PiT at 96/192/384 wide; it keeps its CLS token in every variant, as the reference."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name='pit',
       patch_size=4 if dataset == common.TINY_IMAGENET else 2,
       dim=96,  # Doubled by each pooling.
@@ -29,7 +30,8 @@ def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
       dtype=common.PAPER_DTYPE,
       attention=common.attention(),
       mask=common.mask(mask_kind),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

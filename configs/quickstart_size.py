@@ -15,11 +15,11 @@ import ml_collections
 from configs import quickstart
 
 MODELS = {
-    'vit': dict(dim=64, depth=4, num_heads=4, head_dim=16),
-    'cait': dict(dim=64, depth=4, class_depth=1, num_heads=4, head_dim=16, mlp_dim=128),
-    'swin': dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4)),
-    'pit': dict(dim=32, depths=(2, 2), num_heads=(2, 4), head_dim=16),
-    't2t': dict(token_dim=32, embed_dim=64, depth=4, num_heads=4),
+  'vit': dict(dim=64, depth=4, num_heads=4, head_dim=16),
+  'cait': dict(dim=64, depth=4, class_depth=1, num_heads=4, head_dim=16, mlp_dim=128),
+  'swin': dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4)),
+  'pit': dict(dim=32, depths=(2, 2), num_heads=(2, 4), head_dim=16),
+  't2t': dict(token_dim=32, embed_dim=64, depth=4, num_heads=4),
 }
 # Patch sizes that give each backbone its usual token grids on 8x8 digits (T2T unfolds
 # 8x8 to 4x4 and then 2x2).
@@ -31,17 +31,24 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config = config.copy_and_resolve_references()
   name = config.model.name
   if name not in MODELS:
-    raise ValueError(f'model.name={name!r} has no quick-start size; choose one of '
-                     f'{tuple(MODELS)}.')
+    raise ValueError(f'model.name={name!r} has no quick-start size; choose one of {tuple(MODELS)}.')
   config.model.update(MODELS[name])
   start = quickstart.get_config(config.dataset.name)
   if config.dataset.name == 'digits':
     config.augment.update(start.augment)
     if name in DIGITS_PATCHES:
       config.model.patch_size = DIGITS_PATCHES[name]
-  for field in ('batch_size', 'eval_batch_size', 'epochs', 'passes_per_epoch', 'label_smoothing',
-                'log_every_steps', 'eval_every_epochs', 'progress_every_s',
-                'cpu_keep_step_memory'):
+  for field in (
+    'batch_size',
+    'eval_batch_size',
+    'epochs',
+    'passes_per_epoch',
+    'label_smoothing',
+    'log_every_steps',
+    'eval_every_epochs',
+    'progress_every_s',
+    'cpu_keep_step_memory',
+  ):
     config[field] = start[field]
   config.schedule.update(start.schedule)
   config.optimizer.update(start.optimizer)

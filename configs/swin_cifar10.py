@@ -12,7 +12,8 @@ from gmm_vit_jax import configs_common as common
 
 def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
   """Swin for 32x32 inputs: 16x16 tokens, three stages, 4x4 windows."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name='swin',
       patch_size=common.patch_size(dataset, 2),
       embed_dim=96,
@@ -25,7 +26,8 @@ def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
       dtype=common.PAPER_DTYPE,
       attention=common.attention(qkv_bias=True),
       mask=common.mask(mask_kind),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -15,7 +15,8 @@ from gmm_vit_jax import configs_common as common
 
 def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
   """T2T-ViT with a 256-wide, 12-deep encoder; mean pooling, no CLS, in every variant."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name='t2t',
       num_token_layers=2 if dataset == common.TINY_IMAGENET else 1,
       token_dim=64,
@@ -28,7 +29,8 @@ def model(mask_kind: str, dataset: str) -> ml_collections.ConfigDict:
       dtype=common.PAPER_DTYPE,
       attention=common.attention(),
       mask=common.mask(mask_kind),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -10,13 +10,12 @@ import ml_collections
 
 # Per backbone, the model fields that shrink; the others stay the config's own.
 MODELS = {
-    'vit': dict(dim=16, depth=1, num_heads=2, head_dim=8),
-    'cait': dict(dim=16, depth=1, class_depth=1, num_heads=2, head_dim=8, mlp_dim=32),
-    'swin': dict(embed_dim=16, depths=(1, 1), num_heads=(2, 2)),
-    'pit': dict(dim=16, depths=(1, 1), num_heads=(2, 4), head_dim=8),
-    't2t': dict(token_dim=8, embed_dim=16, depth=1, num_heads=2),
-    'hatnet': dict(dims=(8, 16, 16, 16), head_dim=8, depths=(1, 1, 1, 1),
-                   expansions=(2, 2, 2, 2)),
+  'vit': dict(dim=16, depth=1, num_heads=2, head_dim=8),
+  'cait': dict(dim=16, depth=1, class_depth=1, num_heads=2, head_dim=8, mlp_dim=32),
+  'swin': dict(embed_dim=16, depths=(1, 1), num_heads=(2, 2)),
+  'pit': dict(dim=16, depths=(1, 1), num_heads=(2, 4), head_dim=8),
+  't2t': dict(token_dim=8, embed_dim=16, depth=1, num_heads=2),
+  'hatnet': dict(dims=(8, 16, 16, 16), head_dim=8, depths=(1, 1, 1, 1), expansions=(2, 2, 2, 2)),
 }
 
 # Patch sizes that give each backbone its usual token grids on 8x8 digits.
@@ -26,11 +25,11 @@ DIGITS_AUGMENT = dict(flip=False, crop_padding=1)
 
 # Ten passes over the 1,437 training digits: enough for the tiny models to learn.
 RECIPE = dict(
-    batch_size=32,
-    eval_batch_size=40,
-    epochs=10,
-    passes_per_epoch=1,
-    log_every_steps=50,
+  batch_size=32,
+  eval_batch_size=40,
+  epochs=10,
+  passes_per_epoch=1,
+  log_every_steps=50,
 )
 LEARNING_RATE = 3e-3
 

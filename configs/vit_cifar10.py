@@ -12,7 +12,8 @@ from gmm_vit_jax import configs_common as common
 
 def model(mask_kind: str, dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   """The small-dataset ViT; the masked variants drop CLS and pool the token mean."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name='vit',
       patch_size=common.patch_size(dataset, 4),
       dim=192,
@@ -27,7 +28,8 @@ def model(mask_kind: str, dataset: str = 'cifar10') -> ml_collections.ConfigDict
       dtype=common.PAPER_DTYPE,
       attention=common.attention(),
       mask=common.mask(mask_kind),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:

@@ -21,6 +21,7 @@ import traceback
 from typing import NoReturn
 
 from absl import app, flags, logging
+
 # The classes of config_flags' file flags, which its package does not re-export.
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser, is_config_flag
 
@@ -58,8 +59,9 @@ def child_failed(what: str, done) -> errors.UserError:
   line; the rest of its output goes to the log at --verbosity=1."""
   logging.debug('%s wrote:\n%s', what, done.stderr)
   lines = done.stderr.strip().splitlines()
-  return errors.UserError(f'{what} failed with exit code {done.returncode}: '
-                          f'{lines[-1] if lines else "no output"}')
+  return errors.UserError(
+    f'{what} failed with exit code {done.returncode}: {lines[-1] if lines else "no output"}'
+  )
 
 
 def run_app(main, argv: list[str] | None = None) -> None:
@@ -102,9 +104,12 @@ def _verbosity_in(argv: list[str]) -> int:
 
 def _config_file_flags(flag_values: flags.FlagValues) -> list[str]:
   """The names of the flags that take a config file (config_flags.DEFINE_config_file)."""
-  return sorted(name for name in flag_values
-                if is_config_flag(flag_values[name])
-                and isinstance(flag_values[name].parser, ConfigFileFlagParser))
+  return sorted(
+    name
+    for name in flag_values
+    if is_config_flag(flag_values[name])
+    and isinstance(flag_values[name].parser, ConfigFileFlagParser)
+  )
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -148,8 +153,10 @@ def _describe_flag_error(e: flags.Error, flag_values: flags.FlagValues) -> str:
     if '.' in flag.name and flag.name.split('.')[0] in _config_file_flags(flag_values):
       kind = flag.flag_type()
       article = 'an' if kind[:1] in 'aeiou' else 'a'
-      return (f'--{flag.name}={value.group(2)} is not {article} {kind} '
-              f'({value.group(3).rstrip(".")}); the field holds {article} {kind}.')
+      return (
+        f'--{flag.name}={value.group(2)} is not {article} {kind} '
+        f'({value.group(3).rstrip(".")}); the field holds {article} {kind}.'
+      )
   return f'{text.rstrip(".")}; --helpshort lists the flags.'
 
 

@@ -82,9 +82,14 @@ def _count(jaxpr, dependent: list[bool], totals: dict) -> list[bool]:
 
 def _grouped_depthwise_conv(x, kernel, strides, padding):
   """layers.depthwise_conv as the one grouped convolution it equals."""
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                      feature_group_count=x.shape[-1])
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    strides,
+    padding,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    feature_group_count=x.shape[-1],
+  )
 
 
 @contextlib.contextmanager
@@ -108,9 +113,15 @@ def model_complexity(config: ml_collections.ConfigDict) -> dict:
   # the walk below would count once.
   model_config.attention.implementation = 'xla'
   # Shapes only: counting needs no weight values, and drawing them is slow.
-  model = nnx.eval_shape(lambda: build_model(model_config, num_classes=info['num_classes'],
-                                             image_size=info['image_size'],
-                                             channels=info['channels'], rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build_model(
+      model_config,
+      num_classes=info['num_classes'],
+      image_size=info['image_size'],
+      channels=info['channels'],
+      rngs=nnx.Rngs(0),
+    )
+  )
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   image = jnp.zeros((1, info['image_size'], info['image_size'], info['channels']), jnp.float32)
   with _depthwise_as_convolution():
@@ -118,30 +129,49 @@ def model_complexity(config: ml_collections.ConfigDict) -> dict:
   num_state = len(jax.tree.leaves((params, rest)))
   totals = {'weights': 0, 'attention': 0}
   _count(closed.jaxpr, [False] * num_state + [True], totals)
-  return dict(model=config.model.name, mask=config.model.mask.kind,
-              params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
-              macs_paper=totals['weights'], macs_full=totals['weights'] + totals['attention'],
-              depth=sum(isinstance(m, Attention) for _, m in nnx.iter_graph(model)))
+  return dict(
+    model=config.model.name,
+    mask=config.model.mask.kind,
+    params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
+    macs_paper=totals['weights'],
+    macs_full=totals['weights'] + totals['attention'],
+    depth=sum(isinstance(m, Attention) for _, m in nnx.iter_graph(model)),
+  )
 
 
 def markdown_table(rows: list[dict]) -> str:
-  lines = ['| config | params | MACs (paper-style) | MACs (full) | depth |',
-           '|---|---:|---:|---:|---:|']
+  lines = [
+    '| config | params | MACs (paper-style) | MACs (full) | depth |',
+    '|---|---:|---:|---:|---:|',
+  ]
   for r in rows:
-    lines.append(f"| {r['config']} | {r['params']:,} | {r['macs_paper'] / 1e6:.1f}M | "
-                 f"{r['macs_full'] / 1e6:.1f}M | {r['depth']} |")
+    lines.append(
+      f'| {r["config"]} | {r["params"]:,} | {r["macs_paper"] / 1e6:.1f}M | '
+      f'{r["macs_full"] / 1e6:.1f}M | {r["depth"]} |'
+    )
   return '\n'.join(lines)
 
 
 def text_table(rows: list[dict]) -> str:
   """The rows as aligned columns, for a terminal."""
   header = ('config', 'params', 'MACs (paper-style)', 'MACs (full)', 'depth')
-  body = [(r['config'], f"{r['params']:,}", f"{r['macs_paper'] / 1e6:.1f}M",
-           f"{r['macs_full'] / 1e6:.1f}M", str(r['depth'])) for r in rows]
+  body = [
+    (
+      r['config'],
+      f'{r["params"]:,}',
+      f'{r["macs_paper"] / 1e6:.1f}M',
+      f'{r["macs_full"] / 1e6:.1f}M',
+      str(r['depth']),
+    )
+    for r in rows
+  ]
   widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
-  return '\n'.join('  '.join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                              for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
-                   for line in [header] + body)
+  return '\n'.join(
+    '  '.join(
+      cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))
+    ).rstrip()
+    for line in [header] + body
+  )
 
 
 def main(argv):

@@ -56,13 +56,17 @@ def module(path: str, *, flag: str = '--config') -> types.ModuleType:
   working directory (make_importable)."""
   if not os.path.isfile(path):
     folder, stem = os.path.split(os.path.splitext(path)[0])
-    stems = ([os.path.splitext(f)[0] for f in os.listdir(folder or '.') if f.endswith('.py')]
-             if os.path.isdir(folder or '.') else [])
+    stems = (
+      [os.path.splitext(f)[0] for f in os.listdir(folder or '.') if f.endswith('.py')]
+      if os.path.isdir(folder or '.')
+      else []
+    )
     close = difflib.get_close_matches(stem, stems, n=1)
     hint = f' (did you mean {os.path.join(folder, close[0] + ".py")}?)' if close else ''
     what = 'a directory' if os.path.isdir(path) else 'no file'
-    raise errors.ConfigError(f'{flag}={path}: {what} there{hint}; give a config file such as '
-                             'configs/quickstart.py.')
+    raise errors.ConfigError(
+      f'{flag}={path}: {what} there{hint}; give a config file such as configs/quickstart.py.'
+    )
   with open(path, encoding='utf-8') as f:
     source = f.read()
   try:
@@ -71,16 +75,20 @@ def module(path: str, *, flag: str = '--config') -> types.ModuleType:
     raise errors.ConfigError(f'{path} line {e.lineno}: {e.msg}; fix the config file.') from e
   make_importable(path)
   spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0] + '_config', path)
+    os.path.splitext(os.path.basename(path))[0] + '_config', path
+  )
   loaded = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(loaded)
   except Exception as e:  # pylint: disable=broad-except
     raise errors.ConfigError(
-        f'{path} fails to load: {type(e).__name__}: {str(e).rstrip(".")}.') from e
+      f'{path} fails to load: {type(e).__name__}: {str(e).rstrip(".")}.'
+    ) from e
   if not callable(getattr(loaded, 'get_config', None)):
-    raise errors.ConfigError(f'{path} has no get_config() function; a config file defines '
-                             'get_config(arg) returning an ml_collections.ConfigDict.')
+    raise errors.ConfigError(
+      f'{path} has no get_config() function; a config file defines '
+      'get_config(arg) returning an ml_collections.ConfigDict.'
+    )
   return loaded
 
 
@@ -92,12 +100,14 @@ def load(path_and_arg: str, *, flag: str = '--config') -> ml_collections.ConfigD
     config = get_config(arg) if colon else get_config()
   except Exception as e:  # pylint: disable=broad-except
     if isinstance(e, TypeError) and colon and 'positional argument' in str(e):
-      raise errors.ConfigError(f'{flag}={path_and_arg}: {path} takes no argument after ":"; '
-                               f'give {flag}={path}.') from e
+      raise errors.ConfigError(
+        f'{flag}={path_and_arg}: {path} takes no argument after ":"; give {flag}={path}.'
+      ) from e
     raise errors.ConfigError(f'{flag}={path_and_arg}: {str(e).rstrip(".")}.') from e
   if not isinstance(config, ml_collections.ConfigDict):
-    raise errors.ConfigError(f'{path}: get_config() returned {type(config).__name__}, not an '
-                             'ml_collections.ConfigDict.')
+    raise errors.ConfigError(
+      f'{path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict.'
+    )
   return config
 
 
@@ -120,11 +130,13 @@ def check_field(config: ml_collections.ConfigDict, field: str, *, flag: str = '-
     if part not in node:
       # A dotted name anywhere in the config first (--config.learning_rate finds
       # optimizer.learning_rate), then the names of this section.
-      hint = (_suggestion(field, field_names(config)) or
-              _suggestion('.'.join(walked + [part]),
-                          ['.'.join(walked + [k]) for k in node.keys()]))
+      hint = _suggestion(field, field_names(config)) or _suggestion(
+        '.'.join(walked + [part]), ['.'.join(walked + [k]) for k in node.keys()]
+      )
       where = f'section {".".join(walked)}' if walked else 'the config'
-      raise errors.ConfigError(f'{flag}.{field}: {where} has no field {part!r}{hint}; '
-                               'gmm_vit_jax/configs_common.py lists every field.')
+      raise errors.ConfigError(
+        f'{flag}.{field}: {where} has no field {part!r}{hint}; '
+        'gmm_vit_jax/configs_common.py lists every field.'
+      )
     node = node[part]
     walked.append(part)

@@ -28,7 +28,7 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
   while i < len(argv):
     arg = argv[i]
     if arg.startswith(PREFIX):
-      field, eq, value = arg[len(PREFIX):].partition('=')
+      field, eq, value = arg[len(PREFIX) :].partition('=')
       if not eq:
         if i + 1 >= len(argv):
           raise errors.ConfigError(f'{arg} has no value: write {arg}=VALUE.')
@@ -66,8 +66,10 @@ def _parse(field: str, text: str, current):
     if isinstance(current, str):
       return text
   except ValueError:
-    raise errors.ConfigError(f'--config.{field}={text}: expected {KINDS[type(current)]}, '
-                             f'like its current value {current!r}.') from None
+    raise errors.ConfigError(
+      f'--config.{field}={text}: expected {KINDS[type(current)]}, '
+      f'like its current value {current!r}.'
+    ) from None
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -75,8 +77,9 @@ def _parse(field: str, text: str, current):
   return list(value) if isinstance(current, list) and isinstance(value, tuple) else value
 
 
-def apply(config: ml_collections.ConfigDict,
-          overrides: dict[str, str]) -> ml_collections.ConfigDict:
+def apply(
+  config: ml_collections.ConfigDict, overrides: dict[str, str]
+) -> ml_collections.ConfigDict:
   """A copy of `config` with the overrides set; a ConfigError naming the closest field for
   one it does not have."""
   config = ml_collections.ConfigDict(config.to_dict())
@@ -84,8 +87,9 @@ def apply(config: ml_collections.ConfigDict,
   for field, text in overrides.items():
     config_files.check_field(config, field)
     if field not in fields:
-      raise errors.ConfigError(f'--config.{field} is a section: set its fields, '
-                               f'--config.{field}.FIELD=VALUE.')
+      raise errors.ConfigError(
+        f'--config.{field} is a section: set its fields, --config.{field}.FIELD=VALUE.'
+      )
     *parents, name = field.split('.')
     section = config
     for parent in parents:

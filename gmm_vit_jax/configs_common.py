@@ -15,14 +15,27 @@ from ml_collections import config_dict
 # The datasets of the published table, the offline one, ImageNet (configs/*_imagenet.py),
 # and the user's own: a folder of images (docs/own_images.md), or any tfds dataset as
 # 'tfds:NAME'.
-DATASETS = ('cifar10', 'cifar100', 'svhn_cropped', 'tiny_imagenet', 'digits', 'imagenet2012',
-            'image_folder')
+DATASETS = (
+  'cifar10',
+  'cifar100',
+  'svhn_cropped',
+  'tiny_imagenet',
+  'digits',
+  'imagenet2012',
+  'image_folder',
+)
 
 # The reference's AutoAugment policy for each dataset; the offline digits go without.
 # Photographs of the user's own take ImageNet's.
-AUTOAUGMENT_POLICY = {'cifar10': 'cifar10', 'cifar100': 'cifar10', 'svhn_cropped': 'svhn',
-                      'tiny_imagenet': 'imagenet', 'digits': 'none', 'imagenet2012': 'imagenet',
-                      'image_folder': 'imagenet'}
+AUTOAUGMENT_POLICY = {
+  'cifar10': 'cifar10',
+  'cifar100': 'cifar10',
+  'svhn_cropped': 'svhn',
+  'tiny_imagenet': 'imagenet',
+  'digits': 'none',
+  'imagenet2012': 'imagenet',
+  'image_folder': 'imagenet',
+}
 # Its 64x64 images make the reference scale its patch sizes so token grids match 32x32's.
 TINY_IMAGENET = 'tiny_imagenet'
 
@@ -37,17 +50,24 @@ PAPER_DTYPE = 'float32'
 
 def mask(kind: str) -> ml_collections.ConfigDict:
   """`kind` is 'none', 'gmm' (Gaussian Mixture Mask) or 'elm' (element-wise learnable mask)."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       kind=kind,
       num_kernels=5,
       mode='multiply',  # The reference code multiplies; 'add' is the paper text's variant.
       cutoff=True,  # The float32 reference's zero beyond d2 >= 104.
-  ))
+    )
+  )
 
 
-def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft',
-                    pi: str = 'e_step', pi_scope: str = 'position',
-                    learn_variance: bool = False) -> ml_collections.ConfigDict:
+def mixture_of_keys(
+  num_keys: int = 2,
+  variant: str = 'mgk',
+  e_step: str = 'soft',
+  pi: str = 'e_step',
+  pi_scope: str = 'position',
+  learn_variance: bool = False,
+) -> ml_collections.ConfigDict:
   """The `attention.mixture` section of score 'mixture_of_keys' (MGK: Nguyen et al.,
   'Improving Transformers with Probabilistic Attention Keys', ICML 2022).
 
@@ -64,27 +84,33 @@ def mixture_of_keys(num_keys: int = 2, variant: str = 'mgk', e_step: str = 'soft
     per head, pooled over the key positions.
   learn_variance: learn sigma_r^2 (per head and component) from its default sqrt(d_head).
   """
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       num_keys=num_keys,
       variant=variant,
       e_step=e_step,
       pi=pi,
       pi_scope=pi_scope,
       learn_variance=learn_variance,
-  ))
+    )
+  )
 
 
-def attention(score: str = 'dot_product', qkv_bias: bool = False,
-              mixture: ml_collections.ConfigDict | None = None,
-              implementation: str = 'auto') -> ml_collections.ConfigDict:
+def attention(
+  score: str = 'dot_product',
+  qkv_bias: bool = False,
+  mixture: ml_collections.ConfigDict | None = None,
+  implementation: str = 'auto',
+) -> ml_collections.ConfigDict:
   """`score` is 'dot_product' or 'mixture_of_keys'; only the latter has a `mixture` section.
 
   implementation: how the attention core runs (gmm_vit_jax/attention/core.py): 'xla',
     'blockwise', 'cudnn', or 'auto', the fastest that fits the layer and the platform.
   max_slices: the most batch slices 'blockwise' runs in turn.
   """
-  config = ml_collections.ConfigDict(dict(score=score, qkv_bias=qkv_bias,
-                                          implementation=implementation, max_slices=16))
+  config = ml_collections.ConfigDict(
+    dict(score=score, qkv_bias=qkv_bias, implementation=implementation, max_slices=16)
+  )
   if score == 'mixture_of_keys':
     config.mixture = mixture if mixture is not None else mixture_of_keys()
   elif mixture is not None:
@@ -92,9 +118,15 @@ def attention(score: str = 'dot_product', qkv_bias: bool = False,
   return config
 
 
-def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sample',
-                    mode: str = 'drop', probability: float = 0.5,
-                    decay: float = 0.0, entropy_bins: int = 256) -> ml_collections.ConfigDict:
+def patch_selection(
+  kind: str = 'none',
+  keep: float = 0.7,
+  selection: str = 'sample',
+  mode: str = 'drop',
+  probability: float = 0.5,
+  decay: float = 0.0,
+  entropy_bins: int = 256,
+) -> ml_collections.ConfigDict:
   """Training-time patch selection (docs/design.md; gmm_vit_jax/patches). Evaluation keeps all.
 
   kind: patch score, 'none', 'contrast', 'entropy', 'variance' or 'random'.
@@ -110,7 +142,8 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
     (channels pooled); 256, one per level of an 8-bit image, counts intensity values
     as the GMM-HViT write-up's p_i = count(i) / N does.
   """
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       kind=kind,
       keep=keep,
       selection=selection,
@@ -118,17 +151,20 @@ def patch_selection(kind: str = 'none', keep: float = 0.7, selection: str = 'sam
       probability=probability,
       decay=decay,
       entropy_bins=entropy_bins,
-  ))
+    )
+  )
 
 
 def augment(dataset: str) -> ml_collections.ConfigDict:
   """The recipe's augmentation (docs/design.md); the offline digits keep only flip and crop."""
   policy = 'imagenet' if dataset.startswith('tfds:') else AUTOAUGMENT_POLICY.get(dataset)
   if policy is None:
-    raise ValueError(f"dataset.name={dataset!r} is not supported; choose one of {DATASETS} "
-                     "or 'tfds:NAME'.")
+    raise ValueError(
+      f"dataset.name={dataset!r} is not supported; choose one of {DATASETS} or 'tfds:NAME'."
+    )
   heavy = dataset != 'digits'
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       # The Inception crop (imagenet_recipe): a box of a uniform area fraction in crop_scale
       # and a log-uniform width / height in crop_ratio, resized back to the image's size.
       inception_crop=False,
@@ -149,7 +185,8 @@ def augment(dataset: str) -> ml_collections.ConfigDict:
       cutmix_prob=0.5,
       mixup_alpha=1.0,
       cutmix_beta=1.0,
-  ))
+    )
+  )
 
 
 def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
@@ -171,19 +208,32 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   # None from the data and stores them in the run's config; so does validation_split, the
   # name of a labelled validation split the data holds (an image folder's validation/ or
   # val/), which takes the place of a dataset.validation hold-out.
-  config.dataset = ml_collections.ConfigDict(dict(
-      name=dataset, data_dir=config_dict.placeholder(str), download=True,
-      validation=config_dict.placeholder(float), pipeline='device',
-      resident_share=0.5, grain_workers=0, grain_threads=4, prefetch=2,
-      image_size=config_dict.placeholder(int), channels=config_dict.placeholder(int),
-      class_names=config_dict.placeholder(tuple), mean=config_dict.placeholder(tuple),
-      std=config_dict.placeholder(tuple), background=config_dict.placeholder(str),
-      validation_split=config_dict.placeholder(str)))
+  config.dataset = ml_collections.ConfigDict(
+    dict(
+      name=dataset,
+      data_dir=config_dict.placeholder(str),
+      download=True,
+      validation=config_dict.placeholder(float),
+      pipeline='device',
+      resident_share=0.5,
+      grain_workers=0,
+      grain_threads=4,
+      prefetch=2,
+      image_size=config_dict.placeholder(int),
+      channels=config_dict.placeholder(int),
+      class_names=config_dict.placeholder(tuple),
+      mean=config_dict.placeholder(tuple),
+      std=config_dict.placeholder(tuple),
+      background=config_dict.placeholder(str),
+      validation_split=config_dict.placeholder(str),
+    )
+  )
   config.batch_size = 128
   config.epochs = 100
   config.passes_per_epoch = 3  # The reference's repeated-augmentation sampler, 3 repeats.
   config.eval_batch_size = 500
-  config.optimizer = ml_collections.ConfigDict(dict(
+  config.optimizer = ml_collections.ConfigDict(
+    dict(
       learning_rate=1e-3,
       weight_decay=5e-2,
       b1=0.9,
@@ -195,9 +245,11 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
       # (embedding 0, head L + 1) learns at learning_rate * layer_decay**(L + 1 - l);
       # gmm_vit_jax/training/optimizer.py numbers each backbone's layers. 1.0: off.
       layer_decay=1.0,
-  ))
-  config.schedule = ml_collections.ConfigDict(dict(
-      warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6))
+    )
+  )
+  config.schedule = ml_collections.ConfigDict(
+    dict(warmup_epochs=10, init_learning_rate=1e-6, end_learning_rate=1e-6)
+  )
   # Train steps (micro-batches of batch_size) whose averaged gradients make one update:
   # the effective batch is batch_size * grad_accum_steps (optax.MultiSteps).
   config.grad_accum_steps = 1
@@ -215,8 +267,7 @@ def paper_recipe(dataset: str) -> ml_collections.ConfigDict:
   config.label_smoothing = 0.1
   config.augment = augment(dataset)
   config.patch_selection = patch_selection('none')
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep_last=3, keep_best=True))
+  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep_last=3, keep_best=True))
   config.log_every_steps = 100
   # The console's progress line (epoch, step, images/s, loss, accuracy, ETA) at most this
   # often; TensorBoard gets the metrics every log_every_steps.
@@ -258,9 +309,18 @@ def imagenet_recipe() -> ml_collections.ConfigDict:
   config.passes_per_epoch = 1
   config.optimizer.learning_rate = 1e-3
   config.schedule.warmup_epochs = 5
-  config.augment.update(dict(inception_crop=True, crop_padding=0, autoaugment='none',
-                             randaugment_ops=2, mix_prob=1.0, cutmix_prob=0.5, mixup_alpha=0.8,
-                             cutmix_beta=1.0))
+  config.augment.update(
+    dict(
+      inception_crop=True,
+      crop_padding=0,
+      autoaugment='none',
+      randaugment_ops=2,
+      mix_prob=1.0,
+      cutmix_prob=0.5,
+      mixup_alpha=0.8,
+      cutmix_beta=1.0,
+    )
+  )
   config.checkpoint.every_steps = 2000
   config.log_every_steps = 200
   return config

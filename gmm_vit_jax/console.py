@@ -114,4 +114,3 @@ def quiet_jax() -> None:
   logging.get_absl_handler().setFormatter(ShortPrefix())
   if cpu_runtime.cpu_only(os.environ):
     jax.config.update('jax_platforms', 'cpu')
-

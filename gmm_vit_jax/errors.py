@@ -53,11 +53,11 @@ class StorageError(UserError, OSError):
 
 
 _FIXES = {
-    errno.ENOSPC: 'free some space there or choose another --workdir',
-    errno.EDQUOT: 'free some space there or choose another --workdir',
-    errno.EACCES: 'choose a directory you can write to',
-    errno.EPERM: 'choose a directory you can write to',
-    errno.EROFS: 'choose a directory on a writable file system',
+  errno.ENOSPC: 'free some space there or choose another --workdir',
+  errno.EDQUOT: 'free some space there or choose another --workdir',
+  errno.EACCES: 'choose a directory you can write to',
+  errno.EPERM: 'choose a directory you can write to',
+  errno.EROFS: 'choose a directory on a writable file system',
 }
 # Tensorstore (orbax's array writer) reports OS errors in its message text only:
 # ... Failed writing: "/path/file": ... No space left on device [...] [os_error_code='28']

@@ -34,11 +34,10 @@ from gmm_vit_jax import cli, config_overrides, console, errors
 
 # Before the data pipeline's imports load TensorFlow (tfds).
 console.import_tensorflow_quietly(sys.argv)
-from gmm_vit_jax import export  # noqa: E402
+from gmm_vit_jax import export, sharding  # noqa: E402
 from gmm_vit_jax.augment.basic import normalize  # noqa: E402
 from gmm_vit_jax.data.info import dataset_info  # noqa: E402
 from gmm_vit_jax.data.pipeline import make_pipeline  # noqa: E402
-from gmm_vit_jax import sharding  # noqa: E402
 from gmm_vit_jax.training.checkpoint import restore_run  # noqa: E402
 
 TOP_K = 5
@@ -51,6 +50,7 @@ FLAGS = flags.FLAGS
 @dataclasses.dataclass
 class Evaluated:
   """What is evaluated: a forward pass over uint8 images and the facts about its model."""
+
   name: str  # How the console names it: 'RUN step S (raw weights)', 'bundle DIR'.
   config: ml_collections.ConfigDict  # The config it was trained with.
   forward: Callable[[jax.Array], jax.Array]  # uint8 (B, H, W, C) -> (B, classes) logits.
@@ -73,12 +73,16 @@ def from_run(workdir: str, which: str | int, weights: str) -> Evaluated:
 
   names = info['class_names'] or [str(i) for i in range(info['num_classes'])]
   return Evaluated(
-      name=f'{workdir} step {run.step} ({weights} weights)', config=run.config,
-      forward=lambda images: forward(state, images),
-      image_shape=(info['image_size'], info['image_size'], info['channels']),
-      class_names=list(names), step=run.step,
-      default_out=os.path.join(workdir, 'evaluation', '{split}_step' + str(run.step) +
-                               ('_ema' if weights == 'ema' else '')))
+    name=f'{workdir} step {run.step} ({weights} weights)',
+    config=run.config,
+    forward=lambda images: forward(state, images),
+    image_shape=(info['image_size'], info['image_size'], info['channels']),
+    class_names=list(names),
+    step=run.step,
+    default_out=os.path.join(
+      workdir, 'evaluation', '{split}_step' + str(run.step) + ('_ema' if weights == 'ema' else '')
+    ),
+  )
 
 
 def from_bundle(directory: str) -> Evaluated:
@@ -86,10 +90,15 @@ def from_bundle(directory: str) -> Evaluated:
   bundle = export.load(directory)
   forward = jax.jit(bundle.exported.call)
   name = os.path.basename(os.path.normpath(directory))
-  return Evaluated(name=f'bundle {directory}', config=bundle.config,
-                   forward=lambda images: forward(bundle.params, images),
-                   image_shape=bundle.image_shape, class_names=list(bundle.class_names),
-                   step=None, default_out=os.path.join('evaluation', name + '_{split}'))
+  return Evaluated(
+    name=f'bundle {directory}',
+    config=bundle.config,
+    forward=lambda images: forward(bundle.params, images),
+    image_shape=bundle.image_shape,
+    class_names=list(bundle.class_names),
+    step=None,
+    default_out=os.path.join('evaluation', name + '_{split}'),
+  )
 
 
 def _check_fits(evaluated: Evaluated, config: ml_collections.ConfigDict) -> None:
@@ -98,17 +107,20 @@ def _check_fits(evaluated: Evaluated, config: ml_collections.ConfigDict) -> None
   shape = (info['image_size'], info['image_size'], info['channels'])
   if shape != evaluated.image_shape:
     raise errors.ConfigError(
-        f'dataset {config.dataset.name!r} gives {"x".join(map(str, shape))} images; the model '
-        f'takes {"x".join(map(str, evaluated.image_shape))}: choose a dataset of that size and '
-        'channels.')
+      f'dataset {config.dataset.name!r} gives {"x".join(map(str, shape))} images; the model '
+      f'takes {"x".join(map(str, evaluated.image_shape))}: choose a dataset of that size and '
+      'channels.'
+    )
   if info['num_classes'] != len(evaluated.class_names):
     raise errors.ConfigError(
-        f'dataset {config.dataset.name!r} has {info["num_classes"]} classes; the model '
-        f'predicts {len(evaluated.class_names)}.')
+      f'dataset {config.dataset.name!r} has {info["num_classes"]} classes; the model '
+      f'predicts {len(evaluated.class_names)}.'
+    )
 
 
-def predictions(evaluated: Evaluated, config: ml_collections.ConfigDict,
-                split: str) -> tuple[np.ndarray, np.ndarray]:
+def predictions(
+  evaluated: Evaluated, config: ml_collections.ConfigDict, split: str
+) -> tuple[np.ndarray, np.ndarray]:
   """(N, classes) float32 logits and (N,) int labels of every example of `split`, through
   the eval batches the training loop uses."""
   mesh = sharding.make_mesh()
@@ -117,9 +129,14 @@ def predictions(evaluated: Evaluated, config: ml_collections.ConfigDict,
   available = (*pipeline.eval_splits, 'train')
   if split not in available:
     raise errors.ConfigError(
-        f'--split={split}: this dataset has the splits {", ".join(available)}'
-        + (' (a validation split needs --config.dataset.validation=FRACTION or a validation '
-           'folder)' if split == 'validation' else '') + '.')
+      f'--split={split}: this dataset has the splits {", ".join(available)}'
+      + (
+        ' (a validation split needs --config.dataset.validation=FRACTION or a validation folder)'
+        if split == 'validation'
+        else ''
+      )
+      + '.'
+    )
 
   @jax.jit
   def rows(images, labels, index):
@@ -149,10 +166,14 @@ def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
   per_class_count = confusion.sum(axis=1)
   with np.errstate(invalid='ignore', divide='ignore'):
     per_class = np.diag(confusion) / per_class_count
-  return dict(top1=float(np.mean(predicted == labels)),
-              top5=float(np.mean(np.any(top_k == labels[:, None], axis=1))),
-              loss=float(-np.mean(log_probs[np.arange(len(labels)), labels])),
-              confusion=confusion, per_class=per_class, per_class_count=per_class_count)
+  return dict(
+    top1=float(np.mean(predicted == labels)),
+    top5=float(np.mean(np.any(top_k == labels[:, None], axis=1))),
+    loss=float(-np.mean(log_probs[np.arange(len(labels)), labels])),
+    confusion=confusion,
+    per_class=per_class,
+    per_class_count=per_class_count,
+  )
 
 
 def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
@@ -169,8 +190,15 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     ax.set_yticks(ticks, class_names)
     for (row, col), count in np.ndenumerate(confusion):
       if count:
-        ax.text(col, row, str(count), ha='center', va='center', fontsize=8,
-                color='white' if shares[row, col] > 0.5 else 'black')
+        ax.text(
+          col,
+          row,
+          str(count),
+          ha='center',
+          va='center',
+          fontsize=8,
+          color='white' if shares[row, col] > 0.5 else 'black',
+        )
   ax.set_xlabel('predicted class')
   ax.set_ylabel('true class')
   ax.set_title(title, fontsize=10)
@@ -200,11 +228,16 @@ def main(argv, overrides: dict[str, str]):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if bool(FLAGS.workdir) == bool(FLAGS.export):
-    raise errors.UserError('name what to evaluate: --workdir=RUN (a training run) or '
-                           '--export=BUNDLE (an inference bundle), one of the two.')
+    raise errors.UserError(
+      'name what to evaluate: --workdir=RUN (a training run) or '
+      '--export=BUNDLE (an inference bundle), one of the two.'
+    )
   console.quiet_jax()
-  evaluated = (from_run(FLAGS.workdir, _step(FLAGS.step), FLAGS.weights) if FLAGS.workdir
-               else from_bundle(FLAGS.export))
+  evaluated = (
+    from_run(FLAGS.workdir, _step(FLAGS.step), FLAGS.weights)
+    if FLAGS.workdir
+    else from_bundle(FLAGS.export)
+  )
   config = config_overrides.apply(evaluated.config, overrides)
   _check_fits(evaluated, config)
   logits, labels = predictions(evaluated, config, FLAGS.split)
@@ -212,22 +245,38 @@ def main(argv, overrides: dict[str, str]):
 
   out = epath.Path(FLAGS.out or evaluated.default_out.format(split=FLAGS.split))
   out.mkdir(parents=True, exist_ok=True)
-  title = (f'Confusion matrix of {evaluated.name}\n{config.dataset.name} {FLAGS.split}, '
-           f'{len(labels):,} images: top-1 {result["top1"]:.2%}')
+  title = (
+    f'Confusion matrix of {evaluated.name}\n{config.dataset.name} {FLAGS.split}, '
+    f'{len(labels):,} images: top-1 {result["top1"]:.2%}'
+  )
   fig = confusion_figure(result['confusion'], evaluated.class_names, title)
   with (out / 'confusion.png').open('wb') as f:
     fig.savefig(f, format='png', dpi=100)
-  per_class = {name: (None if count == 0 else float(accuracy)) for name, accuracy, count in
-               zip(evaluated.class_names, result['per_class'], result['per_class_count'])}
-  record = dict(top1=result['top1'], top5=result['top5'], loss=result['loss'],
-                split=FLAGS.split, dataset=config.dataset.name, images=int(len(labels)),
-                step=evaluated.step, per_class=per_class,
-                confusion=result['confusion'].tolist(), out=str(out))
+  per_class = {
+    name: (None if count == 0 else float(accuracy))
+    for name, accuracy, count in zip(
+      evaluated.class_names, result['per_class'], result['per_class_count']
+    )
+  }
+  record = dict(
+    top1=result['top1'],
+    top5=result['top5'],
+    loss=result['loss'],
+    split=FLAGS.split,
+    dataset=config.dataset.name,
+    images=int(len(labels)),
+    step=evaluated.step,
+    per_class=per_class,
+    confusion=result['confusion'].tolist(),
+    out=str(out),
+  )
   (out / 'metrics.json').write_text(json.dumps(record, indent=2))
 
   print(f'{evaluated.name} on {config.dataset.name} {FLAGS.split} ({len(labels):,} images)')
-  print(f'top-1 {result["top1"]:.2%}  top-{min(TOP_K, len(evaluated.class_names))} '
-        f'{result["top5"]:.2%}  loss {result["loss"]:.4f}')
+  print(
+    f'top-1 {result["top1"]:.2%}  top-{min(TOP_K, len(evaluated.class_names))} '
+    f'{result["top5"]:.2%}  loss {result["loss"]:.4f}'
+  )
   print(class_table(evaluated.class_names, result['per_class'], result['per_class_count']))
   print(f'confusion matrix: {out / "confusion.png"}; all figures: {out / "metrics.json"}')
   if FLAGS.json:
@@ -236,12 +285,21 @@ def main(argv, overrides: dict[str, str]):
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Training run directory to evaluate.')
-  flags.DEFINE_string('export', None, 'Inference bundle directory to evaluate (instead of '
-                      '--workdir).')
-  flags.DEFINE_string('step', 'best', "With --workdir, which checkpoint: 'best' (by the run's "
-                      "selection metric), 'latest', or a step number.")
-  flags.DEFINE_enum('weights', 'raw', ['raw', 'ema'], 'With --workdir, the trained weights or '
-                    'their moving average (runs trained with ema_decay).')
+  flags.DEFINE_string(
+    'export', None, 'Inference bundle directory to evaluate (instead of --workdir).'
+  )
+  flags.DEFINE_string(
+    'step',
+    'best',
+    "With --workdir, which checkpoint: 'best' (by the run's "
+    "selection metric), 'latest', or a step number.",
+  )
+  flags.DEFINE_enum(
+    'weights',
+    'raw',
+    ['raw', 'ema'],
+    'With --workdir, the trained weights or their moving average (runs trained with ema_decay).',
+  )
   flags.DEFINE_enum('split', 'test', list(SPLITS), 'Which split of the dataset to evaluate.')
   flags.DEFINE_string('out', None, 'Directory for metrics.json and confusion.png.')
   flags.DEFINE_bool('json', False, 'End with one JSON line of the results.')

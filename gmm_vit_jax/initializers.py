@@ -1,7 +1,7 @@
 """Weight initialisers shared by the backbones (those of the reference code)."""
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +21,13 @@ def fused_dense_init(parts: int) -> Callable:
   each part is its own (fan_in, fan_out) kernel, drawn with that same std, so the
   parameter layout stays one Linear per projection.
   """
+
   def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     fan_in, fan_out = math.prod(shape[:-1]), parts * shape[-1]
     # variance_scaling's 'fan_in' variance is scale / fan_in: this scale gives 2 / (in + out).
     scale = 2.0 * fan_in / (fan_in + fan_out)
-    return nnx.initializers.variance_scaling(scale, 'fan_in', 'truncated_normal')(
-        key, shape, dtype)
+    return nnx.initializers.variance_scaling(scale, 'fan_in', 'truncated_normal')(key, shape, dtype)
+
   return init
 
 
@@ -37,19 +38,20 @@ def torch_default_init(module: nnx.Module, rngs: nnx.Rngs) -> None:
   uniform in +-1/sqrt(fan_in), fan_in counting the receptive field for convolutions
   (kaiming-uniform with a=sqrt(5)). LayerNorms keep ones and zeros, as in PyTorch.
   """
-  layers = [node for _, node in nnx.iter_graph(module)
-            if isinstance(node, (nnx.Linear, nnx.Conv))]
+  layers = [node for _, node in nnx.iter_graph(module) if isinstance(node, (nnx.Linear, nnx.Conv))]
   key = rngs.params()
   for i, layer in enumerate(layers):
     kernel_key, bias_key = jax.random.split(jax.random.fold_in(key, i))
     shape = layer.kernel.shape
     bound = math.prod(shape[:-1]) ** -0.5
     # New variables rather than in-place writes: much cheaper to trace under eval_shape.
-    layer.kernel = nnx.Param(jax.random.uniform(kernel_key, shape, layer.kernel.dtype,
-                                                -bound, bound))
+    layer.kernel = nnx.Param(
+      jax.random.uniform(kernel_key, shape, layer.kernel.dtype, -bound, bound)
+    )
     if layer.bias is not None:
-      layer.bias = nnx.Param(jax.random.uniform(bias_key, layer.bias.shape, layer.bias.dtype,
-                                                -bound, bound))
+      layer.bias = nnx.Param(
+        jax.random.uniform(bias_key, layer.bias.shape, layer.bias.dtype, -bound, bound)
+      )
 
 
 # timm's trunc_normal_(std=.02), used by T2T-ViT and HAT-Net, truncates at +-2 in absolute

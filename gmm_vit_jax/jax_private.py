@@ -17,12 +17,12 @@ from gmm_vit_jax import errors
 
 # (module, attribute) pairs the functions below use.
 REQUIRED = (
-    ('jax._src.cudnn.fused_attention_stablehlo', '_custom_name_maps'),
-    ('jax._src.cudnn.fused_attention_stablehlo', 'check_cudnn_version'),
-    ('jax._src.lib', 'cuda_versions'),
-    ('jax._src.lib', '_jax.mlir.mlir_module_to_xla_computation'),
-    ('jax._src.lib', '_jax.hlo_module_cost_analysis'),
-    ('jax._src.xla_bridge', 'get_backend'),
+  ('jax._src.cudnn.fused_attention_stablehlo', '_custom_name_maps'),
+  ('jax._src.cudnn.fused_attention_stablehlo', 'check_cudnn_version'),
+  ('jax._src.lib', 'cuda_versions'),
+  ('jax._src.lib', '_jax.mlir.mlir_module_to_xla_computation'),
+  ('jax._src.lib', '_jax.hlo_module_cost_analysis'),
+  ('jax._src.xla_bridge', 'get_backend'),
 )
 
 
@@ -50,9 +50,11 @@ def missing() -> list[str]:
 
 
 def describe(absent: list[str]) -> str:
-  return (f'JAX {jax.__version__} lacks private APIs that gmm_vit_jax/jax_private.py uses: '
-          f'{", ".join(absent)}. Install the JAX that requirements.txt names, or update '
-          'gmm_vit_jax/jax_private.py for this one.')
+  return (
+    f'JAX {jax.__version__} lacks private APIs that gmm_vit_jax/jax_private.py uses: '
+    f'{", ".join(absent)}. Install the JAX that requirements.txt names, or update '
+    'gmm_vit_jax/jax_private.py for this one.'
+  )
 
 
 def _private(module: str, attribute: str):

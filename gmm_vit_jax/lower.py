@@ -46,8 +46,10 @@ SCHEDULE_STEPS_PER_EPOCH = 1000
 ASSUMED_CUDNN_VERSION = 91000
 # The cuDNN attention calls carry no compatibility guarantee across jaxlib versions, so
 # jax.export refuses them unless told otherwise; these modules are inspected, not stored.
-CUDNN_CALLS = tuple(export.DisabledSafetyCheck.custom_call(name)
-                    for name in jax_private.cudnn_attention_call_targets())
+CUDNN_CALLS = tuple(
+  export.DisabledSafetyCheck.custom_call(name)
+  for name in jax_private.cudnn_attention_call_targets()
+)
 CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @([^\s(]+)\(')
 PRODUCT = re.compile(r'= stablehlo\.(?:dot_general|convolution)\b(.*)')
 # dot_general states `precision = [HIGHEST, HIGHEST]`, convolution
@@ -69,16 +71,33 @@ def _steps(config: ml_collections.ConfigDict):
   side, channels = info['image_size'], info['channels']
   images = jax.ShapeDtypeStruct((rows, side, side, channels), np.uint8, sharding=replicated)
   labels = jax.ShapeDtypeStruct((rows,), np.int32, sharding=replicated)
-  metrics = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), np.float32, sharding=replicated),
-                         Metrics.zeros())
+  metrics = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct((), np.float32, sharding=replicated), Metrics.zeros()
+  )
   batch = lambda n, dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=batched)
-  train = (make_train_step(graphdef, tx, config, info, out_sharding=replicated),
-           (state, metrics, images, labels, batch(config.batch_size, np.int32),
-            config.patch_selection.kind != 'none'))
-  evaluate = (make_eval_step(graphdef, info, out_sharding=replicated,
-                             model_dtype=config.model.dtype),
-              (state.params, state.buffers, metrics, images, labels,
-               batch(config.eval_batch_size, np.int32), batch(config.eval_batch_size, np.float32)))
+  train = (
+    make_train_step(graphdef, tx, config, info, out_sharding=replicated),
+    (
+      state,
+      metrics,
+      images,
+      labels,
+      batch(config.batch_size, np.int32),
+      config.patch_selection.kind != 'none',
+    ),
+  )
+  evaluate = (
+    make_eval_step(graphdef, info, out_sharding=replicated, model_dtype=config.model.dtype),
+    (
+      state.params,
+      state.buffers,
+      metrics,
+      images,
+      labels,
+      batch(config.eval_batch_size, np.int32),
+      batch(config.eval_batch_size, np.float32),
+    ),
+  )
   return dict(train=train, eval=evaluate)
 
 
@@ -98,8 +117,9 @@ def _export(step, args, platform: str) -> export.Exported:
   return export.export(step, platforms=[platform], disabled_checks=CUDNN_CALLS)(*args)
 
 
-def lower(config: ml_collections.ConfigDict, platform: str, *,
-          batch_size: int | None = None) -> dict:
+def lower(
+  config: ml_collections.ConfigDict, platform: str, *, batch_size: int | None = None
+) -> dict:
   """Lowers config's train and eval steps for `platform` ('cuda' or 'tpu'); see the module doc."""
   if platform not in PLATFORMS:
     raise ValueError(f'--platform={platform!r} is not supported; choose one of {PLATFORMS}.')
@@ -108,22 +128,32 @@ def lower(config: ml_collections.ConfigDict, platform: str, *,
     config.batch_size = batch_size
   with jax_private.cudnn_version_for_tracing(ASSUMED_CUDNN_VERSION):
     with platforms.lowering_for(platform):
-      result = dict(platform=platform, model=config.model.name, mask=config.model.mask.kind,
-                    dtype=compute_dtype(config.model.dtype), batch_size=config.batch_size,
-                    eval_batch_size=config.eval_batch_size, devices=jax.device_count())
-      exported = {name: _export(step, args, platform)
-                  for name, (step, args) in _steps(config).items()}
+      result = dict(
+        platform=platform,
+        model=config.model.name,
+        mask=config.model.mask.kind,
+        dtype=compute_dtype(config.model.dtype),
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        devices=jax.device_count(),
+      )
+      exported = {
+        name: _export(step, args, platform) for name, (step, args) in _steps(config).items()
+      }
       opaque = False
       for name, module in exported.items():
         calls = collections.Counter(CUSTOM_CALL.findall(module.mlir_module()))
         opaque |= any(call.startswith('__cudnn$') for call in calls)
-        result[name] = dict(stablehlo_bytes=len(module.mlir_module_serialized),
-                            custom_calls=dict(sorted(calls.items())),
-                            products=products(module.mlir_module()))
+        result[name] = dict(
+          stablehlo_bytes=len(module.mlir_module_serialized),
+          custom_calls=dict(sorted(calls.items())),
+          products=products(module.mlir_module()),
+        )
       if opaque:
         config.model.attention.implementation = 'xla'
-        exported = {name: _export(step, args, platform)
-                    for name, (step, args) in _steps(config).items()}
+        exported = {
+          name: _export(step, args, platform) for name, (step, args) in _steps(config).items()
+        }
       for name, module in exported.items():
         result[name]['flops'] = _flops(module)
       result['flops_source'] = FLOPS_SOURCE + ('_with_xla_attention_for_cudnn' if opaque else '')
@@ -142,7 +172,7 @@ def main(argv):
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
   flags.DEFINE_enum('platform', None, PLATFORMS, 'The platform to lower for.')
-  flags.DEFINE_integer('batch_size', None, 'Global train batch (default: the config\'s).')
+  flags.DEFINE_integer('batch_size', None, "Global train batch (default: the config's).")
   flags.mark_flags_as_required(['config', 'platform'])
   FLAGS = flags.FLAGS
   cli.run_app(main)

@@ -32,23 +32,22 @@ ONNX_FILE = 'model.onnx'
 _INLINED = {jax_core.primitives.jit_p: 'jaxpr', jax_core.primitives.custom_jvp_call_p: 'call_jaxpr'}
 
 
-def _pad_by_concatenation(operand: jax.Array, value: jax.Array, *,
-                          padding_config) -> jax.Array:
+def _pad_by_concatenation(operand: jax.Array, value: jax.Array, *, padding_config) -> jax.Array:
   """lax.pad with non-negative edge padding and no interior padding, as concatenations."""
   x = operand
   for axis, (low, high, _) in enumerate(padding_config):
     blocks = []
     for size in (low, high):
-      shape = x.shape[:axis] + (size,) + x.shape[axis + 1:]
+      shape = x.shape[:axis] + (size,) + x.shape[axis + 1 :]
       blocks.append(jax.lax.broadcast_in_dim(value, shape, ()) if size else None)
     x = jnp.concatenate([b for b in (blocks[0], x, blocks[1]) if b is not None], axis=axis)
   return x
 
 
 def _edge_padding(eqn) -> bool:
-  return (eqn.primitive is jax_core.primitives.pad_p
-          and all(low >= 0 and high >= 0 and interior == 0
-                  for low, high, interior in eqn.params['padding_config']))
+  return eqn.primitive is jax_core.primitives.pad_p and all(
+    low >= 0 and high >= 0 and interior == 0 for low, high, interior in eqn.params['padding_config']
+  )
 
 
 def _evaluate(jaxpr: jax_core.Jaxpr, consts, *args) -> list:
@@ -79,9 +78,13 @@ def float32_model(bundle: export.Bundle) -> nnx.Module:
   config = bundle.config.model.copy_and_resolve_references()
   config.dtype = 'float32'
   preprocess = bundle.preprocess
-  model = build_model(config, num_classes=preprocess['num_classes'],
-                      image_size=preprocess['image_size'], channels=preprocess['channels'],
-                      rngs=nnx.Rngs(0))
+  model = build_model(
+    config,
+    num_classes=preprocess['num_classes'],
+    image_size=preprocess['image_size'],
+    channels=preprocess['channels'],
+    rngs=nnx.Rngs(0),
+  )
   export.set_flat_variables(model, bundle.params)
   return model
 
@@ -93,15 +96,21 @@ def to_onnx(model: nnx.Module, preprocess: dict):
   def forward(images):
     return model(normalize(images, mean, std), deterministic=True).astype(jnp.float32)
 
-  batch, = jax.export.symbolic_shape('batch')
+  (batch,) = jax.export.symbolic_shape('batch')
   size, channels = preprocess['image_size'], preprocess['channels']
   images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.uint8)
   closed = jax.make_jaxpr(forward)(images)
   traced = lambda x: _evaluate(closed.jaxpr, closed.consts, x)[0]
   with _quiet_converter():
     import jax2onnx  # Only exports to ONNX need it.
-    return jax2onnx.to_onnx(traced, [images], model_name=model.__class__.__name__,
-                            input_names=['images'], output_names=['logits'])
+
+    return jax2onnx.to_onnx(
+      traced,
+      [images],
+      model_name=model.__class__.__name__,
+      input_names=['images'],
+      output_names=['logits'],
+    )
 
 
 @contextlib.contextmanager
@@ -127,13 +136,16 @@ def write_onnx(bundle_dir: str) -> str:
   try:
     proto = to_onnx(float32_model(bundle), bundle.preprocess)
   except ImportError as e:
-    raise errors.UserError(f'--format=onnx needs jax2onnx ({e}); pip install -r '
-                           'requirements.txt installs it.') from None
+    raise errors.UserError(
+      f'--format=onnx needs jax2onnx ({e}); pip install -r requirements.txt installs it.'
+    ) from None
   except Exception as e:  # The converter's own errors name the primitive it cannot take.
     cause = ' '.join(str(e).split())[:300]
-    raise errors.UserError(f'ONNX export of backbone {name!r} failed: {type(e).__name__}: '
-                           f'{cause}. The bundle itself is written; serve forward.jax_export '
-                           'instead.') from None
+    raise errors.UserError(
+      f'ONNX export of backbone {name!r} failed: {type(e).__name__}: '
+      f'{cause}. The bundle itself is written; serve forward.jax_export '
+      'instead.'
+    ) from None
   path = os.path.join(bundle_dir, ONNX_FILE)
   with open(path, 'wb') as f:
     f.write(proto.SerializeToString())

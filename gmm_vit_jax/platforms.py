@@ -36,8 +36,9 @@ def on_cpu() -> bool:
 def lowering_for(platform: str):
   """Makes backend() answer for `platform`, a jax.export platform name ('cuda', 'tpu', ...)."""
   if platform not in EXPORT_PLATFORMS:
-    raise ValueError(f'platform={platform!r} is not supported; choose one of '
-                     f'{tuple(EXPORT_PLATFORMS)}.')
+    raise ValueError(
+      f'platform={platform!r} is not supported; choose one of {tuple(EXPORT_PLATFORMS)}.'
+    )
   token = _TARGET.set(EXPORT_PLATFORMS[platform])
   try:
     yield

@@ -18,9 +18,8 @@ answered; the exit code is then 1.
 
 import sys
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
 from gmm_vit_jax import cli, console, errors, export
 from gmm_vit_jax.data import images
@@ -46,8 +45,9 @@ def background_hint(pixels: np.ndarray, trained_on: str | None, inverted: bool) 
   return f'its background is {seen}, but the model learned {trained_on} backgrounds: {fix}'
 
 
-def top_classes(logits: np.ndarray, class_names: list[str],
-                k: int = TOP_K) -> list[tuple[str, int, float]]:
+def top_classes(
+  logits: np.ndarray, class_names: list[str], k: int = TOP_K
+) -> list[tuple[str, int, float]]:
   """(num_classes,) logits -> the k most probable (name, index, probability), best first."""
   z = logits - logits.max()
   probs = np.exp(z) / np.exp(z).sum()
@@ -63,9 +63,11 @@ def main(argv):
   bundle = export.load(flags.FLAGS.export)
   recipe = bundle.preprocess.get('preprocessing', images.PREPROCESSING)
   if recipe != images.PREPROCESSING:
-    raise errors.UserError(f'{flags.FLAGS.export} asks for the preprocessing {recipe!r}, which '
-                           f'this version does not know ({images.PREPROCESSING!r}); predict '
-                           'with the version that wrote the bundle.')
+    raise errors.UserError(
+      f'{flags.FLAGS.export} asks for the preprocessing {recipe!r}, which '
+      f'this version does not know ({images.PREPROCESSING!r}); predict '
+      'with the version that wrote the bundle.'
+    )
   size, _, channels = bundle.image_shape
   inputs, readable, failed = [], [], 0
   for path in paths:
@@ -89,8 +91,16 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('export', None, 'Inference bundle directory (a local folder or a '
-                      'storage URL such as gs://BUCKET/bundle).', required=True)
-  flags.DEFINE_bool('invert', False, 'Use 255 - pixel: for dark strokes on a light background '
-                    'when the model learned light on dark (the digits models).')
+  flags.DEFINE_string(
+    'export',
+    None,
+    'Inference bundle directory (a local folder or a storage URL such as gs://BUCKET/bundle).',
+    required=True,
+  )
+  flags.DEFINE_bool(
+    'invert',
+    False,
+    'Use 255 - pixel: for dark strokes on a light background '
+    'when the model learned light on dark (the digits models).',
+  )
   cli.run_app(main)

@@ -51,14 +51,22 @@ def config_file(configs: str, name: str) -> ModuleType:
   """The config file `configs`/`name`.py, run as a module (as train.py's --config runs it)."""
   path = os.path.join(configs, f'{name}.py')
   if not os.path.isfile(path):
-    raise errors.ConfigError(f'{path} does not exist: --configs names the folder of the '
-                             "config files (the repository's configs/).")
+    raise errors.ConfigError(
+      f'{path} does not exist: --configs names the folder of the '
+      "config files (the repository's configs/)."
+    )
   return config_files.module(path, flag='--configs')
 
 
-def run_config(configs: str, backbone: str, variant: str, dataset: str, *,
-               shrink: Shrink | None = None,
-               data_dir: str | None = None) -> ml_collections.ConfigDict:
+def run_config(
+  configs: str,
+  backbone: str,
+  variant: str,
+  dataset: str,
+  *,
+  shrink: Shrink | None = None,
+  data_dir: str | None = None,
+) -> ml_collections.ConfigDict:
   """The config of one run; `shrink` (tiny.py's) makes it a toy run."""
   prefix = 'gmm_' if variant == 'gmm' else ''
   config = config_file(configs, f'{prefix}{backbone}_cifar10').get_config(dataset)
@@ -83,9 +91,16 @@ def run_directory(workdir: str, dataset: str, variant: str, backbone: str, seed:
   return storage.join(workdir, dataset, name)
 
 
-def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
-              shrink: Shrink | None = None, data_dir: str | None = None,
-              seeds: int = 1) -> list[dict] | None:
+def reproduce(
+  workdir: str,
+  *,
+  datasets,
+  backbones,
+  configs: str = 'configs',
+  shrink: Shrink | None = None,
+  data_dir: str | None = None,
+  seeds: int = 1,
+) -> list[dict] | None:
   """Runs (or skips) every run; returns one row per (dataset, backbone), or None where a
   run was stopped (a signal; rerun to resume).
 
@@ -95,8 +110,11 @@ def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
   """
   # Imported here, after a command line has had its say on TensorFlow's notices.
   from gmm_vit_jax.training.loop import train_and_evaluate
-  for name, chosen, allowed in (('backbones', backbones, BACKBONES),
-                                ('datasets', datasets, DATASETS + ('digits',))):
+
+  for name, chosen, allowed in (
+    ('backbones', backbones, BACKBONES),
+    ('datasets', datasets, DATASETS + ('digits',)),
+  ):
     if not chosen or set(chosen) - set(allowed):
       raise ConfigError(f'--{name}={",".join(chosen)} must name some of {",".join(allowed)}.')
   if seeds < 1:
@@ -112,11 +130,18 @@ def reproduce(workdir: str, *, datasets, backbones, configs: str = 'configs',
           run_dir = run_directory(workdir, dataset, variant, backbone, seed)
           summary = finished_summary(run_dir)
           if summary is None:
-            config = run_config(configs, backbone, variant, dataset, shrink=shrink,
-                                data_dir=data_dir)
+            config = run_config(
+              configs, backbone, variant, dataset, shrink=shrink, data_dir=data_dir
+            )
             config.seed += seed
-            logging.info('Training %s %s on %s, seed %d, in %s.', variant, backbone, dataset,
-                         config.seed, run_dir)
+            logging.info(
+              'Training %s %s on %s, seed %d, in %s.',
+              variant,
+              backbone,
+              dataset,
+              config.seed,
+              run_dir,
+            )
             summary = train_and_evaluate(config, run_dir)
             if not summary['completed']:
               return None
@@ -158,14 +183,16 @@ def markdown_table(rows: list[dict]) -> str:
     for index, variant in enumerate(VARIANTS):
       best = _spread(r[variant]['best'])
       if r['published']:
-        best += f" ({np.mean(r[variant]['best']) - r['published'][index]:+.2f})"
+        best += f' ({np.mean(r[variant]["best"]) - r["published"][index]:+.2f})'
       cells += [best, _spread(r[variant]['final'])]
       if published:
-        cells.append(f"{r['published'][index]:.2f}" if r['published'] else '—')
-    cells += [_signed_spread(paired_differences(r, 'best')),
-              _signed_spread(paired_differences(r, 'final'))]
+        cells.append(f'{r["published"][index]:.2f}' if r['published'] else '—')
+    cells += [
+      _signed_spread(paired_differences(r, 'best')),
+      _signed_spread(paired_differences(r, 'final')),
+    ]
     if published:
-      cells.append(f"{r['published'][1] - r['published'][0]:+.2f}" if r['published'] else '—')
+      cells.append(f'{r["published"][1] - r["published"][0]:+.2f}' if r['published'] else '—')
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -177,17 +204,23 @@ def _signed_spread(values) -> str:
 
 def caption(rows: list[dict], kind: str) -> str:
   seeds = len(rows[0]['plain']['best'])
-  text = (f'Top-1 (%) on the test split of {kind}. best: the highest of the run\'s evaluations '
-          '(the figure the reference code prints and reports as best_acc1); final: its last '
-          'evaluation.')
+  text = (
+    f"Top-1 (%) on the test split of {kind}. best: the highest of the run's evaluations "
+    '(the figure the reference code prints and reports as best_acc1); final: its last '
+    'evaluation.'
+  )
   if seeds > 1:
-    text += (f' Each cell: mean ± standard deviation over {seeds} seeds (config.seed + 0 to '
-             f'{seeds - 1}); GMM - plain: the difference of the runs of the same seed, then its '
-             'mean ± standard deviation.')
+    text += (
+      f' Each cell: mean ± standard deviation over {seeds} seeds (config.seed + 0 to '
+      f'{seeds - 1}); GMM - plain: the difference of the runs of the same seed, then its '
+      'mean ± standard deviation.'
+    )
   if any(r['published'] for r in rows):
-    text += (' paper: the published top-1 (gmm_vit_jax/published.py), the best_acc1 of the '
-             'reference\'s run, so it compares with best: in brackets after a best, best minus '
-             'paper.')
+    text += (
+      ' paper: the published top-1 (gmm_vit_jax/published.py), the best_acc1 of the '
+      "reference's run, so it compares with best: in brackets after a best, best minus "
+      'paper.'
+    )
   return text
 
 
@@ -196,11 +229,18 @@ def bar_chart(rows: list[dict], path: str, *, title: str) -> None:
   zero at the mean over seeds, each seed a dot, the paper's number hatched beside where
   there is one); below, the GMM - plain difference of each seed's pair, with its mean."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   datasets = list(dict.fromkeys(r['dataset'] for r in rows))
-  fig, axes = plt.subplots(2, len(datasets), figsize=(6.5 * len(datasets), 7.5), squeeze=False,
-                           gridspec_kw=dict(height_ratios=(3, 2)))
+  fig, axes = plt.subplots(
+    2,
+    len(datasets),
+    figsize=(6.5 * len(datasets), 7.5),
+    squeeze=False,
+    gridspec_kw=dict(height_ratios=(3, 2)),
+  )
   colours = dict(plain='#4c72b0', gmm='#dd8452')
   names = dict(plain='plain', gmm='GMM')
   seeds = len(rows[0]['plain']['best'])
@@ -216,43 +256,96 @@ def bar_chart(rows: list[dict], path: str, *, title: str) -> None:
       colour = colours[variant]
       if is_published:
         heights = [r['published'][index] if r['published'] else np.nan for r in panel]
-        ax.bar(xs, heights, width, color='white', edgecolor=colour, hatch='//',
-               label=f'paper, {names[variant]}')
+        ax.bar(
+          xs,
+          heights,
+          width,
+          color='white',
+          edgecolor=colour,
+          hatch='//',
+          label=f'paper, {names[variant]}',
+        )
         continue
       heights = [np.mean(r[variant]['best']) for r in panel]
-      bars = ax.bar(xs, heights, width, color=colour, alpha=0.85,
-                    label=f'this run, {names[variant]}' + (f' (mean of {seeds} seeds)'
-                                                           if seeds > 1 else ''))
+      bars = ax.bar(
+        xs,
+        heights,
+        width,
+        color=colour,
+        alpha=0.85,
+        label=f'this run, {names[variant]}' + (f' (mean of {seeds} seeds)' if seeds > 1 else ''),
+      )
       if seeds > 1:
         for x, r in zip(xs, panel):
-          ax.scatter([x] * seeds, r[variant]['best'], s=9, color='black', zorder=3,
-                     label='one seed' if x == xs[0] and variant == 'plain' else None)
+          ax.scatter(
+            [x] * seeds,
+            r[variant]['best'],
+            s=9,
+            color='black',
+            zorder=3,
+            label='one seed' if x == xs[0] and variant == 'plain' else None,
+          )
       for bar, h in zip(bars, heights):
-        ax.annotate(f'{h:.1f}', (bar.get_x() + bar.get_width() / 2, h), ha='center',
-                    va='bottom', fontsize=7, xytext=(0, 2), textcoords='offset points')
+        ax.annotate(
+          f'{h:.1f}',
+          (bar.get_x() + bar.get_width() / 2, h),
+          ha='center',
+          va='bottom',
+          fontsize=7,
+          xytext=(0, 2),
+          textcoords='offset points',
+        )
     ax.set_xticks(range(len(panel)), [r['backbone'] for r in panel])
     ax.set_ylim(0.0, 105.0)
     ax.set_title(dataset)
     ax.set_ylabel('best top-1 accuracy (%)')
     ax.grid(axis='y', alpha=0.3)
-    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.07), ncol=len(series) + 1,
-              fontsize=8, frameon=False)
+    ax.legend(
+      loc='upper center',
+      bbox_to_anchor=(0.5, -0.07),
+      ncol=len(series) + 1,
+      fontsize=8,
+      frameon=False,
+    )
     below.axhline(0.0, color='grey', linewidth=0.8)
     for x, r in enumerate(panel):
       values = paired_differences(r, 'best')
-      below.scatter([x] * len(values), values, s=12, color=colours['gmm'], zorder=3,
-                    label=('one seed\'s pair' if seeds > 1 else 'this run') if x == 0 else None)
+      below.scatter(
+        [x] * len(values),
+        values,
+        s=12,
+        color=colours['gmm'],
+        zorder=3,
+        label=("one seed's pair" if seeds > 1 else 'this run') if x == 0 else None,
+      )
       if seeds > 1:
-        below.hlines(np.mean(values), x - 0.25, x + 0.25, color='black', linewidth=1.5,
-                     label=f'mean of {seeds}' if x == 0 else None)
-      below.annotate(f'{np.mean(values):+.1f}', (x + (0.27 if seeds > 1 else 0.06),
-                                                 np.mean(values)), va='center',
-                     fontsize=7)
-    paper = [(x, r['published'][1] - r['published'][0]) for x, r in enumerate(panel)
-             if r['published']]
+        below.hlines(
+          np.mean(values),
+          x - 0.25,
+          x + 0.25,
+          color='black',
+          linewidth=1.5,
+          label=f'mean of {seeds}' if x == 0 else None,
+        )
+      below.annotate(
+        f'{np.mean(values):+.1f}',
+        (x + (0.27 if seeds > 1 else 0.06), np.mean(values)),
+        va='center',
+        fontsize=7,
+      )
+    paper = [
+      (x, r['published'][1] - r['published'][0]) for x, r in enumerate(panel) if r['published']
+    ]
     if paper:
-      below.scatter(*zip(*paper), s=30, marker='D', facecolor='white', edgecolor='black',
-                    zorder=3, label='paper')
+      below.scatter(
+        *zip(*paper),
+        s=30,
+        marker='D',
+        facecolor='white',
+        edgecolor='black',
+        zorder=3,
+        label='paper',
+      )
     below.set_xticks(range(len(panel)), [r['backbone'] for r in panel])
     below.set_xlim(-0.5, len(panel) - 0.5)
     below.set_xlabel('backbone')
@@ -270,8 +363,9 @@ def bar_chart(rows: list[dict], path: str, *, title: str) -> None:
 def write_table(rows: list[dict], workdir: str, *, kind: str) -> None:
   """WORKDIR/table.md and table.png of `rows`; `kind` names the models, e.g. 'the paper
   configs'."""
-  storage.write_atomically(storage.join(workdir, 'table.md'),
-                           f'{caption(rows, kind)}\n\n{markdown_table(rows)}')
+  storage.write_atomically(
+    storage.join(workdir, 'table.md'), f'{caption(rows, kind)}\n\n{markdown_table(rows)}'
+  )
   seeds = len(rows[0]['plain']['best'])
   title = f'GMM paper table: best test top-1 of {kind}'
   if seeds > 1:
@@ -289,18 +383,34 @@ def main(argv):
   size = 'tiny' if FLAGS.tiny else FLAGS.shrink
   shrink = config_file(FLAGS.configs, size).shrink if size else None
   # The XLA flags must be set before JAX starts; every run shares the one process.
-  cpu_runtime.apply(run_config(FLAGS.configs, FLAGS.backbones[0], 'gmm', FLAGS.datasets[0],
-                               shrink=shrink, data_dir=FLAGS.data_dir))
+  cpu_runtime.apply(
+    run_config(
+      FLAGS.configs,
+      FLAGS.backbones[0],
+      'gmm',
+      FLAGS.datasets[0],
+      shrink=shrink,
+      data_dir=FLAGS.data_dir,
+    )
+  )
   storage.check_reachable(FLAGS.workdir)
   storage.makedirs(FLAGS.workdir)
-  rows = reproduce(FLAGS.workdir, datasets=FLAGS.datasets, backbones=FLAGS.backbones,
-                   configs=FLAGS.configs, shrink=shrink, data_dir=FLAGS.data_dir,
-                   seeds=FLAGS.seeds)
+  rows = reproduce(
+    FLAGS.workdir,
+    datasets=FLAGS.datasets,
+    backbones=FLAGS.backbones,
+    configs=FLAGS.configs,
+    shrink=shrink,
+    data_dir=FLAGS.data_dir,
+    seeds=FLAGS.seeds,
+  )
   if rows is None:
     return errors.EXIT_STOPPED
-  write_table(rows, FLAGS.workdir,
-              kind=f'the models of {os.path.join(FLAGS.configs, size)}.py' if size
-              else 'the paper configs')
+  write_table(
+    rows,
+    FLAGS.workdir,
+    kind=f'the models of {os.path.join(FLAGS.configs, size)}.py' if size else 'the paper configs',
+  )
   print(markdown_table(rows))
 
 
@@ -309,16 +419,28 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Where each run and the table go.')
   flags.DEFINE_list('datasets', list(DATASETS), 'Datasets (columns of the table), or digits.')
   flags.DEFINE_list('backbones', list(BACKBONES), 'Backbones (rows of the table).')
-  flags.DEFINE_string('configs', 'configs', 'The folder of the config files: '
-                      '[gmm_]<backbone>_cifar10.py, and tiny.py for --tiny.')
-  flags.DEFINE_bool('tiny', False, 'Tiny models and short runs (the folder\'s tiny.py); '
-                    'the same as --shrink=tiny.')
-  flags.DEFINE_string('shrink', None, 'A config file of the --configs folder whose '
-                      'shrink(config) resizes every run: tiny, or quickstart_size (every '
-                      'backbone at the quick start\'s size, for the digits).')
+  flags.DEFINE_string(
+    'configs',
+    'configs',
+    'The folder of the config files: [gmm_]<backbone>_cifar10.py, and tiny.py for --tiny.',
+  )
+  flags.DEFINE_bool(
+    'tiny', False, "Tiny models and short runs (the folder's tiny.py); the same as --shrink=tiny."
+  )
+  flags.DEFINE_string(
+    'shrink',
+    None,
+    'A config file of the --configs folder whose '
+    'shrink(config) resizes every run: tiny, or quickstart_size (every '
+    "backbone at the quick start's size, for the digits).",
+  )
   flags.DEFINE_integer('seeds', 1, 'How many times each cell is trained, with config.seed + i.')
-  flags.DEFINE_string('data_dir', None, 'dataset.data_dir of every run (Tiny-ImageNet\'s '
-                      'folder, or a tfds data dir with prepared datasets).')
+  flags.DEFINE_string(
+    'data_dir',
+    None,
+    "dataset.data_dir of every run (Tiny-ImageNet's "
+    'folder, or a tfds data dir with prepared datasets).',
+  )
   flags.mark_flags_as_required(['workdir'])
   logging.getLogger().setLevel(logging.INFO)
   console.import_tensorflow_quietly(sys.argv)

@@ -31,8 +31,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if batch_size % devices:
-    raise errors.ConfigError(f'{field}={batch_size} does not divide by the {devices} devices of the mesh; '
-                     f'use a multiple of {devices}, e.g. {max(devices, batch_size // devices * devices)}.')
+    raise errors.ConfigError(
+      f'{field}={batch_size} does not divide by the {devices} devices of the mesh; '
+      f'use a multiple of {devices}, e.g. {max(devices, batch_size // devices * devices)}.'
+    )
 
 
 def put_replicated(tree, mesh: Mesh):
@@ -42,8 +44,12 @@ def put_replicated(tree, mesh: Mesh):
   gather every process's copy to check they agree, the whole dataset included.
   """
   sharding = replicated(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_callback(
-      np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda index: np.asarray(x)[index]
+    ),
+    tree,
+  )
 
 
 def global_batch(rows: np.ndarray, mesh: Mesh) -> jax.Array:

@@ -35,16 +35,20 @@ def configure() -> None:
     return
   if '://' not in emulator:
     emulator = f'http://{emulator}'
-  for name, value in (('TENSORSTORE_GCS_HTTP_URL', emulator),
-                      ('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator'),
-                      # gcsfs's default file system asks a gRPC service of its own, which
-                      # no emulator has, what kind of bucket it writes to.
-                      ('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false'),
-                      ('NO_GCE_CHECK', 'true'), ('GCE_METADATA_HOST', _NO_METADATA_SERVER),
-                      ('GCE_METADATA_IP', _NO_METADATA_SERVER),
-                      ('GCE_METADATA_ROOT', _NO_METADATA_SERVER)):
+  for name, value in (
+    ('TENSORSTORE_GCS_HTTP_URL', emulator),
+    ('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator'),
+    # gcsfs's default file system asks a gRPC service of its own, which
+    # no emulator has, what kind of bucket it writes to.
+    ('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false'),
+    ('NO_GCE_CHECK', 'true'),
+    ('GCE_METADATA_HOST', _NO_METADATA_SERVER),
+    ('GCE_METADATA_IP', _NO_METADATA_SERVER),
+    ('GCE_METADATA_ROOT', _NO_METADATA_SERVER),
+  ):
     os.environ.setdefault(name, value)
   import fsspec.config
+
   for protocol in ('gs', 'gcs'):
     fsspec.config.conf.setdefault(protocol, {}).setdefault('token', 'anon')
 
@@ -68,12 +72,14 @@ def absolute(path: str) -> str:
 
 def _epath(path: str):
   from etils import epath
+
   return epath.Path(path)
 
 
 def filesystem(path: str):
   """(fsspec file system, path within it) of a URL."""
   import fsspec
+
   return fsspec.core.url_to_fs(path)
 
 
@@ -101,8 +107,15 @@ def listdir(path: str) -> list[str]:
     fs, inner = filesystem(path)
     # Listings are cached per process; other processes and hosts write to the same prefix.
     fs.invalidate_cache(inner)
-    names = {p.rstrip('/').rsplit('/', 1)[-1] for p in fs.ls(inner, detail=False)
-             if p.rstrip('/') != inner.rstrip('/')} if fs.isdir(inner) else set()
+    names = (
+      {
+        p.rstrip('/').rsplit('/', 1)[-1]
+        for p in fs.ls(inner, detail=False)
+        if p.rstrip('/') != inner.rstrip('/')
+      }
+      if fs.isdir(inner)
+      else set()
+    )
     return sorted(names)
   directory = _epath(path)
   return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
@@ -168,6 +181,7 @@ def check_reachable(path: str) -> None:
   if not is_url(path):
     return
   from gmm_vit_jax import errors
+
   scheme = _URL.match(path).group(1)
   emulator = os.environ.get(EMULATOR_ENV)
   endpoint = emulator or (GCS_ENDPOINT if scheme in ('gs', 'gcs') else None)
@@ -178,24 +192,33 @@ def check_reachable(path: str) -> None:
       port = address.port or (443 if address.scheme == 'https' else 80)
       socket.create_connection((address.hostname, port), timeout=10).close()
     except OSError as e:
-      where = (f'the storage emulator at {emulator} ({EMULATOR_ENV})' if emulator else
-               f'the storage service at {endpoint}')
-      fix = (f'Start it, or unset {EMULATOR_ENV} to use the real service' if emulator else
-             'Check the network, or use a local path')
-      raise errors.StorageError(f'cannot reach {where} for {path}: {e.strerror or e}. {fix}.'
-                                ) from None
+      where = (
+        f'the storage emulator at {emulator} ({EMULATOR_ENV})'
+        if emulator
+        else f'the storage service at {endpoint}'
+      )
+      fix = (
+        f'Start it, or unset {EMULATOR_ENV} to use the real service'
+        if emulator
+        else 'Check the network, or use a local path'
+      )
+      raise errors.StorageError(
+        f'cannot reach {where} for {path}: {e.strerror or e}. {fix}.'
+      ) from None
   fs, inner = filesystem(path)
   bucket = inner.split('/')[0]
   try:
     fs.info(bucket)
   except FileNotFoundError:
     raise errors.StorageError(
-        f'the bucket {scheme}://{bucket} of {path} does not exist: create it (gcloud storage '
-        f'buckets create {scheme}://{bucket}) or correct the path.') from None
+      f'the bucket {scheme}://{bucket} of {path} does not exist: create it (gcloud storage '
+      f'buckets create {scheme}://{bucket}) or correct the path.'
+    ) from None
   except PermissionError:
     return  # Object rights without bucket rights: the objects' own calls will tell.
   except Exception as e:  # pylint: disable=broad-except
     raise errors.StorageError(
-        f'cannot reach the storage of {path}: {type(e).__name__}: '
-        f'{str(e).splitlines()[0][:200] if str(e) else ""}. Check the network and the '
-        'credentials, or use a local path.') from None
+      f'cannot reach the storage of {path}: {type(e).__name__}: '
+      f'{str(e).splitlines()[0][:200] if str(e) else ""}. Check the network and the '
+      'credentials, or use a local path.'
+    ) from None

@@ -40,18 +40,31 @@ console.import_tensorflow_quietly(sys.argv)
 from gmm_vit_jax.training.loop import train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and the summary go '
-                    '(default: runs/<config file name>).')
-flags.DEFINE_list('allow_config_change', [], 'Config fields that may differ from the ones '
-                  'stored in the workdir when resuming (e.g. epochs,optimizer.learning_rate).')
-flags.DEFINE_bool('distributed', False, 'Join a multi-process run through '
-                  'jax.distributed.initialize(), which detects the cluster.')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a multi-process '
-                    'run (implies --distributed).')
-flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run '
-                     '(implies --distributed).')
-flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to num_processes - 1 '
-                     '(implies --distributed).')
+flags.DEFINE_string(
+  'workdir', None, 'Where checkpoints, logs and the summary go (default: runs/<config file name>).'
+)
+flags.DEFINE_list(
+  'allow_config_change',
+  [],
+  'Config fields that may differ from the ones '
+  'stored in the workdir when resuming (e.g. epochs,optimizer.learning_rate).',
+)
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Join a multi-process run through jax.distributed.initialize(), which detects the cluster.',
+)
+flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'host:port of process 0 in a multi-process run (implies --distributed).',
+)
+flags.DEFINE_integer(
+  'num_processes', None, 'Number of processes of a multi-process run (implies --distributed).'
+)
+flags.DEFINE_integer(
+  'process_id', None, "This process's index, 0 to num_processes - 1 (implies --distributed)."
+)
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
@@ -69,11 +82,18 @@ def initialize_processes(distributed: bool, **explicit) -> None:
   try:
     jax.distributed.initialize(**explicit)
   except ValueError as e:
-    raise errors.UserError(f'jax.distributed.initialize failed: {e} Outside Cloud TPU pods, SLURM, '
-                     'Open MPI and Kubernetes pass --coordinator_address, --num_processes and '
-                     '--process_id.') from e
-  logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+    raise errors.UserError(
+      f'jax.distributed.initialize failed: {e} Outside Cloud TPU pods, SLURM, '
+      'Open MPI and Kubernetes pass --coordinator_address, --num_processes and '
+      '--process_id.'
+    ) from e
+  logging.info(
+    'Process %d of %d; %d local and %d global devices.',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def main(argv):
@@ -81,13 +101,19 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_jax()
   cpu_runtime.apply(FLAGS.config)
-  initialize_processes(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
-                       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  initialize_processes(
+    FLAGS.distributed,
+    coordinator_address=FLAGS.coordinator_address,
+    num_processes=FLAGS.num_processes,
+    process_id=FLAGS.process_id,
+  )
   config_file = config_flags.get_config_filename(FLAGS['config'])
   workdir = FLAGS.workdir or os.path.join(
-      'runs', os.path.splitext(os.path.basename(config_file))[0])
-  summary = train_and_evaluate(FLAGS.config, workdir,
-                               allow_config_change=tuple(FLAGS.allow_config_change))
+    'runs', os.path.splitext(os.path.basename(config_file))[0]
+  )
+  summary = train_and_evaluate(
+    FLAGS.config, workdir, allow_config_change=tuple(FLAGS.allow_config_change)
+  )
   return errors.EXIT_OK if summary['completed'] else errors.EXIT_STOPPED
 
 

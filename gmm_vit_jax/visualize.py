@@ -38,8 +38,9 @@ def gmm_centre_masks(model: nnx.Module) -> list[tuple[str, np.ndarray]]:
     values = np.asarray(node.values(jnp.asarray(grid.grid_coords(rows, cols))))
     masks.append((name, values[:, (rows // 2) * cols + cols // 2].reshape(-1, rows, cols)))
   if not masks:
-    raise ValueError(f'{type(model).__name__} has no Gaussian mixture mask '
-                     "(model.mask.kind='gmm').")
+    raise ValueError(
+      f"{type(model).__name__} has no Gaussian mixture mask (model.mask.kind='gmm')."
+    )
   return masks
 
 
@@ -49,7 +50,7 @@ LABEL_CHAR_IN = 0.075  # Inches per character of a row label at its 8-point size
 def row_label(name: str, values: np.ndarray) -> str:
   """A layer's row label: its module path up to the attention module, and its grid."""
   rows, cols = values.shape[1:]
-  return f"{name.partition('.attention')[0] or name}\n{rows}x{cols} grid"
+  return f'{name.partition(".attention")[0] or name}\n{rows}x{cols} grid'
 
 
 def plot_gmm_masks(model: nnx.Module, panel_size: float = 1.3):
@@ -62,11 +63,13 @@ def plot_gmm_masks(model: nnx.Module, panel_size: float = 1.3):
   limit = max(float(np.abs(values).max()) for _, values in masks) or 1.0
   labels = [row_label(name, values) for name, values in masks]
   label_width = LABEL_CHAR_IN * max(len(line) for label in labels for line in label.split('\n'))
-  fig = plt.figure(layout='constrained',
-                   figsize=(label_width + panel_size * heads + 1.6,
-                            (panel_size + 0.25) * len(masks) + 0.4))
-  layout = fig.add_gridspec(len(masks), heads + 1,
-                            width_ratios=[label_width] + [panel_size] * heads)
+  fig = plt.figure(
+    layout='constrained',
+    figsize=(label_width + panel_size * heads + 1.6, (panel_size + 0.25) * len(masks) + 0.4),
+  )
+  layout = fig.add_gridspec(
+    len(masks), heads + 1, width_ratios=[label_width] + [panel_size] * heads
+  )
   panels = []
   for layer, ((_, values), label) in enumerate(zip(masks, labels)):
     text = fig.add_subplot(layout[layer, 0])
@@ -81,8 +84,12 @@ def plot_gmm_masks(model: nnx.Module, panel_size: float = 1.3):
       ax.set_yticks([])
       ax.set_title(f'head {head}', fontsize=7, pad=2)
       panels.append(ax)
-  fig.colorbar(image, ax=panels, shrink=min(1.0, 3.0 / len(masks) + 0.2),
-               label='mask value\n(one scale for every panel)')
+  fig.colorbar(
+    image,
+    ax=panels,
+    shrink=min(1.0, 3.0 / len(masks) + 0.2),
+    label='mask value\n(one scale for every panel)',
+  )
   suptitle_fitted(fig, 'Gaussian mixture mask seen from the centre token')
   return fig
 

@@ -17,18 +17,21 @@ _CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
 
 def pytest_configure(config):
   config.addinivalue_line(
-      'markers', 'multiprocess: starts several training processes joined by jax.distributed')
+    'markers', 'multiprocess: starts several training processes joined by jax.distributed'
+  )
   # Only the process that starts the run creates it; xdist workers and subprocesses inherit it.
   if 'PYTEST_XDIST_WORKER' in os.environ or _CACHE_ENV in os.environ:
     return
   config.compilation_cache = tempfile.mkdtemp(prefix='gmm_vit_jax_tests_compilation_cache_')
-  os.environ.update({
+  os.environ.update(
+    {
       _CACHE_ENV: config.compilation_cache,
       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '1',
       # A size limit turns on JAX's file lock, so parallel writers and readers never meet
       # a half-written entry.
       'JAX_COMPILATION_CACHE_MAX_SIZE': str(8 << 30),
-  })
+    }
+  )
 
 
 def pytest_unconfigure(config):
@@ -41,5 +44,6 @@ def pytest_unconfigure(config):
 def quick_compiles():
   """Most XLA optimisations off for the module that asks (tests/model_testing.py)."""
   from tests import model_testing
+
   with model_testing.quick_compiles():
     yield

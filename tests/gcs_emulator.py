@@ -45,6 +45,7 @@ def _create_only_if_absent(insert):
         response.json({'error': {'code': 412, 'message': 'conditionNotMet'}})
         return None
     return insert(request, response, storage, *args, **kwargs)
+
   return checked
 
 
@@ -61,6 +62,7 @@ def _with_generation(download):
       response['x-goog-generation'] = obj['generation']
       response['x-goog-metageneration'] = obj['metageneration']
     return download(request, response, storage, *args, **kwargs)
+
   return with_headers
 
 
@@ -68,6 +70,7 @@ def serve(port: int, bucket: str | None = None) -> None:
   """Serves on 127.0.0.1:`port` until killed, with `bucket` created if given."""
   from gcp_storage_emulator import server
   from gcp_storage_emulator.handlers import objects
+
   for name, wrap in (('insert', _create_only_if_absent), ('download', _with_generation)):
     original = getattr(objects, name)
     wrapped = wrap(original)
@@ -82,8 +85,12 @@ def serve(port: int, bucket: str | None = None) -> None:
 @contextlib.contextmanager
 def running(timeout_s: float = 30.0):
   """The emulator on 127.0.0.1:PORT for the block; yields its URL."""
-  proc = subprocess.Popen([sys.executable, '-m', 'tests.gcs_emulator', str(PORT)], cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'tests.gcs_emulator', str(PORT)],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.time() + timeout_s
     while True:
@@ -109,8 +116,7 @@ def why_no_namespace() -> str | None:
   """Why a network namespace cannot be made here (unshare needs root or user namespaces),
   or None."""
   try:
-    made = subprocess.run(namespace_command(['true']), capture_output=True, text=True,
-                          timeout=30)
+    made = subprocess.run(namespace_command(['true']), capture_output=True, text=True, timeout=30)
   except (OSError, subprocess.TimeoutExpired) as e:
     return f'unshare -n fails: {e}'
   return None if made.returncode == 0 else f'unshare -n fails: {made.stderr.strip()}'

@@ -8,11 +8,25 @@ import numpy as np
 import optax
 from flax import nnx
 
-from configs import cait_cifar10, hatnet_cifar10, pit_cifar10, swin_cifar10, t2t_cifar10, vit_cifar10
+from configs import (
+  cait_cifar10,
+  hatnet_cifar10,
+  pit_cifar10,
+  swin_cifar10,
+  t2t_cifar10,
+  vit_cifar10,
+)
 
 
-def train_losses(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, steps: int,
-                 learning_rate: float = 1e-3, **call_kwargs) -> list[float]:
+def train_losses(
+  model: nnx.Module,
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  steps: int,
+  learning_rate: float = 1e-3,
+  **call_kwargs,
+) -> list[float]:
   """Full-batch AdamW steps on one tiny batch; returns the loss before each step.
 
   Like the trainer's step, the non-parameter state a training pass sets (the mixture's
@@ -30,6 +44,7 @@ def train_losses(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, s
       logits = net(images, deterministic=False, rngs=nnx.Rngs(dropout=key), **call_kwargs)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, nnx.to_pure_dict(nnx.split(net, nnx.Param, ...)[2])
+
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), rest, opt_state, loss
@@ -101,13 +116,28 @@ def tiny_hatnet_config(mask_kind: str):
   windows pooled to 8x8, then one 8x8 window."""
   config = hatnet_cifar10.get_config()
   config.model = hatnet_cifar10.model(mask_kind, 'cifar10')
-  config.model.update(dict(dims=(8, 16), head_dim=4, depths=(1, 1), expansions=(2, 2),
-                           kernel_sizes=(3, 3), grid_sizes=(2, 1), ds_ratios=(2, 1)))
+  config.model.update(
+    dict(
+      dims=(8, 16),
+      head_dim=4,
+      depths=(1, 1),
+      expansions=(2, 2),
+      kernel_sizes=(3, 3),
+      grid_sizes=(2, 1),
+      ds_ratios=(2, 1),
+    )
+  )
   return config
 
 
-TINY_CONFIGS = {'vit': tiny_vit_config, 'swin': tiny_swin_config, 'cait': tiny_cait_config,
-                'pit': tiny_pit_config, 't2t': tiny_t2t_config, 'hatnet': tiny_hatnet_config}
+TINY_CONFIGS = {
+  'vit': tiny_vit_config,
+  'swin': tiny_swin_config,
+  'cait': tiny_cait_config,
+  'pit': tiny_pit_config,
+  't2t': tiny_t2t_config,
+  'hatnet': tiny_hatnet_config,
+}
 
 
 @contextlib.contextmanager

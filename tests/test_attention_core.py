@@ -44,20 +44,23 @@ def numpy_attention(q, k, v, scale, values=None, valid=None, mode='multiply', bi
 def mask_cases(rng, batch=B):
   valid = rng.random((N, N)) > 0.2
   return {
-      'none': None,
-      'shared gmm': MaskValues(rng.normal(size=(H, N, N)).astype(np.float32), valid,
-                               'multiply'),
-      'shared elm add': MaskValues(rng.normal(size=(1, N, N)).astype(np.float32), valid,
-                                   'add'),
-      'per example': MaskValues(rng.normal(size=(batch, H, N, N)).astype(np.float32),
-                                rng.random((batch, N, N)) > 0.2, 'multiply'),
+    'none': None,
+    'shared gmm': MaskValues(rng.normal(size=(H, N, N)).astype(np.float32), valid, 'multiply'),
+    'shared elm add': MaskValues(rng.normal(size=(1, N, N)).astype(np.float32), valid, 'add'),
+    'per example': MaskValues(
+      rng.normal(size=(batch, H, N, N)).astype(np.float32),
+      rng.random((batch, N, N)) > 0.2,
+      'multiply',
+    ),
   }
 
 
 def bias_cases(rng, batch=B):
-  return {'none': None,
-          'shared': rng.normal(size=(1, H, N, N)).astype(np.float32),
-          'per example': rng.normal(size=(batch, H, N, N)).astype(np.float32)}
+  return {
+    'none': None,
+    'shared': rng.normal(size=(1, H, N, N)).astype(np.float32),
+    'per example': rng.normal(size=(batch, H, N, N)).astype(np.float32),
+  }
 
 
 @pytest.mark.parametrize('mask_case', ['none', 'shared gmm', 'shared elm add', 'per example'])
@@ -66,14 +69,16 @@ def test_reference_and_blockwise_equal_numpy(mask_case, bias_case):
   q, k, v, rng = arrays()
   mask, bias = mask_cases(rng)[mask_case], bias_cases(rng)[bias_case]
   expected = numpy_attention(q, k, v, 0.3, *(mask or (None, None, 'multiply')), bias=bias)
-  for got in (core.reference_attention(q, k, v, scale=0.3, mask=mask, bias=bias),
-              core.blockwise_attention(q, k, v, scale=0.3, mask=mask, bias=bias,
-                                       max_slices=4)):
+  for got in (
+    core.reference_attention(q, k, v, scale=0.3, mask=mask, bias=bias),
+    core.blockwise_attention(q, k, v, scale=0.3, mask=mask, bias=bias, max_slices=4),
+  ):
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize('mask_case,bias_case', [('shared gmm', 'shared'),
-                                                 ('per example', 'per example')])
+@pytest.mark.parametrize(
+  'mask_case,bias_case', [('shared gmm', 'shared'), ('per example', 'per example')]
+)
 def test_blockwise_gradients_equal_the_references(mask_case, bias_case):
   """Gradients reach q, k, v, the mask values and the bias, summed over slices."""
   q, k, v, rng = arrays(1)
@@ -98,15 +103,21 @@ def test_logit_maps_act_around_the_softmax_in_both_cores():
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights = np.einsum('bhij,hg->bgij', weights / weights.sum(-1, keepdims=True), post)
   want = np.einsum('bhij,bhjd->bhid', weights, v)
-  maps = dict(pre_softmax=lambda x: jnp.einsum('bhij,hg->bgij', x, pre),
-              post_softmax=lambda x: jnp.einsum('bhij,hg->bgij', x, post))
-  for got in (core.reference_attention(q, k, v, scale=0.3, **maps),
-              core.blockwise_attention(q, k, v, scale=0.3, max_slices=3, **maps)):
+  maps = dict(
+    pre_softmax=lambda x: jnp.einsum('bhij,hg->bgij', x, pre),
+    post_softmax=lambda x: jnp.einsum('bhij,hg->bgij', x, post),
+  )
+  for got in (
+    core.reference_attention(q, k, v, scale=0.3, **maps),
+    core.blockwise_attention(q, k, v, scale=0.3, max_slices=3, **maps),
+  ):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('batch,max_slices,expected', [(128, 16, 16), (500, 16, 10), (6, 4, 3),
-                                                       (7, 16, 7), (13, 4, 1), (1, 16, 1)])
+@pytest.mark.parametrize(
+  'batch,max_slices,expected',
+  [(128, 16, 16), (500, 16, 10), (6, 4, 3), (7, 16, 7), (13, 4, 1), (1, 16, 1)],
+)
 def test_num_slices_is_the_largest_divisor_allowed(batch, max_slices, expected):
   assert core.num_slices(batch, max_slices) == expected
 
@@ -133,10 +144,15 @@ np.testing.assert_allclose(run(q, k, v), numpy_attention(q, k, v, 0.5, *mask), r
 
 def test_blockwise_slices_stay_on_their_devices_on_a_sharded_batch():
   """Slice s holds examples s, s + S, ...: each device works on its own examples, no gathers."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
-  done = subprocess.run([sys.executable, '-c', SHARDED_RUN], env=env, capture_output=True,
-                        text=True, cwd=pathlib.Path(__file__).parents[1], timeout=300)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  done = subprocess.run(
+    [sys.executable, '-c', SHARDED_RUN],
+    env=env,
+    capture_output=True,
+    text=True,
+    cwd=pathlib.Path(__file__).parents[1],
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -154,13 +170,15 @@ def test_cudnn_wrapper_passes_layout_scale_and_bias(mask_case, bias_case):
 def test_cudnn_refuses_a_multiplicative_mask():
   q, k, v, rng = arrays(4)
   with pytest.raises(ValueError, match="mask.mode='add'"):
-    core.cudnn_attention(q, k, v, scale=0.3, mask=mask_cases(rng)['shared gmm'],
-                         implementation='xla')
+    core.cudnn_attention(
+      q, k, v, scale=0.3, mask=mask_cases(rng)['shared gmm'], implementation='xla'
+    )
 
 
 def resolve(requested, dot_product=True, logit_maps=False, **kw):
-  return core.resolve_implementation(requested, dot_product=dot_product,
-                                     logit_maps=logit_maps, **kw)
+  return core.resolve_implementation(
+    requested, dot_product=dot_product, logit_maps=logit_maps, **kw
+  )
 
 
 def test_auto_picks_blockwise_on_a_cpu_and_xla_for_other_scores():
@@ -187,25 +205,33 @@ def test_cudnn_conditions_name_the_failing_one(monkeypatch):
   ok = dict(dtype=jnp.bfloat16, head_dim=16, mask_mode='add', lengths=(64, 64))
   assert core.cudnn_supports(**ok) is None
   assert resolve('auto', **ok) == 'cudnn'
-  for change, words in [(dict(dtype=jnp.float32), 'bfloat16 or float16'),
-                        (dict(head_dim=12), 'multiple of 8'),
-                        (dict(mask_mode='multiply'), 'additive mask only'),
-                        (dict(lengths=(65, 65)), 'even sequence lengths')]:
+  for change, words in [
+    (dict(dtype=jnp.float32), 'bfloat16 or float16'),
+    (dict(head_dim=12), 'multiple of 8'),
+    (dict(mask_mode='multiply'), 'additive mask only'),
+    (dict(lengths=(65, 65)), 'even sequence lengths'),
+  ]:
     assert words in core.cudnn_supports(**{**ok, **change})
     assert resolve('auto', **{**ok, **change}) == 'xla'
   # JAX's cuDNN training rule passes a bias even where there is none: odd lengths fail.
-  assert 'even sequence lengths' in core.cudnn_supports(**{**ok, 'mask_mode': None,
-                                                          'lengths': (65, 65)})
+  assert 'even sequence lengths' in core.cudnn_supports(
+    **{**ok, 'mask_mode': None, 'lengths': (65, 65)}
+  )
   assert resolve('auto', logit_maps=True, **ok) == 'xla'
   with pytest.raises(ValueError, match='no place for talking heads'):
     resolve('cudnn', logit_maps=True, **ok)
 
 
-@pytest.mark.parametrize('tiny_config,mask_kind', [(tiny_vit_config, 'gmm'),
-                                                   (tiny_vit_config, 'elm'),
-                                                   (tiny_vit_config, 'none'),
-                                                   (tiny_swin_config, 'gmm'),
-                                                   (tiny_cait_config, 'gmm')])
+@pytest.mark.parametrize(
+  'tiny_config,mask_kind',
+  [
+    (tiny_vit_config, 'gmm'),
+    (tiny_vit_config, 'elm'),
+    (tiny_vit_config, 'none'),
+    (tiny_swin_config, 'gmm'),
+    (tiny_cait_config, 'gmm'),
+  ],
+)
 def test_models_train_the_same_with_either_core(tiny_config, mask_kind):
   """Logits and parameter gradients do not depend on the implementation.
 

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 from sklearn.datasets import load_digits
 
-from configs import common
-from configs import gmm_vit_imagenet, hatnet_imagenet
+from configs import common, gmm_vit_imagenet, hatnet_imagenet
 from gmm_vit_jax.augment import augment_batch, augmentation_grid, ops, policies, randaugment
 from gmm_vit_jax.augment.autoaugment import apply_op, autoaugment
 from gmm_vit_jax.augment.erasing import random_erasing
@@ -41,15 +40,17 @@ IMAGES = sample_images()
 
 def pil_affine(x, matrix, resample):
   image = Image.fromarray(x)
-  return np.asarray(image.transform(image.size, Image.AFFINE, matrix, resample,
-                                    fillcolor=(128, 128, 128)))
+  return np.asarray(
+    image.transform(image.size, Image.AFFINE, matrix, resample, fillcolor=(128, 128, 128))
+  )
 
 
 def pil_rotate(x, degrees):
   """The reference's Rotate: RGBA rotation composited over grey 128."""
   rot = Image.fromarray(x).convert('RGBA').rotate(degrees)
-  return np.asarray(Image.composite(rot, Image.new('RGBA', rot.size, (128,) * 4), rot)
-                    .convert('RGB'))
+  return np.asarray(
+    Image.composite(rot, Image.new('RGBA', rot.size, (128,) * 4), rot).convert('RGB')
+  )
 
 
 def enhance(cls):
@@ -67,18 +68,30 @@ def reference_outputs(reference, magnitude):
 
 ENHANCE_FACTORS = (0.1, 0.4, 1.0, 1.3, 1.9)
 EXACT_OPS = {
-    'translate_x': (lambda x, m: pil_affine(x, (1, 0, m * 32, 0, 1, 0), Image.NEAREST),
-                    ops.translate_x, (0.45317, -0.2014, 0.0504, -0.3525)),
-    'translate_y': (lambda x, m: pil_affine(x, (1, 0, 0, 0, 1, m * 32), Image.NEAREST),
-                    ops.translate_y, (-0.45317, 0.1511, 0.3021)),
-    'color': (enhance(ImageEnhance.Color), ops.color, ENHANCE_FACTORS),
-    'contrast': (enhance(ImageEnhance.Contrast), ops.contrast, ENHANCE_FACTORS),
-    'brightness': (enhance(ImageEnhance.Brightness), ops.brightness, ENHANCE_FACTORS),
-    'sharpness': (enhance(ImageEnhance.Sharpness), ops.sharpness, ENHANCE_FACTORS),
-    'posterize': (lambda x, b: np.asarray(ImageOps.posterize(Image.fromarray(x), b)),
-                  ops.posterize, (4, 5, 6, 7, 8)),
-    'solarize': (lambda x, t: np.asarray(ImageOps.solarize(Image.fromarray(x), t)),
-                 ops.solarize, tuple(policies.MAGNITUDES['solarize'])),
+  'translate_x': (
+    lambda x, m: pil_affine(x, (1, 0, m * 32, 0, 1, 0), Image.NEAREST),
+    ops.translate_x,
+    (0.45317, -0.2014, 0.0504, -0.3525),
+  ),
+  'translate_y': (
+    lambda x, m: pil_affine(x, (1, 0, 0, 0, 1, m * 32), Image.NEAREST),
+    ops.translate_y,
+    (-0.45317, 0.1511, 0.3021),
+  ),
+  'color': (enhance(ImageEnhance.Color), ops.color, ENHANCE_FACTORS),
+  'contrast': (enhance(ImageEnhance.Contrast), ops.contrast, ENHANCE_FACTORS),
+  'brightness': (enhance(ImageEnhance.Brightness), ops.brightness, ENHANCE_FACTORS),
+  'sharpness': (enhance(ImageEnhance.Sharpness), ops.sharpness, ENHANCE_FACTORS),
+  'posterize': (
+    lambda x, b: np.asarray(ImageOps.posterize(Image.fromarray(x), b)),
+    ops.posterize,
+    (4, 5, 6, 7, 8),
+  ),
+  'solarize': (
+    lambda x, t: np.asarray(ImageOps.solarize(Image.fromarray(x), t)),
+    ops.solarize,
+    tuple(policies.MAGNITUDES['solarize']),
+  ),
 }
 
 
@@ -86,12 +99,14 @@ EXACT_OPS = {
 def test_op_matches_pil_exactly(name):
   reference, op, magnitudes = EXACT_OPS[name]
   for m in magnitudes:
-    np.testing.assert_array_equal(run_op(op, m), reference_outputs(reference, m),
-                                  err_msg=f'{name}({m})')
+    np.testing.assert_array_equal(
+      run_op(op, m), reference_outputs(reference, m), err_msg=f'{name}({m})'
+    )
 
 
-@pytest.mark.parametrize('name,reference', [
-    ('equalize', ImageOps.equalize), ('invert', ImageOps.invert)])
+@pytest.mark.parametrize(
+  'name,reference', [('equalize', ImageOps.equalize), ('invert', ImageOps.invert)]
+)
 def test_parameterless_op_matches_pil_exactly(name, reference):
   images = np.concatenate([IMAGES, IMAGES // 3 + 60, np.full((1, 32, 32, 3), 7, np.uint8)])
   ours = np.asarray(jax.jit(jax.vmap(getattr(ops, name)))(jnp.asarray(images)))
@@ -114,11 +129,17 @@ def test_autocontrast_is_exact_stretch_and_within_one_of_pil():
 
 
 GEOMETRIC_OPS = {
-    'shear_x': (lambda x, m: pil_affine(x, (1, m, 0, 0, 1, 0), Image.BICUBIC), ops.shear_x,
-                tuple(policies.MAGNITUDES['shear_x'][1:]) + (-0.3, -0.1667, -0.0333)),
-    'shear_y': (lambda x, m: pil_affine(x, (1, 0, 0, m, 1, 0), Image.BICUBIC), ops.shear_y,
-                tuple(policies.MAGNITUDES['shear_y'][1:]) + (-0.3, -0.1, -0.0667)),
-    'rotate': (pil_rotate, ops.rotate, tuple(policies.MAGNITUDES['rotate'])),
+  'shear_x': (
+    lambda x, m: pil_affine(x, (1, m, 0, 0, 1, 0), Image.BICUBIC),
+    ops.shear_x,
+    tuple(policies.MAGNITUDES['shear_x'][1:]) + (-0.3, -0.1667, -0.0333),
+  ),
+  'shear_y': (
+    lambda x, m: pil_affine(x, (1, 0, 0, m, 1, 0), Image.BICUBIC),
+    ops.shear_y,
+    tuple(policies.MAGNITUDES['shear_y'][1:]) + (-0.3, -0.1, -0.0667),
+  ),
+  'rotate': (pil_rotate, ops.rotate, tuple(policies.MAGNITUDES['rotate'])),
 }
 
 
@@ -139,16 +160,16 @@ def pil_step(name, x, magnitude, sign):
   image = Image.fromarray(x)
   factor = 1 + magnitude * sign
   steps = {
-      'shear_x': lambda: pil_affine(x, (1, magnitude * sign, 0, 0, 1, 0), Image.BICUBIC),
-      'translate_y': lambda: pil_affine(x, (1, 0, 0, 0, 1, magnitude * sign * 32), Image.NEAREST),
-      'rotate': lambda: pil_rotate(x, magnitude),
-      'color': lambda: ImageEnhance.Color(image).enhance(factor),
-      'contrast': lambda: ImageEnhance.Contrast(image).enhance(factor),
-      'sharpness': lambda: ImageEnhance.Sharpness(image).enhance(factor),
-      'brightness': lambda: ImageEnhance.Brightness(image).enhance(factor),
-      'posterize': lambda: ImageOps.posterize(image, int(magnitude)),
-      'solarize': lambda: ImageOps.solarize(image, magnitude),
-      'equalize': lambda: ImageOps.equalize(image),
+    'shear_x': lambda: pil_affine(x, (1, magnitude * sign, 0, 0, 1, 0), Image.BICUBIC),
+    'translate_y': lambda: pil_affine(x, (1, 0, 0, 0, 1, magnitude * sign * 32), Image.NEAREST),
+    'rotate': lambda: pil_rotate(x, magnitude),
+    'color': lambda: ImageEnhance.Color(image).enhance(factor),
+    'contrast': lambda: ImageEnhance.Contrast(image).enhance(factor),
+    'sharpness': lambda: ImageEnhance.Sharpness(image).enhance(factor),
+    'brightness': lambda: ImageEnhance.Brightness(image).enhance(factor),
+    'posterize': lambda: ImageOps.posterize(image, int(magnitude)),
+    'solarize': lambda: ImageOps.solarize(image, magnitude),
+    'equalize': lambda: ImageOps.equalize(image),
   }
   return np.asarray(steps[name]())
 
@@ -157,10 +178,21 @@ def pil_step(name, x, magnitude, sign):
 APPLY_OP = jax.jit(jax.vmap(apply_op, (0, None, None, None)))
 
 
-@pytest.mark.parametrize('name,level,sign', [
-    ('shear_x', 5, -1.0), ('translate_y', 9, 1.0), ('rotate', 8, -1.0), ('color', 7, -1.0),
-    ('contrast', 4, 1.0), ('sharpness', 9, 1.0), ('brightness', 6, -1.0), ('posterize', 9, 1.0),
-    ('solarize', 3, 1.0), ('equalize', 0, 1.0)])
+@pytest.mark.parametrize(
+  'name,level,sign',
+  [
+    ('shear_x', 5, -1.0),
+    ('translate_y', 9, 1.0),
+    ('rotate', 8, -1.0),
+    ('color', 7, -1.0),
+    ('contrast', 4, 1.0),
+    ('sharpness', 9, 1.0),
+    ('brightness', 6, -1.0),
+    ('posterize', 9, 1.0),
+    ('solarize', 3, 1.0),
+    ('equalize', 0, 1.0),
+  ],
+)
 def test_policy_step_maps_level_and_sign_as_reference(name, level, sign):
   """Levels index MAGNITUDES; the sign flips shears, translations and the enhancement
   factor 1 +- m, but never the rotation (the reference always rotates counter-clockwise)."""
@@ -195,10 +227,12 @@ def test_autoaugment_step_probabilities(monkeypatch):
   monkeypatch.setitem(policies.POLICIES, 'probe', probe)
   n = 2000
   x = np.random.default_rng(1).integers(0, 256, (1, 4, 4, 3), dtype=np.uint8)
-  out = np.asarray(jax.jit(lambda k: autoaugment(jnp.repeat(jnp.asarray(x), n, 0), k, 'probe'))(
-      jax.random.key(0)))
-  candidates = {(i, p): (255 - x if i else x) & (0xF0 if p else 0xFF)
-                for i in (0, 1) for p in (0, 1)}
+  out = np.asarray(
+    jax.jit(lambda k: autoaugment(jnp.repeat(jnp.asarray(x), n, 0), k, 'probe'))(jax.random.key(0))
+  )
+  candidates = {
+    (i, p): (255 - x if i else x) & (0xF0 if p else 0xFF) for i in (0, 1) for p in (0, 1)
+  }
   counts = {c: int((out == v).all(axis=(1, 2, 3)).sum()) for c, v in candidates.items()}
   assert sum(counts.values()) == n
   inverted = (counts[1, 0] + counts[1, 1]) / n
@@ -225,8 +259,11 @@ def test_random_erasing_statistics():
   n, h, w = 4000, 32, 32
   images = jnp.full((n, h, w, 3), -5.0)
   value = np.array(CIFAR_MEAN, np.float32)
-  out = np.asarray(jax.jit(lambda k: random_erasing(
-      images, k, prob=0.25, area=(0.02, 0.4), min_aspect=0.3, value=value))(jax.random.key(0)))
+  out = np.asarray(
+    jax.jit(
+      lambda k: random_erasing(images, k, prob=0.25, area=(0.02, 0.4), min_aspect=0.3, value=value)
+    )(jax.random.key(0))
+  )
   erased = (out != -5.0).any(-1)  # (n, h, w)
   # Erased pixels hold the raw dataset mean, written into the normalised image.
   np.testing.assert_array_equal(out[erased], np.broadcast_to(value, out[erased].shape))
@@ -255,8 +292,11 @@ def distinct_batch(b=8, size=16):
 def mix_many(keys, prob, cutmix_prob):
   """mix_batch of distinct_batch() under each key; one compile for every test."""
   images, _, targets = distinct_batch()
-  return jax.vmap(lambda k: mix_batch(images, targets, k, prob=prob, cutmix_prob=cutmix_prob,
-                                      mixup_alpha=1.0, cutmix_beta=1.0))(keys)
+  return jax.vmap(
+    lambda k: mix_batch(
+      images, targets, k, prob=prob, cutmix_prob=cutmix_prob, mixup_alpha=1.0, cutmix_beta=1.0
+    )
+  )(keys)
 
 
 MIX_KEYS = jax.random.split(jax.random.key(0), 1000)
@@ -325,8 +365,9 @@ def test_mix_choice_probabilities():
 @pytest.fixture(scope='module')
 def paper_augment():
   config = common.paper_recipe('cifar10').augment
-  return config, jax.jit(lambda x, y, k: augment_batch(
-      x, y, k, config, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+  return config, jax.jit(
+    lambda x, y, k: augment_batch(x, y, k, config, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD)
+  )
 
 
 def test_augment_batch_full_recipe(paper_augment):
@@ -347,8 +388,15 @@ def test_augment_batch_full_recipe(paper_augment):
 
 def test_augment_batch_basic_only_is_flip_and_crop():
   config = ml_collections.ConfigDict(dict(flip=False, crop_padding=0))
-  x, t = augment_batch(jnp.asarray(IMAGES), jnp.arange(8), jax.random.key(0), config,
-                       num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD)
+  x, t = augment_batch(
+    jnp.asarray(IMAGES),
+    jnp.arange(8),
+    jax.random.key(0),
+    config,
+    num_classes=10,
+    mean=CIFAR_MEAN,
+    std=CIFAR_STD,
+  )
   expected = (IMAGES / 255.0 - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)
   np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(t, np.eye(10)[:8])
@@ -358,8 +406,15 @@ def test_bad_policy_is_a_clear_error():
   config = common.paper_recipe('cifar10').augment
   config.autoaugment = 'cifar'
   with pytest.raises(ValueError, match='augment.autoaugment'):
-    augment_batch(jnp.asarray(IMAGES), jnp.arange(8), jax.random.key(0), config,
-                  num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD)
+    augment_batch(
+      jnp.asarray(IMAGES),
+      jnp.arange(8),
+      jax.random.key(0),
+      config,
+      num_classes=10,
+      mean=CIFAR_MEAN,
+      std=CIFAR_STD,
+    )
 
 
 def test_paper_recipe_policies():
@@ -371,10 +426,14 @@ def test_paper_recipe_policies():
 
 
 def test_augmentation_grid_shape():
-  config = ml_collections.ConfigDict(dict(flip=True, crop_padding=4, erasing_prob=0.5,
-                                          erasing_area=(0.02, 0.4), erasing_min_aspect=0.3))
-  grid = augmentation_grid(IMAGES[:5], jax.random.key(0), config, mean=CIFAR_MEAN,
-                           std=CIFAR_STD, draws=3, pad=2)
+  config = ml_collections.ConfigDict(
+    dict(
+      flip=True, crop_padding=4, erasing_prob=0.5, erasing_area=(0.02, 0.4), erasing_min_aspect=0.3
+    )
+  )
+  grid = augmentation_grid(
+    IMAGES[:5], jax.random.key(0), config, mean=CIFAR_MEAN, std=CIFAR_STD, draws=3, pad=2
+  )
   assert grid.shape == (4 * 34 + 2, 5 * 34 + 2, 3) and grid.dtype == np.uint8
   np.testing.assert_array_equal(grid[2:34, 2:34], IMAGES[0])  # Top row: the originals.
 
@@ -423,10 +482,16 @@ def test_mixing_pairs_images_within_each_device_shard():
   import pathlib
   import subprocess
   import sys
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  done = subprocess.run([sys.executable, '-c', SHARDED_MIX], env=env, capture_output=True,
-                        text=True, cwd=pathlib.Path(__file__).parents[1], timeout=300)
+
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  done = subprocess.run(
+    [sys.executable, '-c', SHARDED_MIX],
+    env=env,
+    capture_output=True,
+    text=True,
+    cwd=pathlib.Path(__file__).parents[1],
+    timeout=300,
+  )
   assert done.returncode == 0 and 'ok' in done.stdout, done.stderr[-3000:]
 
 
@@ -441,29 +506,29 @@ def pil_rand_op(name, x, level, sign):
   image = Image.fromarray(x)
   f = level / 10
   factor = max(0.1, 1 + 0.9 * f * sign)
-  affine = lambda m: np.asarray(image.transform(image.size, Image.AFFINE, m, Image.BICUBIC,
-                                                fillcolor=IMAGENET_FILL))
+  affine = lambda m: np.asarray(
+    image.transform(image.size, Image.AFFINE, m, Image.BICUBIC, fillcolor=IMAGENET_FILL)
+  )
   add = int(f * 110)
   steps = {
-      'autocontrast': lambda: ImageOps.autocontrast(image),
-      'equalize': lambda: ImageOps.equalize(image),
-      'invert': lambda: ImageOps.invert(image),
-      'rotate': lambda: image.rotate(30 * f * sign, resample=Image.BICUBIC,
-                                     fillcolor=IMAGENET_FILL),
-      # PIL takes 1-8 bits; keeping none (level 10) leaves every value 0.
-      'posterize': lambda: (ImageOps.posterize(image, 4 - int(f * 4)) if f < 1
-                            else np.zeros_like(x)),
-      'solarize': lambda: ImageOps.solarize(image, 256 - int(f * 256)),
-      'solarize_add': lambda: image.point([min(255, i + add) if i < 128 else i
-                                           for i in range(256)] * 3),
-      'color': lambda: ImageEnhance.Color(image).enhance(factor),
-      'contrast': lambda: ImageEnhance.Contrast(image).enhance(factor),
-      'brightness': lambda: ImageEnhance.Brightness(image).enhance(factor),
-      'sharpness': lambda: ImageEnhance.Sharpness(image).enhance(factor),
-      'shear_x': lambda: affine((1, 0.3 * f * sign, 0, 0, 1, 0)),
-      'shear_y': lambda: affine((1, 0, 0, 0.3 * f * sign, 1, 0)),
-      'translate_x': lambda: affine((1, 0, 0.45 * f * sign * x.shape[1], 0, 1, 0)),
-      'translate_y': lambda: affine((1, 0, 0, 0, 1, 0.45 * f * sign * x.shape[0])),
+    'autocontrast': lambda: ImageOps.autocontrast(image),
+    'equalize': lambda: ImageOps.equalize(image),
+    'invert': lambda: ImageOps.invert(image),
+    'rotate': lambda: image.rotate(30 * f * sign, resample=Image.BICUBIC, fillcolor=IMAGENET_FILL),
+    # PIL takes 1-8 bits; keeping none (level 10) leaves every value 0.
+    'posterize': lambda: ImageOps.posterize(image, 4 - int(f * 4)) if f < 1 else np.zeros_like(x),
+    'solarize': lambda: ImageOps.solarize(image, 256 - int(f * 256)),
+    'solarize_add': lambda: image.point(
+      [min(255, i + add) if i < 128 else i for i in range(256)] * 3
+    ),
+    'color': lambda: ImageEnhance.Color(image).enhance(factor),
+    'contrast': lambda: ImageEnhance.Contrast(image).enhance(factor),
+    'brightness': lambda: ImageEnhance.Brightness(image).enhance(factor),
+    'sharpness': lambda: ImageEnhance.Sharpness(image).enhance(factor),
+    'shear_x': lambda: affine((1, 0.3 * f * sign, 0, 0, 1, 0)),
+    'shear_y': lambda: affine((1, 0, 0, 0.3 * f * sign, 1, 0)),
+    'translate_x': lambda: affine((1, 0, 0.45 * f * sign * x.shape[1], 0, 1, 0)),
+    'translate_y': lambda: affine((1, 0, 0, 0, 1, 0.45 * f * sign * x.shape[0])),
   }
   return np.asarray(steps[name]())
 
@@ -484,13 +549,23 @@ def test_randaugment_op_matches_pil(name):
   rounds both); autocontrast by PIL's float rounding
   (test_autocontrast_is_exact_stretch_and_within_one_of_pil)."""
   assert set(randaugment.OP_NAMES) == set(RAND_GEOMETRIC) | {
-      'autocontrast', 'equalize', 'invert', 'posterize', 'solarize', 'solarize_add', 'color',
-      'contrast', 'brightness', 'sharpness'}
+    'autocontrast',
+    'equalize',
+    'invert',
+    'posterize',
+    'solarize',
+    'solarize_add',
+    'color',
+    'contrast',
+    'brightness',
+    'sharpness',
+  }
   op = np.int32(randaugment.OP_NAMES.index(name))
   fill = jnp.asarray(IMAGENET_FILL, jnp.uint8)
   for level, sign in ((9.0, 1.0), (6.3, -1.0), (10.0, -1.0), (2.5, 1.0)):
-    ours = np.asarray(RAND_APPLY_OP(jnp.asarray(IMAGES), op, np.float32(level),
-                                    np.float32(sign), fill)).astype(int)
+    ours = np.asarray(
+      RAND_APPLY_OP(jnp.asarray(IMAGES), op, np.float32(level), np.float32(sign), fill)
+    ).astype(int)
     expected = np.stack([pil_rand_op(name, x, level, sign) for x in IMAGES]).astype(int)
     diff = np.abs(ours - expected).max(-1)
     if name in RAND_GEOMETRIC:
@@ -510,33 +585,48 @@ def test_randaugment_draws_map_to_ops_levels_and_signs():
   names = randaugment.OP_NAMES
   k = len(names)
   fill = jnp.asarray(IMAGENET_FILL, jnp.uint8)
-  draw = jax.jit(lambda x, u, z: randaugment.randaugment_image(
-      x, u, z, magnitude=9.0, magnitude_std=0.5, fill=fill))
+  draw = jax.jit(
+    lambda x, u, z: randaugment.randaugment_image(
+      x, u, z, magnitude=9.0, magnitude_std=0.5, fill=fill
+    )
+  )
   cases = [
-      ([[(names.index('rotate') + 0.5) / k, 0.2, 0.7], [(names.index('posterize') + 0.1) / k,
-                                                        0.4, 0.1]], [1.0, -2.0]),
-      ([[(names.index('shear_x') + 0.9) / k, 0.6, 0.1], [names.index('color') / k, 0.1, 0.9]],
-       [0.0, 5.0]),
-      ([[0.999, 0.3, 0.3], [0.0, 0.49, 0.6]], [-30.0, 0.4]),
+    (
+      [
+        [(names.index('rotate') + 0.5) / k, 0.2, 0.7],
+        [(names.index('posterize') + 0.1) / k, 0.4, 0.1],
+      ],
+      [1.0, -2.0],
+    ),
+    (
+      [[(names.index('shear_x') + 0.9) / k, 0.6, 0.1], [names.index('color') / k, 0.1, 0.9]],
+      [0.0, 5.0],
+    ),
+    ([[0.999, 0.3, 0.3], [0.0, 0.49, 0.6]], [-30.0, 0.4]),
   ]
   for u, z in cases:
     for x in IMAGES[:2]:
-      ours = np.asarray(draw(jnp.asarray(x), jnp.asarray(u, jnp.float32),
-                             jnp.asarray(z, jnp.float32)))
+      ours = np.asarray(
+        draw(jnp.asarray(x), jnp.asarray(u, jnp.float32), jnp.asarray(z, jnp.float32))
+      )
       expected = x
       for (u_op, u_take, u_sign), noise in zip(u, z):
         if u_take < 0.5:
           level = min(max(9.0 + 0.5 * noise, 0.0), 10.0)
-          expected = pil_rand_op(names[min(int(u_op * k), k - 1)], expected, level,
-                                 1.0 if u_sign < 0.5 else -1.0)
+          expected = pil_rand_op(
+            names[min(int(u_op * k), k - 1)], expected, level, 1.0 if u_sign < 0.5 else -1.0
+          )
       diff = np.abs(ours.astype(int) - expected.astype(int)).max(-1)
       assert (diff > 1).mean() < 0.01, (u, z)
 
 
 def test_randaugment_batch_draws_each_example_independently():
   images = jnp.asarray(np.repeat(IMAGES[:1], 16, 0))
-  run = jax.jit(lambda k: randaugment.randaugment(images, k, num_ops=2, magnitude=9.0,
-                                                  magnitude_std=0.5, fill=IMAGENET_FILL))
+  run = jax.jit(
+    lambda k: randaugment.randaugment(
+      images, k, num_ops=2, magnitude=9.0, magnitude_std=0.5, fill=IMAGENET_FILL
+    )
+  )
   out = np.asarray(run(jax.random.key(0)))
   assert out.shape == images.shape and out.dtype == np.uint8
   assert len({o.tobytes() for o in out}) > 8
@@ -555,8 +645,12 @@ def numpy_crop_box(u, height, width, scale, ratio):
     w = int(round(math.sqrt(target * aspect)))
     h = int(round(math.sqrt(target / aspect)))
     if 0 < w <= width and 0 < h <= height:
-      return (min(int(u[-2] * (height - h + 1)), height - h),
-              min(int(u[-1] * (width - w + 1)), width - w), h, w)
+      return (
+        min(int(u[-2] * (height - h + 1)), height - h),
+        min(int(u[-1] * (width - w + 1)), width - w),
+        h,
+        w,
+      )
   if width / height < min(ratio):
     w, h = width, int(round(width / min(ratio)))
   elif width / height > max(ratio):
@@ -569,16 +663,26 @@ def numpy_crop_box(u, height, width, scale, ratio):
 DEIT_SCALE, DEIT_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
-@pytest.mark.parametrize('height,width,scale', [
-    (32, 32, DEIT_SCALE), (24, 40, DEIT_SCALE), (40, 16, (0.5, 1.0)), (32, 32, (1.5, 2.0)),
-    (16, 40, (1.5, 2.0)), (40, 16, (1.5, 2.0))])
+@pytest.mark.parametrize(
+  'height,width,scale',
+  [
+    (32, 32, DEIT_SCALE),
+    (24, 40, DEIT_SCALE),
+    (40, 16, (0.5, 1.0)),
+    (32, 32, (1.5, 2.0)),
+    (16, 40, (1.5, 2.0)),
+    (40, 16, (1.5, 2.0)),
+  ],
+)
 def test_crop_box_matches_numpy_and_respects_ranges(height, width, scale):
   """Scales above 1 never fit: every box is then the centred fallback."""
   u = np.random.default_rng(height + width).uniform(size=(2000, DRAWS)).astype(np.float32)
-  boxes = np.stack(jax.jit(jax.vmap(lambda v: crop_box(v, height, width, scale, DEIT_RATIO)))(
-      jnp.asarray(u)), -1)
-  expected = np.array([numpy_crop_box(v.astype(np.float64), height, width, scale, DEIT_RATIO)
-                       for v in u])
+  boxes = np.stack(
+    jax.jit(jax.vmap(lambda v: crop_box(v, height, width, scale, DEIT_RATIO)))(jnp.asarray(u)), -1
+  )
+  expected = np.array(
+    [numpy_crop_box(v.astype(np.float64), height, width, scale, DEIT_RATIO) for v in u]
+  )
   # A side on a rounding tie can round differently in float32.
   assert (boxes != expected).any(-1).mean() < 0.005
   top, left, h, w = boxes.T
@@ -613,30 +717,43 @@ def numpy_bicubic_resize_line(line, out_size):
     lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n)
     taps = np.arange(lo, hi)
     t = np.abs((taps - centre + 0.5) / stretch)
-    weights = np.where(t < 1, (1.5 * t - 2.5) * t * t + 1,
-                       np.where(t < 2, (((t - 5) * t + 8) * t - 4) * -0.5, 0.0))
+    weights = np.where(
+      t < 1, (1.5 * t - 2.5) * t * t + 1, np.where(t < 2, (((t - 5) * t + 8) * t - 4) * -0.5, 0.0)
+    )
     out[i] = weights @ line[taps] / weights.sum()
   return np.clip(np.floor(out + 0.5), 0, 255)
 
 
 def numpy_resized_crop(image, top, left, h, w):
-  crop = image[top:top + h, left:left + w].astype(np.float64)
+  crop = image[top : top + h, left : left + w].astype(np.float64)
   rows = np.stack([numpy_bicubic_resize_line(r, image.shape[1]) for r in crop])
-  return np.stack([numpy_bicubic_resize_line(c, image.shape[0]) for c in rows.transpose(1, 0, 2)],
-                  1).astype(np.uint8)
+  return np.stack(
+    [numpy_bicubic_resize_line(c, image.shape[0]) for c in rows.transpose(1, 0, 2)], 1
+  ).astype(np.uint8)
 
 
 def test_resized_crop_matches_numpy_and_pil():
   """Given the box, the crop resized back to 32 x 32 as PIL's bicubic resize does (PIL's
   8-bit weights are fixed point, so a level may differ by one)."""
   run = jax.jit(jax.vmap(resized_crop, (0, None, None, None, None)))
-  for top, left, h, w in ((0, 0, 32, 32), (3, 5, 9, 14), (10, 0, 22, 17), (0, 20, 32, 12),
-                          (7, 7, 1, 2)):
+  for top, left, h, w in (
+    (0, 0, 32, 32),
+    (3, 5, 9, 14),
+    (10, 0, 22, 17),
+    (0, 20, 32, 12),
+    (7, 7, 1, 2),
+  ):
     ours = np.asarray(run(jnp.asarray(IMAGES), top, left, h, w)).astype(int)
     expected = np.stack([numpy_resized_crop(x, top, left, h, w) for x in IMAGES]).astype(int)
     assert np.abs(ours - expected).max() <= 1 and (ours != expected).mean() < 0.01, (h, w)
-    pil = np.stack([np.asarray(Image.fromarray(x).crop((left, top, left + w, top + h))
-                               .resize((32, 32), Image.BICUBIC)) for x in IMAGES]).astype(int)
+    pil = np.stack(
+      [
+        np.asarray(
+          Image.fromarray(x).crop((left, top, left + w, top + h)).resize((32, 32), Image.BICUBIC)
+        )
+        for x in IMAGES
+      ]
+    ).astype(int)
     assert np.abs(ours - pil).max() <= 1 and (ours != pil).mean() < 0.01, (h, w)
     if (h, w) == (32, 32):
       np.testing.assert_array_equal(ours, IMAGES)
@@ -649,11 +766,15 @@ def test_imagenet_configs_use_deit_augmentation(make):
   assert augment.inception_crop and augment.crop_padding == 0 and augment.flip
   assert tuple(augment.crop_scale) == DEIT_SCALE and tuple(augment.crop_ratio) == DEIT_RATIO
   assert augment.autoaugment == 'none'
-  assert (augment.randaugment_ops, augment.randaugment_magnitude,
-          augment.randaugment_magnitude_std) == (2, 9.0, 0.5)
+  assert (
+    augment.randaugment_ops,
+    augment.randaugment_magnitude,
+    augment.randaugment_magnitude_std,
+  ) == (2, 9.0, 0.5)
   assert config_checks.problems(config) == []
-  augment.update(dict(autoaugment='imagenet', crop_padding=4, crop_scale=(0.5, 0.1),
-                      randaugment_magnitude=12.0))
+  augment.update(
+    dict(autoaugment='imagenet', crop_padding=4, crop_scale=(0.5, 0.1), randaugment_magnitude=12.0)
+  )
   found = config_checks.problems(config)
   assert any('augment.crop_scale' in p for p in found)
   assert any('augment.randaugment_magnitude' in p for p in found)
@@ -665,8 +786,9 @@ def test_imagenet_configs_use_deit_augmentation(make):
 def test_augment_batch_imagenet_recipe():
   """The ImageNet recipe's augmentation end to end on small images."""
   config = gmm_vit_imagenet.get_config().augment
-  augment = jax.jit(lambda x, y, k: augment_batch(x, y, k, config, num_classes=10,
-                                                  mean=CIFAR_MEAN, std=CIFAR_STD))
+  augment = jax.jit(
+    lambda x, y, k: augment_batch(x, y, k, config, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD)
+  )
   images = jnp.asarray(IMAGES)
   x, t = augment(images, jnp.arange(8), jax.random.key(0))
   assert x.shape == (8, 32, 32, 3) and x.dtype == jnp.float32 and t.shape == (8, 10)
@@ -674,5 +796,12 @@ def test_augment_batch_imagenet_recipe():
   assert not np.array_equal(x, augment(images, jnp.arange(8), jax.random.key(1))[0])
   config.crop_scale = (0.0, 0.5)
   with pytest.raises(ValueError, match='augment.crop_scale'):
-    augment_batch(images, jnp.arange(8), jax.random.key(0), config, num_classes=10,
-                  mean=CIFAR_MEAN, std=CIFAR_STD)
+    augment_batch(
+      images,
+      jnp.arange(8),
+      jax.random.key(0),
+      config,
+      num_classes=10,
+      mean=CIFAR_MEAN,
+      std=CIFAR_STD,
+    )

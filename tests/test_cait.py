@@ -14,7 +14,8 @@ from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.cait import layer_scale_init
 from tests.model_testing import count_params, random_batch, train_losses
 
-# Trainable parameters of the reference code at 32x32, 10 classes, K=5, counted by building its models.
+# Trainable parameters of the reference code at 32x32, 10 classes, K=5, counted by building
+# its models.
 # Its README's 5.1M does not match the code.
 REFERENCE_PLAIN = 9_020_618
 REFERENCE_GMM = 9_021_578
@@ -27,21 +28,33 @@ def full_model(kind: str):
   """The paper's CaiT at 32x32 (built eagerly: cheaper than tracing its 26 layers)."""
   config = cait_cifar10.get_config()
   config.model.mask.kind = kind
-  return build_model(config.model, num_classes=10, image_size=32, channels=3,
-                     rngs=nnx.Rngs(0))
+  return build_model(config.model, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
 
 
 def tiny_config(kind: str) -> ml_collections.ConfigDict:
   """8x8 images, patch 2: 16 patch tokens, 2 patch layers, 2 class layers."""
-  return ml_collections.ConfigDict(dict(
-      name='cait', patch_size=2, dim=8, depth=2, class_depth=2, num_heads=2, head_dim=4,
-      mlp_dim=16, dropout=0.0, emb_dropout=0.0, stochastic_depth=0.1, dtype='float32',
-      attention=common.attention(), mask=common.mask(kind)))
+  return ml_collections.ConfigDict(
+    dict(
+      name='cait',
+      patch_size=2,
+      dim=8,
+      depth=2,
+      class_depth=2,
+      num_heads=2,
+      head_dim=4,
+      mlp_dim=16,
+      dropout=0.0,
+      emb_dropout=0.0,
+      stochastic_depth=0.1,
+      dtype='float32',
+      attention=common.attention(),
+      mask=common.mask(kind),
+    )
+  )
 
 
 def tiny_model(kind: str):
-  return build_model(tiny_config(kind), num_classes=10, image_size=8, channels=3,
-                     rngs=nnx.Rngs(0))
+  return build_model(tiny_config(kind), num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope='module')
@@ -61,8 +74,7 @@ def test_stochastic_depth_and_mask_placement(gmm):
   assert len(gmm.patch_layers) == 24 and len(gmm.class_layers) == 2
   # Stochastic depth: the same rate in every layer.
   assert {layer.drop_path_rate for layer in layers} == {0.1}
-  assert all(isinstance(layer.attention.mask, GaussianMixtureMask)
-             for layer in gmm.patch_layers)
+  assert all(isinstance(layer.attention.mask, GaussianMixtureMask) for layer in gmm.patch_layers)
   assert all(layer.attention.mask is None for layer in gmm.class_layers)
 
 
@@ -118,11 +130,11 @@ def np_multiplier(mask, coords, keep):
   if isinstance(mask, ElementwiseMask):
     return arr(mask.weight)[np.ix_(keep, keep)][None]
   n = len(coords)
-  sq = np.array([[float(np.sum((coords[i] - coords[j]) ** 2)) for j in range(n)]
-                 for i in range(n)])
+  sq = np.array([[float(np.sum((coords[i] - coords[j]) ** 2)) for j in range(n)] for i in range(n)])
   sigma, alpha = arr(mask.sigma), arr(mask.alpha)
-  return np.einsum('kh,khij->hij', alpha,
-                   np.exp(-sq[None, None] / (2 * (sigma[..., None, None] ** 2 + 1e-5))))
+  return np.einsum(
+    'kh,khij->hij', alpha, np.exp(-sq[None, None] / (2 * (sigma[..., None, None] ** 2 + 1e-5)))
+  )
 
 
 def np_talking_heads_attention(xq, xkv, attention, multiplier, heads):
@@ -145,10 +157,18 @@ def np_cait(model, images, keep, *, patch, heads):
   """The tiny CaiT forward pass in NumPy, keeping the patches `keep` (row-major indices)."""
   b, h, w, _ = images.shape
   side = w // patch
-  patches = np.stack([
-      np.stack([images[i, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].reshape(-1)
-                for r in range(h // patch) for c in range(side)])
-      for i in range(b)])[:, keep]
+  patches = np.stack(
+    [
+      np.stack(
+        [
+          images[i, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch].reshape(-1)
+          for r in range(h // patch)
+          for c in range(side)
+        ]
+      )
+      for i in range(b)
+    ]
+  )[:, keep]
   coords = np.array([(t // side, t % side) for t in keep])
   x = patches @ arr(model.patch_embed.kernel) + arr(model.patch_embed.bias)
   x = x + arr(model.pos_embed)[keep]
@@ -156,13 +176,15 @@ def np_cait(model, images, keep, *, patch, heads):
     multiplier = np_multiplier(layer.attention.mask, coords, keep)
     y = np_layer_norm(x, layer.norm1)
     x = x + arr(layer.attention_scale) * np_talking_heads_attention(
-        y, y, layer.attention, multiplier, heads)
+      y, y, layer.attention, multiplier, heads
+    )
     x = x + arr(layer.mlp_scale) * np_mlp(np_layer_norm(x, layer.norm2), layer.mlp)
   cls = np.broadcast_to(arr(model.cls_token), (b, 1, x.shape[-1]))
   for layer in model.class_layers:
     y = np_layer_norm(cls, layer.norm1)
-    cls = cls + arr(layer.attention_scale) * np_talking_heads_attention(y, x, layer.attention,
-                                                                        None, heads)
+    cls = cls + arr(layer.attention_scale) * np_talking_heads_attention(
+      y, x, layer.attention, None, heads
+    )
     cls = cls + arr(layer.mlp_scale) * np_mlp(np_layer_norm(cls, layer.norm2), layer.mlp)
   return np_layer_norm(cls[:, 0], model.norm) @ arr(model.head.kernel) + arr(model.head.bias)
 
@@ -175,8 +197,9 @@ def randomise(model, seed):
       scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, scale.shape), jnp.float32)
     for norm in (layer.norm1, layer.norm2):
       norm.bias[...] = jnp.asarray(rng.normal(size=norm.bias.shape), jnp.float32)
-    layer.attention.out.bias[...] = jnp.asarray(rng.normal(size=layer.attention.out.bias.shape),
-                                                jnp.float32)
+    layer.attention.out.bias[...] = jnp.asarray(
+      rng.normal(size=layer.attention.out.bias.shape), jnp.float32
+    )
     mask = layer.attention.mask
     if isinstance(mask, GaussianMixtureMask):
       mask.sigma[...] = jnp.asarray(rng.uniform(0.5, 2.0, mask.sigma.shape), jnp.float32)
@@ -193,13 +216,16 @@ def test_forward_matches_numpy(kind):
   rng = np.random.default_rng(3)
   permutation = np.stack([rng.permutation(16) for _ in range(2)])
   forward = nnx.jit(lambda m, x, k, p: (m(x), m(x, token_index=k), m(x, token_index=p)))
-  full, kept, permuted = forward(model, images, jnp.asarray(np.stack([keep, keep])),
-                                 jnp.asarray(permutation))
+  full, kept, permuted = forward(
+    model, images, jnp.asarray(np.stack([keep, keep])), jnp.asarray(permutation)
+  )
   assert full.shape == (2, 10)
   images = np.asarray(images, np.float64)
-  np.testing.assert_allclose(np.asarray(full), np_cait(model, images, np.arange(16), patch=2,
-                                                       heads=2), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(np.asarray(kept), np_cait(model, images, keep, patch=2, heads=2),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(full), np_cait(model, images, np.arange(16), patch=2, heads=2), rtol=1e-4, atol=1e-4
+  )
+  np.testing.assert_allclose(
+    np.asarray(kept), np_cait(model, images, keep, patch=2, heads=2), rtol=1e-4, atol=1e-4
+  )
   # Positions and mask coordinates travel with their tokens: the order does not matter.
   np.testing.assert_allclose(np.asarray(permuted), np.asarray(full), rtol=1e-4, atol=1e-5)

@@ -1,8 +1,8 @@
 """Parameter and MAC counts against hand counts of the ViT's layers."""
 
+import os
 import subprocess
 import sys
-import os
 
 from configs import gmm_hatnet_cifar10, gmm_vit_cifar10, hatnet_cifar10, vit_cifar10
 from gmm_vit_jax.complexity import markdown_table, model_complexity
@@ -35,9 +35,13 @@ def test_plain_vit_counts_include_the_cls_token():
 
 
 def test_cli_prints_a_table_and_nothing_else():
-  done = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.complexity',
-                         '--config=configs/gmm_vit_cifar10.py'],
-                        cwd=ROOT, capture_output=True, text=True, check=True)
+  done = subprocess.run(
+    [sys.executable, '-m', 'gmm_vit_jax.complexity', '--config=configs/gmm_vit_cifar10.py'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   header, row = done.stdout.splitlines()
   assert row.split() == ['gmm_vit_cifar10.py', '2,693,122', '170.5M', '184.6M', '9']
   for name, value in [('params', '2,693,122'), ('(full)', '184.6M'), ('depth', '9')]:
@@ -48,7 +52,8 @@ def test_cli_prints_a_table_and_nothing_else():
 def test_markdown_row():
   row = dict(config='gmm_vit_cifar10.py', **model_complexity(gmm_vit_cifar10.get_config()))
   assert markdown_table([row]).splitlines()[-1] == (
-      '| gmm_vit_cifar10.py | 2,693,122 | 170.5M | 184.6M | 9 |')
+    '| gmm_vit_cifar10.py | 2,693,122 | 170.5M | 184.6M | 9 |'
+  )
 
 
 def hatnet_hand_count(model, *, image_size: int, num_classes: int, channels: int = 3):
@@ -64,15 +69,19 @@ def hatnet_hand_count(model, *, image_size: int, num_classes: int, channels: int
   first = conv_side(image_size, model.stem_strides[0])
   d0 = model.dims[0]
   params = 9 * channels * STEM_WIDTH + STEM_WIDTH + 2 * STEM_WIDTH + 9 * STEM_WIDTH * d0 + d0
-  linear = first ** 2 * 9 * channels * STEM_WIDTH + side ** 2 * 9 * STEM_WIDTH * d0
+  linear = first**2 * 9 * channels * STEM_WIDTH + side**2 * 9 * STEM_WIDTH * d0
   attention = 0
   for s, c in enumerate(model.dims):
     if s:
       side = conv_side(side, 2)
       params += 9 * model.dims[s - 1] * c + c + 2 * c
-      linear += side ** 2 * 9 * model.dims[s - 1] * c
-    g, r, e, k = (model.grid_sizes[s], model.ds_ratios[s], model.expansions[s],
-                  model.kernel_sizes[s])
+      linear += side**2 * 9 * model.dims[s - 1] * c
+    g, r, e, k = (
+      model.grid_sizes[s],
+      model.ds_ratios[s],
+      model.expansions[s],
+      model.kernel_sizes[s],
+    )
     heads, hidden, n = c // model.head_dim, e * c, side * side
     block = 2 * c + 3 * (c * c + c) + 2 * kernels * heads + (c * c + c)
     block += 2 * c + 2 * c * hidden + k * k * hidden + 2 * c

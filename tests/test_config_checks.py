@@ -19,26 +19,58 @@ from tests.model_testing import QUICK_COMPILES_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(
-    f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
-    if f.endswith('.py') and hasattr(importlib.import_module(f'configs.{f[:-3]}'), 'get_config'))
+  f[:-3]
+  for f in os.listdir(os.path.join(ROOT, 'configs'))
+  if f.endswith('.py') and hasattr(importlib.import_module(f'configs.{f[:-3]}'), 'get_config')
+)
 
 # Where zero means something: a seed, reading in-process, no padding, no warmup, no trace;
 # decays, learning rates at the schedule's ends, probabilities and rates that switch a
 # feature off.
-ZERO_ALLOWED = {'seed', 'dataset.grain_workers', 'augment.crop_padding',
-                'schedule.warmup_epochs', 'profile_steps', 'profile_start_step',
-                'optimizer.weight_decay', 'schedule.init_learning_rate',
-                'schedule.end_learning_rate', 'label_smoothing', 'augment.erasing_prob',
-                'augment.mix_prob', 'augment.cutmix_prob', 'patch_selection.probability',
-                'patch_selection.decay', 'optimizer.b1', 'optimizer.b2', 'ema_decay',
-                'model.dropout', 'model.emb_dropout', 'model.stochastic_depth',
-                'model.head_dropout', 'progress_max_lines'}
+ZERO_ALLOWED = {
+  'seed',
+  'dataset.grain_workers',
+  'augment.crop_padding',
+  'schedule.warmup_epochs',
+  'profile_steps',
+  'profile_start_step',
+  'optimizer.weight_decay',
+  'schedule.init_learning_rate',
+  'schedule.end_learning_rate',
+  'label_smoothing',
+  'augment.erasing_prob',
+  'augment.mix_prob',
+  'augment.cutmix_prob',
+  'patch_selection.probability',
+  'patch_selection.decay',
+  'optimizer.b1',
+  'optimizer.b2',
+  'ema_decay',
+  'model.dropout',
+  'model.emb_dropout',
+  'model.stochastic_depth',
+  'model.head_dropout',
+  'progress_max_lines',
+}
 # Probabilities, fractions and rates: none may exceed 1.
-AT_MOST_ONE = {'dataset.validation', 'dataset.resident_share', 'label_smoothing',
-               'optimizer.b1', 'optimizer.b2', 'ema_decay', 'augment.erasing_prob',
-               'augment.erasing_min_aspect', 'augment.mix_prob', 'augment.cutmix_prob',
-               'patch_selection.keep', 'patch_selection.probability', 'model.dropout',
-               'model.emb_dropout', 'model.stochastic_depth', 'model.head_dropout'}
+AT_MOST_ONE = {
+  'dataset.validation',
+  'dataset.resident_share',
+  'label_smoothing',
+  'optimizer.b1',
+  'optimizer.b2',
+  'ema_decay',
+  'augment.erasing_prob',
+  'augment.erasing_min_aspect',
+  'augment.mix_prob',
+  'augment.cutmix_prob',
+  'patch_selection.keep',
+  'patch_selection.probability',
+  'model.dropout',
+  'model.emb_dropout',
+  'model.stochastic_depth',
+  'model.head_dropout',
+}
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
@@ -62,8 +94,9 @@ def numeric_fields(config: ml_collections.ConfigDict) -> list[str]:
   """Fields holding a number or a tuple of numbers, and the None fields typed as floats."""
   fields = []
   for field, value in leaves(config):
-    if is_number(value) or (isinstance(value, (tuple, list)) and value
-                            and all(map(is_number, value))):
+    if is_number(value) or (
+      isinstance(value, (tuple, list)) and value and all(map(is_number, value))
+    ):
       fields.append(field)
   typed_none = ['dataset.validation', 'ema_decay', 'optimizer.grad_clip_norm']
   return list(dict.fromkeys(fields + typed_none))
@@ -113,27 +146,47 @@ def test_every_numeric_field_out_of_range_is_one_line(name):
       assert_refused(config, field)
 
 
-@pytest.mark.parametrize('field, value', [('model.num_heads', 0), ('model.dim', 0),
-                                          ('model.head_dim', 0), ('model.mlp_ratio', 0),
-                                          ('model.depth', -1), ('model.dropout', 1.5),
-                                          ('model.stochastic_depth', 1.5)])
+@pytest.mark.parametrize(
+  'field, value',
+  [
+    ('model.num_heads', 0),
+    ('model.dim', 0),
+    ('model.head_dim', 0),
+    ('model.mlp_ratio', 0),
+    ('model.depth', -1),
+    ('model.dropout', 1.5),
+    ('model.stochastic_depth', 1.5),
+  ],
+)
 def test_the_quick_starts_model_fields_are_checked(field, value):
   config = get_config('quickstart')
   set_field(config, field, value)
   assert_refused(config, field)
 
 
-@pytest.mark.parametrize('override, message', [
-    ('--config.model.num_heads=0', 'error: model.num_heads=0 is not allowed: use a whole number '
-                                   '>= 1.'),
-    ('--config.model.stochastic_depth=1.5', 'error: model.stochastic_depth=1.5 is not allowed: '
-                                            'use a number in [0, 1).'),
-])
+@pytest.mark.parametrize(
+  'override, message',
+  [
+    (
+      '--config.model.num_heads=0',
+      'error: model.num_heads=0 is not allowed: use a whole number >= 1.',
+    ),
+    (
+      '--config.model.stochastic_depth=1.5',
+      'error: model.stochastic_depth=1.5 is not allowed: use a number in [0, 1).',
+    ),
+  ],
+)
 def test_train_refuses_a_bad_model_field_in_one_line(tmp_path, override, message):
   workdir = tmp_path / 'run'
-  done = subprocess.run([sys.executable, 'train.py', '--config=tests/tiny_config.py',
-                         f'--workdir={workdir}', override], cwd=ROOT, capture_output=True,
-                        text=True, env={**os.environ, **QUICK_COMPILES_ENV}, timeout=300)
+  done = subprocess.run(
+    [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}', override],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, **QUICK_COMPILES_ENV},
+    timeout=300,
+  )
   out = done.stdout + done.stderr
   assert done.returncode == errors.EXIT_ERROR, out[-3000:]
   assert out.strip().splitlines()[-1] == message and 'Traceback' not in out, out[-3000:]
@@ -142,8 +195,11 @@ def test_train_refuses_a_bad_model_field_in_one_line(tmp_path, override, message
 
 # Small models (configs/tiny.py) keep an abstract build in milliseconds; the random values
 # reach just beyond every range: negative, zero, fractions, above one, empty tuples.
-NUMBERS = st.one_of(st.integers(-2, 12), st.floats(-1, 3),
-                    st.sampled_from([0.0, 0.5, 1.0, 1.5, -0.5, 1e-3, float('nan'), float('inf')]))
+NUMBERS = st.one_of(
+  st.integers(-2, 12),
+  st.floats(-1, 3),
+  st.sampled_from([0.0, 0.5, 1.0, 1.5, -0.5, 1e-3, float('nan'), float('inf')]),
+)
 
 
 @st.composite
@@ -167,8 +223,9 @@ def random_configs(draw):
 
 
 # No example database: a test run leaves nothing behind in the repository.
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+  max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(random_configs())
 def test_random_values_pass_or_are_one_config_error(config):
   try:

@@ -21,10 +21,12 @@ def test_a_package_folder_becomes_importable_from_its_root(tmp_path, monkeypatch
   assert sys.path[-1] == str(tmp_path) and sys.path.count(str(tmp_path)) == 1
   try:
     from mine.experiments import base
+
     assert base.WIDTH == 7
     (package / 'config.py').write_text(
-        'import ml_collections\nfrom mine.experiments import base\n\n\ndef get_config():\n'
-        '  return ml_collections.ConfigDict(dict(width=base.WIDTH))\n')
+      'import ml_collections\nfrom mine.experiments import base\n\n\ndef get_config():\n'
+      '  return ml_collections.ConfigDict(dict(width=base.WIDTH))\n'
+    )
     assert config_files.load(str(package / 'config.py')).width == 7
   finally:
     for name in ('mine', 'mine.experiments', 'mine.experiments.base'):

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Steps of a jitted function whose temporaries are one 256 MiB block (65,536 pages of
 # 4 KiB); prints the page faults of ten steps after two.
-STEP_FAULTS = '''
+STEP_FAULTS = """
 import resource, sys
 import jax, jax.numpy as jnp
 from gmm_vit_jax import cpu_runtime
@@ -24,23 +24,29 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
   step(x).block_until_ready()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-'''
+"""
 
 
 def test_xla_flags_are_added_once_and_never_override(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
   flags = cpu_runtime.set_xla_flags()
-  assert flags == ('--xla_force_host_platform_device_count=2 '
-                   '--xla_cpu_experimental_ynn_fusion_type=dot')
+  assert flags == (
+    '--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=dot'
+  )
   assert cpu_runtime.set_xla_flags() == flags
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot,reduce')
   assert cpu_runtime.set_xla_flags() == '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
 
 def step_faults(mode: str) -> int:
-  done = subprocess.run([sys.executable, '-c', STEP_FAULTS, mode], cwd=ROOT,
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True,
-                        text=True, check=True)
+  done = subprocess.run(
+    [sys.executable, '-c', STEP_FAULTS, mode],
+    cwd=ROOT,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   return int(done.stdout.split()[-1])
 
 

@@ -35,8 +35,9 @@ def test_tfds_knows_where_it_would_download_from():
 
 def test_an_unreachable_download_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
   # .invalid never resolves (RFC 2606): the same answer a machine without network gets.
-  monkeypatch.setattr(sources, 'download_urls',
-                      lambda builder: ['https://cifar.invalid/cifar-10-binary.tar.gz'])
+  monkeypatch.setattr(
+    sources, 'download_urls', lambda builder: ['https://cifar.invalid/cifar-10-binary.tar.gz']
+  )
   started = time.monotonic()
   with pytest.raises(errors.DatasetUnavailableError) as failed:
     sources.load_split('cifar10', 'train', data_dir=str(tmp_path), download=True)
@@ -57,8 +58,9 @@ def test_a_failed_download_removes_what_it_wrote(tmp_path, monkeypatch):
     raise ConnectionError('connection reset by peer')
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', partial_download)
-  with pytest.raises(errors.DatasetUnavailableError, match='the download failed: '
-                                                           'ConnectionError: connection reset'):
+  with pytest.raises(
+    errors.DatasetUnavailableError, match='the download failed: ConnectionError: connection reset'
+  ):
     sources.load_split('cifar10', 'train', data_dir=str(tmp_path), download=True)
   assert os.listdir(tmp_path) == []
 

@@ -29,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
 
 # Run for real by test_cheap_commands_run (a few seconds each on an idle 2-core CPU).
+# fmt: off
 RUN = (
     'python -m gmm_vit_jax.export --helpshort',
     'python -m gmm_vit_jax.lower --helpshort',
@@ -194,9 +195,21 @@ NOT_RUN.update({
         '--seeds on tiny models',
 })
 
+# fmt: on
+
 # absl's own flags, which every program takes.
-ABSL_FLAGS = {'help', 'helpshort', 'helpfull', 'helpxml', 'verbosity', 'v', 'logtostderr',
-              'alsologtostderr', 'log_dir', 'flagfile'}
+ABSL_FLAGS = {
+  'help',
+  'helpshort',
+  'helpfull',
+  'helpxml',
+  'verbosity',
+  'v',
+  'logtostderr',
+  'alsologtostderr',
+  'log_dir',
+  'flagfile',
+}
 
 
 def bash_commands(text: str) -> list[str]:
@@ -233,8 +246,10 @@ def documented() -> dict[str, list[str]]:
 def test_every_command_is_run_or_listed_with_a_reason():
   commands = documented()
   unlisted = {c: pages for c, pages in commands.items() if c not in RUN and c not in NOT_RUN}
-  assert not unlisted, ('commands in the docs that this test neither runs nor lists (add each '
-                        f'to RUN or NOT_RUN with the reason): {unlisted}')
+  assert not unlisted, (
+    'commands in the docs that this test neither runs nor lists (add each '
+    f'to RUN or NOT_RUN with the reason): {unlisted}'
+  )
   stale = [c for c in (*RUN, *NOT_RUN) if c not in commands]
   assert not stale, f'listed commands the docs no longer hold: {stale}'
   assert not set(RUN) & set(NOT_RUN)
@@ -242,10 +257,14 @@ def test_every_command_is_run_or_listed_with_a_reason():
 
 def test_a_changed_command_is_caught():
   """The extraction sees a command of a page exactly as a reader would paste it."""
-  page = ('text\n```bash\npython train.py --config=a.py \\\n    --workdir=w   # why\n'
-          "# a comment\nX=1 python -m m --f=\"('a\\..*',)\"\n```\n```python\nnot = 'bash'\n```\n")
-  assert bash_commands(page) == ['python train.py --config=a.py --workdir=w',
-                                 "X=1 python -m m --f=('a\\..*',)"]
+  page = (
+    'text\n```bash\npython train.py --config=a.py \\\n    --workdir=w   # why\n'
+    "# a comment\nX=1 python -m m --f=\"('a\\..*',)\"\n```\n```python\nnot = 'bash'\n```\n"
+  )
+  assert bash_commands(page) == [
+    'python train.py --config=a.py --workdir=w',
+    "X=1 python -m m --f=('a\\..*',)",
+  ]
 
 
 def _program(tokens: list[str]) -> pathlib.Path | None:
@@ -270,9 +289,13 @@ def _program(tokens: list[str]) -> pathlib.Path | None:
 def _defined_flags(program: pathlib.Path) -> set[str]:
   names = set()
   for node in ast.walk(ast.parse(program.read_text())):
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-        and node.func.attr.startswith('DEFINE') and node.args
-        and isinstance(node.args[0], ast.Constant)):
+    if (
+      isinstance(node, ast.Call)
+      and isinstance(node.func, ast.Attribute)
+      and node.func.attr.startswith('DEFINE')
+      and node.args
+      and isinstance(node.args[0], ast.Constant)
+    ):
       names.add(node.args[0].value)
   return names
 
@@ -328,8 +351,9 @@ def test_flags_exist(command):
 
 def _run(command: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
 
 
 def test_cheap_commands_run():
@@ -338,19 +362,25 @@ def test_cheap_commands_run():
   for command, result in results.items():
     # absl's --helpshort exits 1 after printing the help; anything else is a failure.
     assert result.returncode in (0, 1) and 'Traceback' not in result.stderr, (
-        f'{command}: exit {result.returncode}\n{result.stderr[-2000:]}')
+      f'{command}: exit {result.returncode}\n{result.stderr[-2000:]}'
+    )
     program = _program(shlex.split(command))
     missing = [f for f in _defined_flags(program) if f'--{f}' not in result.stdout]
     assert not missing, f'{command} did not describe {missing}:\n{result.stdout[-2000:]}'
 
 
-@pytest.mark.parametrize('command, problem', [
-    ('python train.py --config=configs/quickstart.py --config.optimzer.learning_rate=1',
-     "no field 'optimzer'"),
+@pytest.mark.parametrize(
+  'command, problem',
+  [
+    (
+      'python train.py --config=configs/quickstart.py --config.optimzer.learning_rate=1',
+      "no field 'optimzer'",
+    ),
     ('python -m gmm_vit_jax.export --wrkdir=runs/x', 'defines no flag --wrkdir'),
     ('python -m gmm_vit_jax.exprt --workdir=runs/x', 'no module gmm_vit_jax.exprt'),
     ('python train.py --config=configs/nothing.py', 'no config file configs/nothing.py'),
-])
+  ],
+)
 def test_a_wrong_command_is_caught(command, problem):
   with pytest.raises(AssertionError, match=re.escape(problem)):
     test_flags_exist(command)

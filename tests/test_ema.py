@@ -28,8 +28,9 @@ def test_ema_is_the_average_of_the_updated_params(accum):
   expected = jax.tree.map(np.asarray, initial.params)
   for i, state in enumerate(states):
     if (i + 1) % accum == 0:  # Only updates move the average.
-      expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * np.asarray(p), expected,
-                              state.params)
+      expected = jax.tree.map(
+        lambda e, p: decay * e + (1 - decay) * np.asarray(p), expected, state.params
+      )
     for e, got in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema)):
       np.testing.assert_allclose(got, e, rtol=1e-5, atol=1e-7)
   assert not np.allclose(jax.tree.leaves(states[-1].ema)[0], jax.tree.leaves(states[-1].params)[0])

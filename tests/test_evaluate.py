@@ -29,9 +29,14 @@ def trained(tmp_path_factory):
 
 
 def _evaluate(*args):
-  return subprocess.run([sys.executable, '-m', 'gmm_vit_jax.evaluate', *args], cwd=ROOT,
-                        env={**os.environ, **QUICK_COMPILES_ENV}, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'gmm_vit_jax.evaluate', *args],
+    cwd=ROOT,
+    env={**os.environ, **QUICK_COMPILES_ENV},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_the_command_gives_the_figures_the_run_logged(trained, tmp_path):
@@ -58,25 +63,32 @@ def test_a_bundle_gives_the_same_figures_as_its_run(trained, tmp_path):
   run = restore_run(workdir, 'best')
   export.save_bundle(run.model, run.config, str(tmp_path / 'bundle'), platforms=('cpu',))
   config = config_overrides.apply(run.config, {})
-  from_run = evaluate.scores(*evaluate.predictions(evaluate.from_run(workdir, 'best', 'raw'),
-                                                   config, 'test'), 10)
-  from_bundle = evaluate.scores(*evaluate.predictions(
-      evaluate.from_bundle(str(tmp_path / 'bundle')), config, 'test'), 10)
+  from_run = evaluate.scores(
+    *evaluate.predictions(evaluate.from_run(workdir, 'best', 'raw'), config, 'test'), 10
+  )
+  from_bundle = evaluate.scores(
+    *evaluate.predictions(evaluate.from_bundle(str(tmp_path / 'bundle')), config, 'test'), 10
+  )
   assert from_bundle['top1'] == from_run['top1']
   np.testing.assert_array_equal(from_bundle['confusion'], from_run['confusion'])
   assert from_bundle['loss'] == pytest.approx(from_run['loss'], rel=1e-5)
 
 
 def test_scores_against_hand_counted_predictions():
-  logits = np.array([[3.0, 2.0, 1.0, 0.0, -1.0, -2.0],   # true 0: top-1
-                     [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],     # true 0: last of 6, outside top-5
-                     [0.0, 5.0, 4.0, 3.0, 2.0, 1.0],     # true 2: second, inside top-5
-                     [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])    # true 3: a tie, argmax picks 0
+  logits = np.array(
+    [
+      [3.0, 2.0, 1.0, 0.0, -1.0, -2.0],  # true 0: top-1
+      [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # true 0: last of 6, outside top-5
+      [0.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # true 2: second, inside top-5
+      [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ]
+  )  # true 3: a tie, argmax picks 0
   labels = np.array([0, 0, 2, 3])
   result = evaluate.scores(logits, labels, 6)
   assert result['top1'] == 0.25 and result['top5'] == 0.75
-  expected_loss = np.mean([np.log(np.exp(row - row.max()).sum()) - (row[y] - row.max())
-                           for row, y in zip(logits, labels)])
+  expected_loss = np.mean(
+    [np.log(np.exp(row - row.max()).sum()) - (row[y] - row.max()) for row, y in zip(logits, labels)]
+  )
   assert result['loss'] == pytest.approx(expected_loss)
   assert result['confusion'][0, 0] == 1 and result['confusion'][0, 5] == 1
   assert result['confusion'][2, 1] == 1 and result['confusion'][3, 0] == 1
@@ -85,11 +97,22 @@ def test_scores_against_hand_counted_predictions():
 
 
 def test_overrides_take_the_type_of_the_value_they_replace():
-  config = ml_collections.ConfigDict(dict(eval_batch_size=8, dataset=dict(
-      name='digits', data_dir=None, validation=None, download=True)))
+  config = ml_collections.ConfigDict(
+    dict(
+      eval_batch_size=8, dataset=dict(name='digits', data_dir=None, validation=None, download=True)
+    )
+  )
   rest, overrides = config_overrides.split_argv(
-      ['prog', '--config.eval_batch_size=16', '--split=test', '--config.dataset.validation',
-       '0.1', '--config.dataset.download=false', '--config.dataset.data_dir=/data'])
+    [
+      'prog',
+      '--config.eval_batch_size=16',
+      '--split=test',
+      '--config.dataset.validation',
+      '0.1',
+      '--config.dataset.download=false',
+      '--config.dataset.data_dir=/data',
+    ]
+  )
   assert rest == ['prog', '--split=test']
   changed = config_overrides.apply(config, overrides)
   assert changed.eval_batch_size == 16 and changed.dataset.validation == 0.1
@@ -101,11 +124,14 @@ def test_overrides_take_the_type_of_the_value_they_replace():
     config_overrides.apply(config, {'eval_batch_size': 'many'})
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(
+  'args, message',
+  [
     ((), 'name what to evaluate'),
     (('--config.dataset.nmae=x',), "did you mean 'dataset.name'"),
     (('--split=validation',), 'a validation split needs'),
-])
+  ],
+)
 def test_mistakes_are_one_line_and_exit_1(trained, args, message):
   workdir, _ = trained
   done = _evaluate(*((f'--workdir={workdir}',) if args else ()), *args)

@@ -13,11 +13,10 @@ from flax import nnx
 from PIL import Image
 from safetensors.numpy import load_file
 
-from gmm_vit_jax import export
-from gmm_vit_jax import predict
-from gmm_vit_jax.errors import UserError
+from gmm_vit_jax import export, predict
 from gmm_vit_jax.augment.basic import normalize
 from gmm_vit_jax.data.info import CIFAR10_CLASSES, DATASET_INFO
+from gmm_vit_jax.errors import UserError
 from gmm_vit_jax.models import build_model
 from tests.model_testing import tiny_vit_config
 
@@ -28,9 +27,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _model(config, seed: int = 0) -> nnx.Module:
   info = DATASET_INFO[config.dataset.name]
-  return build_model(config.model, num_classes=info['num_classes'],
-                     image_size=info['image_size'], channels=info['channels'],
-                     rngs=nnx.Rngs(seed))
+  return build_model(
+    config.model,
+    num_classes=info['num_classes'],
+    image_size=info['image_size'],
+    channels=info['channels'],
+    rngs=nnx.Rngs(seed),
+  )
 
 
 def _uint8_images(shape, seed: int = 0) -> np.ndarray:
@@ -65,8 +68,12 @@ def test_plain_vit_bundle(tmp_path):
   model = _model(config, seed=1)
   export.save_bundle(model, config, str(tmp_path))
   images = _uint8_images((2, 32, 32, 3))
-  np.testing.assert_allclose(export.load(str(tmp_path)).predict(images),
-                             _model_logits(model, images, 'cifar10'), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(
+    export.load(str(tmp_path)).predict(images),
+    _model_logits(model, images, 'cifar10'),
+    rtol=0,
+    atol=1e-5,
+  )
 
 
 def test_single_channel_digits_bundle(tmp_path):
@@ -76,8 +83,9 @@ def test_single_channel_digits_bundle(tmp_path):
   bundle = export.load(str(tmp_path))
   assert bundle.image_shape == (8, 8, 1)
   images = _uint8_images((2, 8, 8, 1))
-  np.testing.assert_allclose(bundle.predict(images), _model_logits(model, images, 'digits'),
-                             rtol=0, atol=1e-5)
+  np.testing.assert_allclose(
+    bundle.predict(images), _model_logits(model, images, 'digits'), rtol=0, atol=1e-5
+  )
 
 
 def test_bundle_contents(gmm_bundle):
@@ -109,16 +117,20 @@ def test_rebuilt_model_gives_the_same_logits(gmm_bundle):
   model, _, directory = gmm_bundle
   rebuilt = export.load(directory).build_model()
   images = _uint8_images((2, 32, 32, 3), seed=5)
-  np.testing.assert_array_equal(_model_logits(rebuilt, images, 'cifar10'),
-                                _model_logits(model, images, 'cifar10'))
+  np.testing.assert_array_equal(
+    _model_logits(rebuilt, images, 'cifar10'), _model_logits(model, images, 'cifar10')
+  )
 
 
-@pytest.mark.parametrize('images, message', [
+@pytest.mark.parametrize(
+  'images, message',
+  [
     (np.zeros((2, 32, 32, 3), np.float32), 'got dtype float32'),
     (np.zeros((2, 32, 32, 1), np.uint8), r'got shape \(2, 32, 32, 1\)'),
     (np.zeros((32, 32, 3), np.uint8), r'got shape \(32, 32, 3\)'),
     (np.zeros((2, 16, 16, 3), np.uint8), r'got shape \(2, 16, 16, 3\)'),
-])
+  ],
+)
 def test_predict_rejects_wrong_inputs(gmm_bundle, images, message):
   with pytest.raises(ValueError, match=r'uint8 images of shape \(B, 32, 32, 3\).*' + message):
     export.load(gmm_bundle[2]).predict(images)
@@ -159,12 +171,21 @@ def test_read_image_converts_channels_and_size(tmp_path):
 
 def _png_header_only(path, width: int, height: int) -> None:
   """A PNG that declares width x height pixels and holds none: a decompression bomb's header."""
+
   def chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack('>I', len(data)) + kind + data
-            + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+    return (
+      struct.pack('>I', len(data))
+      + kind
+      + data
+      + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
   with open(path, 'wb') as f:
-    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 1, 0, 0,
-                                                                 0, 0)) + chunk(b'IEND', b''))
+    f.write(
+      b'\x89PNG\r\n\x1a\n'
+      + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0))
+      + chunk(b'IEND', b'')
+    )
 
 
 def test_predict_cli_prints_top5_and_names_each_unreadable_file(gmm_bundle, tmp_path):
@@ -174,9 +195,21 @@ def test_predict_cli_prints_top5_and_names_each_unreadable_file(gmm_bundle, tmp_
   with open(text, 'w') as f:
     f.write('not an image')
   _png_header_only(bomb, 40_000, 40_000)
-  result = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.predict',
-                           f'--export={gmm_bundle[2]}', missing, path, text, bomb],
-                          cwd=ROOT, capture_output=True, text=True)
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'gmm_vit_jax.predict',
+      f'--export={gmm_bundle[2]}',
+      missing,
+      path,
+      text,
+      bomb,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert result.returncode == 1
   assert 'Unable to initialize backend' not in result.stderr, result.stderr
   errors = [l for l in result.stderr.splitlines() if 'cannot read' in l or 'could not' in l]
@@ -200,8 +233,12 @@ def test_predict_invert_flips_the_pixels(tmp_path):
 
 
 def test_predict_help_says_what_the_digits_model_expects():
-  result = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.predict', '--help'], cwd=ROOT,
-                          capture_output=True, text=True)
+  result = subprocess.run(
+    [sys.executable, '-m', 'gmm_vit_jax.predict', '--help'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert 'light strokes on a dark background' in result.stdout + result.stderr
   assert '--invert' in result.stdout + result.stderr
 
@@ -217,20 +254,26 @@ def test_out_must_be_new_empty_or_a_bundle_to_overwrite(gmm_bundle, tmp_path):
   for fine in (tmp_path / 'new' / 'bundle', tmp_path / 'empty'):
     export.check_out(str(fine), overwrite=False)
   export.check_out(bundle, overwrite=True)
-  with pytest.raises(UserError, match=f'--out {bundle} holds a bundle already: pass '
-                                      '--overwrite to replace it'):
+  with pytest.raises(
+    UserError, match=f'--out {bundle} holds a bundle already: pass --overwrite to replace it'
+  ):
     export.check_out(bundle, overwrite=False)
   (tmp_path / 'mine').mkdir()
   (tmp_path / 'mine' / 'config.json').write_text('{}')
   (tmp_path / 'mine' / 'notes.txt').write_text('mine')
   for overwrite in (False, True):
-    with pytest.raises(UserError, match=r'holds files that are not part of a bundle \(notes.txt\)'
-                                        ': choose an empty or new --out; nothing was written.'):
+    with pytest.raises(
+      UserError,
+      match=r'holds files that are not part of a bundle \(notes.txt\)'
+      ': choose an empty or new --out; nothing was written.',
+    ):
       export.check_out(str(tmp_path / 'mine'), overwrite)
   file = tmp_path / 'model.bin'
   file.write_text('x')
-  for out, where in ((file, 'is a file'), (file / 'bundle', f'lies under {file}, which is a '
-                                                           'file')):
-    with pytest.raises(UserError, match=f'--out {out} {where}: choose a directory that does not '
-                                        r'exist yet \(it is created\).'):
+  for out, where in ((file, 'is a file'), (file / 'bundle', f'lies under {file}, which is a file')):
+    with pytest.raises(
+      UserError,
+      match=f'--out {out} {where}: choose a directory that does not '
+      r'exist yet \(it is created\).',
+    ):
       export.check_out(str(out), overwrite=True)

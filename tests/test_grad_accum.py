@@ -22,8 +22,9 @@ def deterministic_config(accum: int):
   """No randomness that depends on the step: no augmentation, dropout or stochastic depth,
   so a micro-batch sees exactly its rows of the big batch."""
   config = tiny_config()
-  config.augment.update(dict(flip=False, crop_padding=0, autoaugment='none', erasing_prob=0.0,
-                             mix_prob=0.0))
+  config.augment.update(
+    dict(flip=False, crop_padding=0, autoaugment='none', erasing_prob=0.0, mix_prob=0.0)
+  )
   config.model.stochastic_depth = 0.0
   config.grad_accum_steps = accum
   return config
@@ -35,10 +36,21 @@ def train(config, batches, images, labels):
   tx = make_optimizer(config, steps_per_epoch=10)
   graphdef, params, buffers = nnx.split(build_from_config(config), nnx.Param, ...)
   params, buffers = nnx.to_pure_dict(params), nnx.to_pure_dict(buffers)
-  state = TrainState(step=np.int32(0), params=params, buffers=buffers,
-                     opt_state=tx.init(params), ema=params if config.ema_decay else None)
-  step = make_train_step(graphdef, tx, config, dataset_info('digits'),
-                         out_sharding=sharding.replicated(sharding.make_mesh()), donate=False)
+  state = TrainState(
+    step=np.int32(0),
+    params=params,
+    buffers=buffers,
+    opt_state=tx.init(params),
+    ema=params if config.ema_decay else None,
+  )
+  step = make_train_step(
+    graphdef,
+    tx,
+    config,
+    dataset_info('digits'),
+    out_sharding=sharding.replicated(sharding.make_mesh()),
+    donate=False,
+  )
   initial, history = state, []
   for index in batches:
     state, _ = step(state, Metrics.zeros(), images, labels, index, False)

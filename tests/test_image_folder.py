@@ -14,8 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import quickstart
-from gmm_vit_jax.data import image_folder, images, records, sources
-from gmm_vit_jax.data import pipeline as pipelines
+from gmm_vit_jax.data import image_folder, images, pipeline as pipelines, records, sources
 from gmm_vit_jax.data.info import dataset_info, resolve
 from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.checkpoint import selection_metric
@@ -33,24 +32,36 @@ def write_digits_folder(root) -> None:
       folder = os.path.join(root, split, str(label))
       os.makedirs(folder, exist_ok=True)
       Image.fromarray(np.kron(digit[..., 0], np.ones((2, 2), np.uint8))).save(
-          os.path.join(folder, f'{i:04d}.png'))
+        os.path.join(folder, f'{i:04d}.png')
+      )
 
 
 def run(*args, env=None):
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, **(env or {})})
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, **(env or {})},
+  )
 
 
 def test_digits_folder_trains_like_the_quickstart_and_predict_names_classes(tmp_path):
   data, workdir, bundle = (str(tmp_path / name) for name in ('digits', 'run', 'bundle'))
   write_digits_folder(data)
   # The quick start's command, in 24 of its 60 epochs.
-  trained = run('train.py', '--config=configs/quickstart.py',
-                '--config.dataset.name=image_folder', f'--config.dataset.data_dir={data}',
-                '--config.dataset.image_size=8', '--config.epochs=24',
-                '--config.eval_every_epochs=12', f'--workdir={workdir}')
+  trained = run(
+    'train.py',
+    '--config=configs/quickstart.py',
+    '--config.dataset.name=image_folder',
+    f'--config.dataset.data_dir={data}',
+    '--config.dataset.image_size=8',
+    '--config.epochs=24',
+    '--config.eval_every_epochs=12',
+    f'--workdir={workdir}',
+  )
   assert trained.returncode == 0, trained.stderr[-3000:]
-  summary = json.loads(trained.stdout[trained.stdout.index('{'):])
+  summary = json.loads(trained.stdout[trained.stdout.index('{') :])
   assert summary['best_eval_accuracy'] >= 0.95
   with open(os.path.join(workdir, 'config.json')) as f:
     stored = json.load(f)['dataset']
@@ -71,8 +82,9 @@ def test_digits_folder_trains_like_the_quickstart_and_predict_names_classes(tmp_
   lines = predicted.stdout.splitlines()
   assert lines[0] == seven and lines[1].startswith('  1. 7 (7)')
   hints = [line for line in predicted.stderr.splitlines() if 'try --invert' in line]
-  assert hints == [f'{paper}: its background is light, but the model learned dark '
-                   'backgrounds: try --invert.']
+  assert hints == [
+    f'{paper}: its background is light, but the model learned dark backgrounds: try --invert.'
+  ]
 
 
 def save(path, pixels, **options) -> None:
@@ -107,7 +119,7 @@ def mixed_folder(root, validation='val') -> dict:
         h, w = unit.shape[:2]
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        square = unit[top:top + side, left:left + side]
+        square = unit[top : top + side, left : left + side]
         k = side // 6  # Every side here is a multiple of 6: area means are block means.
         blocks = square.reshape(6, k, 6, k, 3).mean(axis=(1, 3))
         expected[path] = np.round(blocks * 255).astype(np.uint8)
@@ -116,8 +128,11 @@ def mixed_folder(root, validation='val') -> dict:
 
 def folder_config(data_dir, pipeline='device'):
   config = quickstart.get_config()
-  config.dataset.update(dict(name='image_folder', data_dir=str(data_dir), image_size=6,
-                             pipeline=pipeline, grain_threads=2))
+  config.dataset.update(
+    dict(
+      name='image_folder', data_dir=str(data_dir), image_size=6, pipeline=pipeline, grain_threads=2
+    )
+  )
   config.batch_size, config.eval_batch_size = 4, 6
   return config
 
@@ -217,19 +232,26 @@ def animated(root):
   for split in ('train', 'test'):
     tiny_png(os.path.join(root, split, 'a', '0.png'))
   frames = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (0, 200)]
-  frames[0].save(os.path.join(root, 'train', 'a', 'moving.gif'), save_all=True,
-                 append_images=frames[1:])
+  frames[0].save(
+    os.path.join(root, 'train', 'a', 'moving.gif'), save_all=True, append_images=frames[1:]
+  )
 
 
 BAD_FOLDERS = [
-    (missing_test, r'test is missing: an image folder holds train/<class>/ and test/<class>/ '
-                   r'folders \(found: train/\)'),
-    (empty_class, r'train/b holds no images \(an empty class\)'),
-    (different_classes, r'test and .*train have different classes: it lacks \[.b.\]; train/ '
-                        r'lacks \[.c.\]'),
-    (loose_image, r'train/stray.png lies outside a class folder'),
-    (unreadable, r'test/a/broken.jpg cannot be used as an image: not an image file PIL can read'),
-    (animated, r'train/a/moving.gif cannot be used as an image: it holds 2 frames'),
+  (
+    missing_test,
+    r'test is missing: an image folder holds train/<class>/ and test/<class>/ '
+    r'folders \(found: train/\)',
+  ),
+  (empty_class, r'train/b holds no images \(an empty class\)'),
+  (
+    different_classes,
+    r'test and .*train have different classes: it lacks \[.b.\]; train/ '
+    r'lacks \[.c.\]',
+  ),
+  (loose_image, r'train/stray.png lies outside a class folder'),
+  (unreadable, r'test/a/broken.jpg cannot be used as an image: not an image file PIL can read'),
+  (animated, r'train/a/moving.gif cannot be used as an image: it holds 2 frames'),
 ]
 
 
@@ -245,13 +267,20 @@ def test_each_bad_folder_is_one_error_naming_it(tmp_path, make, message):
 
 def test_a_bad_folder_ends_train_py_in_one_line(tmp_path):
   empty_class(str(tmp_path / 'data'))
-  result = run('train.py', '--config=configs/quickstart.py', '--config.dataset.name=image_folder',
-               f'--config.dataset.data_dir={tmp_path / "data"}', '--config.dataset.image_size=8',
-               f'--workdir={tmp_path / "run"}', env=QUICK_COMPILES_ENV)
+  result = run(
+    'train.py',
+    '--config=configs/quickstart.py',
+    '--config.dataset.name=image_folder',
+    f'--config.dataset.data_dir={tmp_path / "data"}',
+    '--config.dataset.image_size=8',
+    f'--workdir={tmp_path / "run"}',
+    env=QUICK_COMPILES_ENV,
+  )
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      f'error: {tmp_path}/data/train/b holds no images (an empty class): add images with one '
-      f'of the endings {", ".join(images.IMAGE_EXTENSIONS)}, or remove it.')
+    f'error: {tmp_path}/data/train/b holds no images (an empty class): add images with one '
+    f'of the endings {", ".join(images.IMAGE_EXTENSIONS)}, or remove it.'
+  )
   assert 'Traceback' not in result.stderr
 
 

@@ -27,12 +27,10 @@ def test_hatnet_sizes_have_the_published_parameter_counts(size):
 
 def tiny_imagenet_config(pipeline: str):
   config = gmm_vit_imagenet.get_config()
-  config.model.update(dict(patch_size=56, dim=16, depth=1, num_heads=2, head_dim=8,
-                           mlp_ratio=2))
+  config.model.update(dict(patch_size=56, dim=16, depth=1, num_heads=2, head_dim=8, mlp_ratio=2))
   config.update(dict(batch_size=8, eval_batch_size=8, epochs=1, log_every_steps=1))
   config.schedule.warmup_epochs = 0
-  config.dataset.update(dict(pipeline=pipeline, validation=None, grain_workers=0,
-                             grain_threads=2))
+  config.dataset.update(dict(pipeline=pipeline, validation=None, grain_workers=0, grain_threads=2))
   config.augment.randaugment_ops = 0  # Its compilation at 224x224 would dominate the test.
   return config
 

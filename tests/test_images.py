@@ -38,8 +38,7 @@ def to_uint8(unit: np.ndarray) -> np.ndarray:
 RNG = np.random.default_rng(0)
 
 
-@pytest.mark.parametrize('shape,size', [((20, 30), 8), ((24, 12), 5), ((16, 16), 7),
-                                        ((9, 33), 9)])
+@pytest.mark.parametrize('shape,size', [((20, 30), 8), ((24, 12), 5), ((16, 16), 7), ((9, 33), 9)])
 def test_rgb_png_is_area_resized_from_its_centre_square(tmp_path, shape, size):
   pixels = RNG.integers(0, 256, (*shape, 3), dtype=np.uint8)
   path = str(tmp_path / 'x.png')
@@ -83,17 +82,26 @@ def test_float_images_are_scaled_to_their_range(tmp_path):
   for name, pixels in (('inside.tif', inside), ('beyond.tif', beyond)):
     Image.fromarray(pixels).save(str(tmp_path / name))
   expected = to_uint8(inside[..., None])
-  assert np.abs(images.read_image(str(tmp_path / 'inside.tif'), 8, 1).astype(int)
-                - expected).max() <= 1
+  assert (
+    np.abs(images.read_image(str(tmp_path / 'inside.tif'), 8, 1).astype(int) - expected).max() <= 1
+  )
   stretched = (inside - inside.min()) / (inside.max() - inside.min())
-  assert np.abs(images.read_image(str(tmp_path / 'beyond.tif'), 8, 1).astype(int)
-                - to_uint8(stretched[..., None])).max() <= 1
+  assert (
+    np.abs(
+      images.read_image(str(tmp_path / 'beyond.tif'), 8, 1).astype(int)
+      - to_uint8(stretched[..., None])
+    ).max()
+    <= 1
+  )
 
 
 def test_jpeg_bmp_webp_and_upscaling(tmp_path):
   pixels = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-  for name, options in (('a.jpg', dict(quality=95)), ('a.bmp', {}),
-                        ('a.webp', dict(lossless=True))):
+  for name, options in (
+    ('a.jpg', dict(quality=95)),
+    ('a.bmp', {}),
+    ('a.webp', dict(lossless=True)),
+  ):
     path = str(tmp_path / name)
     Image.fromarray(pixels).save(path, **options)
     decoded = np.asarray(Image.open(path).convert('RGB')) / 255

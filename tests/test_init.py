@@ -29,9 +29,11 @@ def expected_stds(name: str, dim: int, inner: int) -> dict[str, float]:
 
 
 def projection_kernels(attention: Attention) -> dict[str, np.ndarray]:
-  return dict(query=np.asarray(attention.query.kernel[...]),
-              key=np.asarray(attention.score.key.kernel[...]),
-              value=np.asarray(attention.value.kernel[...]))
+  return dict(
+    query=np.asarray(attention.query.kernel[...]),
+    key=np.asarray(attention.score.key.kernel[...]),
+    value=np.asarray(attention.value.kernel[...]),
+  )
 
 
 @pytest.mark.parametrize('name', sorted(TINY_CONFIGS))

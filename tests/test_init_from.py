@@ -8,8 +8,8 @@ from safetensors.numpy import save_file
 
 from configs import common, swin_cifar10, tiny
 from gmm_vit_jax import errors, export
-from gmm_vit_jax.models import build_from_config, build_model
 from gmm_vit_jax.data import sources
+from gmm_vit_jax.models import build_from_config, build_model
 from gmm_vit_jax.training import init_from, loop
 from gmm_vit_jax.training.checkpoint import restore_model
 from tests.test_training import tiny_config
@@ -20,8 +20,9 @@ pytestmark = pytest.mark.usefixtures('quick_compiles')
 def keys_cubic(t: np.ndarray) -> np.ndarray:
   """The Keys cubic kernel, a = -0.5."""
   t = np.abs(t)
-  return np.where(t <= 1, 1.5 * t**3 - 2.5 * t**2 + 1,
-                  np.where(t < 2, -0.5 * t**3 + 2.5 * t**2 - 4 * t + 2, 0.0))
+  return np.where(
+    t <= 1, 1.5 * t**3 - 2.5 * t**2 + 1, np.where(t < 2, -0.5 * t**3 + 2.5 * t**2 - 4 * t + 2, 0.0)
+  )
 
 
 def bicubic_matrix(old: int, new: int) -> np.ndarray:
@@ -34,8 +35,13 @@ def bicubic_matrix(old: int, new: int) -> np.ndarray:
 def flat_model(num_classes: int, patch_size: int, mask: str = 'elm', pool: str = 'cls'):
   config = tiny_config()
   config.model.update(dict(patch_size=patch_size, pool=pool, mask=common.mask(mask)))
-  model = build_model(config.model, num_classes=num_classes, image_size=8, channels=1,
-                      rngs=nnx.Rngs(patch_size + num_classes))
+  model = build_model(
+    config.model,
+    num_classes=num_classes,
+    image_size=8,
+    channels=1,
+    rngs=nnx.Rngs(patch_size + num_classes),
+  )
   return {k: v for k, v in export.flat_variables(model).items()}
 
 
@@ -65,8 +71,9 @@ def test_adapt_loads_resizes_and_reinitialises():
   mask = [n for n in target if n.endswith('mask.weight')][0]
   source_mask = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
   values, table = init_from.adapt({**source, mask: source_mask}, target)
-  expected = np.einsum('ia,jb,kc,ld,abcd->ijkl', m, m, m, m,
-                       source_mask.reshape(4, 4, 4, 4)).reshape(64, 64)
+  expected = np.einsum(
+    'ia,jb,kc,ld,abcd->ijkl', m, m, m, m, source_mask.reshape(4, 4, 4, 4)
+  ).reshape(64, 64)
   np.testing.assert_allclose(values[mask], expected, rtol=1e-4, atol=1e-5)
   text = init_from.format_table(table, [])
   assert 'resized' in text and 're-initialised' in text and 'pos_embed' in text
@@ -99,6 +106,7 @@ def half_loader(half: int):
   def load_split(name, split, **kwargs):
     images, labels = LOAD_SPLIT(name, split, **kwargs)
     return (images[half::2], labels[half::2]) if split == 'train' else (images, labels)
+
   return load_split
 
 
@@ -144,6 +152,7 @@ def test_dont_load_keeps_matching_parameters_fresh():
 
 def test_a_reference_state_dict_reads_back_as_the_model_it_came_from(tmp_path):
   from gmm_vit_jax import convert
+
   config = tiny_config()
   model = build_model(config.model, num_classes=10, image_size=8, channels=1, rngs=nnx.Rngs(4))
   variables = export.flat_variables(model)
@@ -190,8 +199,11 @@ def test_another_backbone_is_refused_unless_partial(tmp_path, monkeypatch):
   config = tiny_config()
   config.init_from = weights_folder(tmp_path / 'swin', swin)
   monkeypatch.setattr(loop, 'make_pipeline', no_data)
-  with pytest.raises(errors.ConfigError, match="holds a 'swin' model and would fill [0-9]+% .*"
-                                               r're-initialised.*init_from_partial=True'):
+  with pytest.raises(
+    errors.ConfigError,
+    match="holds a 'swin' model and would fill [0-9]+% .*"
+    r're-initialised.*init_from_partial=True',
+  ):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
   config.init_from_partial = True
   init_from.check(config)
@@ -206,7 +218,6 @@ def test_a_new_head_and_grid_fill_enough(tmp_path):
   config = tiny_config()  # Digits: 8x8x1 images, 16 tokens of patch 2.
   config.init_from = weights_folder(tmp_path / 'cifar', source)
   init_from.check(config)
-
 
 
 def test_filled_share_counts_values_and_leaves_dont_load_out():

@@ -12,8 +12,9 @@ def test_installed_jax_has_every_private_api():
 
 
 def test_a_moved_api_is_named_with_the_jax_version(monkeypatch):
-  monkeypatch.setattr(jax_private, 'REQUIRED',
-                      jax_private.REQUIRED + (('jax._src.cudnn', 'moved_away'),))
+  monkeypatch.setattr(
+    jax_private, 'REQUIRED', jax_private.REQUIRED + (('jax._src.cudnn', 'moved_away'),)
+  )
   absent = jax_private.missing()
   assert absent == ['jax._src.cudnn.moved_away']
   message = jax_private.describe(absent)
@@ -36,5 +37,6 @@ def test_cudnn_call_targets_and_version_for_tracing():
 def test_hlo_flops_of_a_matmul():
   n = 16
   exported = jax.export.export(jax.jit(lambda a, b: a @ b))(
-      jax.ShapeDtypeStruct((n, n), 'float32'), jax.ShapeDtypeStruct((n, n), 'float32'))
-  assert jax_private.hlo_flops(exported.mlir_module()) == 2 * n ** 3
+    jax.ShapeDtypeStruct((n, n), 'float32'), jax.ShapeDtypeStruct((n, n), 'float32')
+  )
+  assert jax_private.hlo_flops(exported.mlir_module()) == 2 * n**3

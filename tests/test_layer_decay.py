@@ -18,36 +18,48 @@ DECAY = 0.5
 # a backbone of L blocks puts its embedding at layer 0 (0.5 ** (L + 1)), its blocks at 1..L
 # in the order the tokens pass them, its final norm and head at L + 1 (factor 1).
 VIT_DEPTH_2 = {  # L = 2.
-    'patch_embed.': 0.125, 'pos_embed': 0.125,
-    'blocks.0.': 0.25,
-    'blocks.1.': 0.5,
-    'norm.': 1.0, 'head.': 1.0,
+  'patch_embed.': 0.125,
+  'pos_embed': 0.125,
+  'blocks.0.': 0.25,
+  'blocks.1.': 0.5,
+  'norm.': 1.0,
+  'head.': 1.0,
 }
 SWIN_DEPTHS_2_1 = {  # L = 3: stage 0 holds blocks 1 and 2, stage 1 block 3.
-    'patch_embed.': 0.0625, 'patch_norm.': 0.0625, 'pos_embed': 0.0625,
-    'stages.0.blocks.0.': 0.125,
-    'stages.0.blocks.1.': 0.25,
-    'stages.0.downsample.': 0.25,  # Patch merging joins the last block of its stage.
-    'stages.1.blocks.0.': 0.5,
-    'norm.': 1.0, 'head.': 1.0,
+  'patch_embed.': 0.0625,
+  'patch_norm.': 0.0625,
+  'pos_embed': 0.0625,
+  'stages.0.blocks.0.': 0.125,
+  'stages.0.blocks.1.': 0.25,
+  'stages.0.downsample.': 0.25,  # Patch merging joins the last block of its stage.
+  'stages.1.blocks.0.': 0.5,
+  'norm.': 1.0,
+  'head.': 1.0,
 }
 
 
 def _params(config_name: str, **model):
   config = tiny.shrink(importlib.import_module(f'configs.{config_name}').get_config())
   config.model.update(model)
-  return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_from_config(config, 0)),
-                                    nnx.Param))
+  return nnx.to_pure_dict(
+    nnx.state(nnx.eval_shape(lambda: build_from_config(config, 0)), nnx.Param)
+  )
 
 
 def _named(tree) -> dict[str, float]:
-  return {'.'.join(str(k.key) for k in path): value
-          for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    '.'.join(str(k.key) for k in path): value
+    for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
-@pytest.mark.parametrize('config_name, model, table', [
+@pytest.mark.parametrize(
+  'config_name, model, table',
+  [
     ('gmm_vit_cifar10', dict(depth=2), VIT_DEPTH_2),
-    ('gmm_swin_cifar10', dict(depths=(2, 1), num_heads=(2, 2)), SWIN_DEPTHS_2_1)])
+    ('gmm_swin_cifar10', dict(depths=(2, 1), num_heads=(2, 2)), SWIN_DEPTHS_2_1),
+  ],
+)
 def test_factor_of_every_parameter(config_name, model, table):
   scales = _named(optimizer.layer_scales(_params(config_name, **model), DECAY))
   for name, scale in scales.items():
@@ -57,10 +69,17 @@ def test_factor_of_every_parameter(config_name, model, table):
   assert all(any(n.startswith(prefix) for n in scales) for prefix in table)
 
 
-@pytest.mark.parametrize('config_name, blocks', [
+@pytest.mark.parametrize(
+  'config_name, blocks',
+  [
     ('gmm_cait_cifar10', 2),  # One patch layer, then one class layer.
-    ('gmm_pit_cifar10', 2), ('gmm_t2t_cifar10', 1), ('gmm_hatnet_cifar10', 4),
-    ('gmm_swin_cifar10', 2), ('gmm_vit_cifar10', 1)])
+    ('gmm_pit_cifar10', 2),
+    ('gmm_t2t_cifar10', 1),
+    ('gmm_hatnet_cifar10', 4),
+    ('gmm_swin_cifar10', 2),
+    ('gmm_vit_cifar10', 1),
+  ],
+)
 def test_every_backbone_numbers_its_blocks(config_name, blocks):
   ids, num_blocks = optimizer.layer_ids(_params(config_name))
   named = _named(ids)
@@ -83,10 +102,14 @@ def test_an_unplaced_parameter_is_refused():
 
 def test_optimizer_scales_each_update_by_its_layer():
   from configs import quickstart
+
   config = quickstart.get_config()
   config.schedule.warmup_epochs = 0
-  params = {'pos_embed': jnp.ones(3), 'blocks': {0: {'w': jnp.ones(3)}},
-            'head': {'kernel': jnp.ones(3)}}
+  params = {
+    'pos_embed': jnp.ones(3),
+    'blocks': {0: {'w': jnp.ones(3)}},
+    'head': {'kernel': jnp.ones(3)},
+  }
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
 
   def update(layer_decay):

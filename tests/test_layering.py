@@ -28,16 +28,37 @@ PACKAGE = 'gmm_vit_jax'
 ROOT = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 
 FLOORS = (
-    ('errors', 'cli', 'console', 'cpu_runtime', 'platforms', 'sharding', 'initializers',
-     'linear', 'published', 'jax_private', 'configs_common', 'config_files',
-     'config_overrides', 'storage'),
-    ('attention', 'augment', 'data'),
-    ('models',),
-    ('patches', 'torch_models', 'convert', 'export', 'visualize', 'onnx_export',
-     'precision'),
-    ('training',),
-    ('export.__main__', 'convert.__main__', 'complexity', 'lower', 'predict', 'reproduce',
-     'benchmarks', 'train', 'evaluate'),
+  (
+    'errors',
+    'cli',
+    'console',
+    'cpu_runtime',
+    'platforms',
+    'sharding',
+    'initializers',
+    'linear',
+    'published',
+    'jax_private',
+    'configs_common',
+    'config_files',
+    'config_overrides',
+    'storage',
+  ),
+  ('attention', 'augment', 'data'),
+  ('models',),
+  ('patches', 'torch_models', 'convert', 'export', 'visualize', 'onnx_export', 'precision'),
+  ('training',),
+  (
+    'export.__main__',
+    'convert.__main__',
+    'complexity',
+    'lower',
+    'predict',
+    'reproduce',
+    'benchmarks',
+    'train',
+    'evaluate',
+  ),
 )
 
 
@@ -72,7 +93,7 @@ def imported_modules(module: str, path: pathlib.Path, modules) -> set[str]:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ''
       if node.level:
-        anchor = module.split('.')[:len(module.split('.')) - node.level + is_package]
+        anchor = module.split('.')[: len(module.split('.')) - node.level + is_package]
         base = '.'.join(anchor + ([base] if base else []))
       for alias in node.names:
         # `from a import b` imports module a.b when there is one, else a name of module a.
@@ -114,6 +135,6 @@ def test_an_upward_import_is_found(tmp_path):
   (package / 'low' / 'rel.py').write_text('from ..high.top import name\nfrom . import base\n')
   floors = (('low',), ('high',))
   assert upward_imports(package, 'house', floors) == [
-      'house.low.base (floor 0) imports house.high.top (floor 1)',
-      'house.low.rel (floor 0) imports house.high.top (floor 1)',
+    'house.low.base (floor 0) imports house.high.top (floor 1)',
+    'house.low.rel (floor 0) imports house.high.top (floor 1)',
   ]

@@ -22,9 +22,13 @@ def test_gelu_is_the_exact_erf_gelu():
 
 def test_gelu_gradient_is_phi_plus_x_times_the_normal_density():
   x = np.linspace(-6.0, 6.0, 121).astype(np.float32)
-  want = np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
-                   + v * math.exp(-v * v / 2.0) / math.sqrt(2.0 * math.pi)
-                   for v in x.astype(np.float64)])
+  want = np.array(
+    [
+      0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
+      + v * math.exp(-v * v / 2.0) / math.sqrt(2.0 * math.pi)
+      for v in x.astype(np.float64)
+    ]
+  )
   got = jax.vmap(jax.grad(gelu))(jnp.asarray(x))
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
 
@@ -40,28 +44,32 @@ def numpy_depthwise(x, kernel, stride, pad):
   for o in range(out_channels):
     for y in range(out_h):
       for z in range(out_w):
-        patch = xp[:, y * stride:y * stride + kh, z * stride:z * stride + kw, o // m]
+        patch = xp[:, y * stride : y * stride + kh, z * stride : z * stride + kw, o // m]
         out[:, y, z, o] = np.sum(patch * kernel[:, :, 0, o], axis=(1, 2))
   return out
 
 
-@pytest.mark.parametrize('multiplier, stride, pad, side', [(1, 1, 1, 5), (2, 2, 1, 5),
-                                                           (2, 2, 1, 4), (1, 2, 0, 7)])
+@pytest.mark.parametrize(
+  'multiplier, stride, pad, side', [(1, 1, 1, 5), (2, 2, 1, 5), (2, 2, 1, 4), (1, 2, 0, 7)]
+)
 def test_depthwise_conv_matches_numpy(multiplier, stride, pad, side):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, side, side, 3)).astype(np.float32)
   kernel = rng.normal(size=(3, 3, 1, 3 * multiplier)).astype(np.float32)
-  got = depthwise_conv(jnp.asarray(x), jnp.asarray(kernel), (stride, stride),
-                       ((pad, pad), (pad, pad)))
-  np.testing.assert_allclose(np.asarray(got), numpy_depthwise(x, kernel, stride, pad),
-                             rtol=1e-5, atol=1e-5)
+  got = depthwise_conv(
+    jnp.asarray(x), jnp.asarray(kernel), (stride, stride), ((pad, pad), (pad, pad))
+  )
+  np.testing.assert_allclose(
+    np.asarray(got), numpy_depthwise(x, kernel, stride, pad), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_depthwise_module_equals_the_grouped_nnx_conv_and_its_gradients():
   rngs = nnx.Rngs(0)
   ours = DepthwiseConv(4, 8, (3, 3), strides=2, padding=((1, 1), (1, 1)), rngs=rngs)
-  theirs = nnx.Conv(4, 8, (3, 3), strides=2, padding=((1, 1), (1, 1)), feature_group_count=4,
-                    rngs=nnx.Rngs(1))
+  theirs = nnx.Conv(
+    4, 8, (3, 3), strides=2, padding=((1, 1), (1, 1)), feature_group_count=4, rngs=nnx.Rngs(1)
+  )
   assert ours.kernel.shape == theirs.kernel.shape and ours.bias.shape == theirs.bias.shape
   theirs.kernel = nnx.Param(ours.kernel[...])
   theirs.bias = nnx.Param(jax.random.normal(jax.random.key(2), (8,)))
@@ -127,9 +135,11 @@ def test_linear_weight_gradients_read_the_rows_in_place():
 
 def primitives(fn, *args) -> set[str]:
   """Primitive names of fn's jaxpr; products as 'dot_general/<rank of the left operand>'."""
-  return {eqn.primitive.name + (f'/{eqn.invars[0].aval.ndim}'
-                                if eqn.primitive.name == 'dot_general' else '')
-          for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+  return {
+    eqn.primitive.name
+    + (f'/{eqn.invars[0].aval.ndim}' if eqn.primitive.name == 'dot_general' else '')
+    for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns
+  }
 
 
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'])
@@ -146,14 +156,19 @@ def test_cpu_forms_are_chosen_for_the_cpu_only_and_agree_with_the_library_forms(
   for where in ('cpu', platform):
     with platforms.lowering_for(where):
       runs[where] = dict(
-          linear=primitives(lambda x: linear(x), x), conv=primitives(lambda x: conv(x), x),
-          gelu=primitives(lambda x: gelu(x), x), values=(linear(x), conv(x), gelu(x)),
-          grads=(grad_of(linear), grad_of(conv), jax.grad(lambda x: jnp.sum(gelu(x)))(x)),
-          params=nnx.state(Linear(4, 3, rngs=nnx.Rngs(0)), nnx.Param))
+        linear=primitives(lambda x: linear(x), x),
+        conv=primitives(lambda x: conv(x), x),
+        gelu=primitives(lambda x: gelu(x), x),
+        values=(linear(x), conv(x), gelu(x)),
+        grads=(grad_of(linear), grad_of(conv), jax.grad(lambda x: jnp.sum(gelu(x)))(x)),
+        params=nnx.state(Linear(4, 3, rngs=nnx.Rngs(0)), nnx.Param),
+      )
   cpu, other = runs['cpu'], runs[platform]
   assert 'dot_general/2' in cpu['linear'] and 'dot_general/4' in other['linear']
   assert 'conv_general_dilated' not in cpu['conv'] and 'conv_general_dilated' in other['conv']
   assert 'erf' in cpu['gelu'] and 'erf' not in other['gelu'] and 'erfc' in other['gelu']
-  for a, b in zip(jax.tree.leaves((cpu['values'], cpu['grads'], cpu['params'])),
-                  jax.tree.leaves((other['values'], other['grads'], other['params']))):
+  for a, b in zip(
+    jax.tree.leaves((cpu['values'], cpu['grads'], cpu['params'])),
+    jax.tree.leaves((other['values'], other['grads'], other['params'])),
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -16,8 +16,11 @@ from gmm_vit_jax import complexity, lower, platforms
 from gmm_vit_jax.data.info import dataset_info
 
 ROOT = pathlib.Path(__file__).parents[1]
-CONFIGS = sorted(p.stem for p in (ROOT / 'configs').glob('*.py')
-                 if p.stem not in ('__init__', 'common', 'tiny', 'quickstart_size'))
+CONFIGS = sorted(
+  p.stem
+  for p in (ROOT / 'configs').glob('*.py')
+  if p.stem not in ('__init__', 'common', 'tiny', 'quickstart_size')
+)
 
 
 def test_every_config_file_is_covered():
@@ -32,8 +35,12 @@ def test_config_lowers(name, platform):
   assert json.loads(json.dumps(result)) == result
   assert result['platform'] == platform and result['model'] == config.model.name
   assert result['dtype'] == ('bfloat16' if config.model.dtype == 'auto' else config.model.dtype)
-  cudnn = {call for step in ('train', 'eval') for call in result[step]['custom_calls']
-           if call.startswith('__cudnn$')}
+  cudnn = {
+    call
+    for step in ('train', 'eval')
+    for call in result[step]['custom_calls']
+    if call.startswith('__cudnn$')
+  }
   # cuDNN takes an additive mask or none, so the multiplicative GMM keeps to XLA.
   if platform == 'tpu' or config.model.mask.kind != 'none':
     assert not cudnn
@@ -44,8 +51,10 @@ def test_config_lowers(name, platform):
     assert list(result[step]['products']) == [full] and result[step]['products'][full] > 0
   # A train step (forward, backward, update) costs more per image than an eval step, even
   # where it drops 30% of the patches (GMM-HViT).
-  per_image = {step: result[step]['flops'] / result[f'{key}batch_size']
-               for step, key in (('train', ''), ('eval', 'eval_'))}
+  per_image = {
+    step: result[step]['flops'] / result[f'{key}batch_size']
+    for step, key in (('train', ''), ('eval', 'eval_'))
+  }
   assert per_image['train'] > per_image['eval'] > 0
   assert jax.default_backend() == 'cpu' and platforms.backend() == 'cpu'
 
@@ -57,8 +66,10 @@ def test_plain_swin_takes_cudnn_on_cuda_and_counts_its_flops():
   config.model.dtype = 'bfloat16'
   cuda = lower.lower(config, 'cuda')
   layers = sum(config.model.depths)
-  assert cuda['train']['custom_calls'] == {'__cudnn$fmhaScaleBiasSoftmax': layers,
-                                           '__cudnn$fmhaScaleBiasSoftmaxBackward': layers}
+  assert cuda['train']['custom_calls'] == {
+    '__cudnn$fmhaScaleBiasSoftmax': layers,
+    '__cudnn$fmhaScaleBiasSoftmaxBackward': layers,
+  }
   assert cuda['eval']['custom_calls'] == {'__cudnn$fmhaScaleBiasSoftmax': layers}
   assert cuda['flops_source'].endswith('with_xla_attention_for_cudnn')
   # The forward pass's products, counted independently from the traced model, are most of
@@ -75,8 +86,9 @@ def test_float32_paper_config_takes_highest_precision_products_on_tpu():
   assert config.model.dtype == 'float32'
   with platforms.lowering_for('tpu'):
     steps = lower._steps(config)
-    modules = {name: lower._export(step, args, 'tpu').mlir_module()
-               for name, (step, args) in steps.items()}
+    modules = {
+      name: lower._export(step, args, 'tpu').mlir_module() for name, (step, args) in steps.items()
+    }
   for module in modules.values():
     ops = re.findall(r'= stablehlo\.(?:dot_general|convolution)\b[^\n]*', module)
     assert len(ops) > 10
@@ -88,7 +100,7 @@ def test_float32_paper_config_takes_highest_precision_products_on_tpu():
 
 
 def test_products_reads_dot_and_convolution_precisions():
-  module = '''
+  module = """
   %1 = stablehlo.convolution(%a, %b) dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f], \
 window = {stride = [2, 2]} {feature_group_count = 1 : i64, precision_config = \
 [#stablehlo<precision HIGHEST>, #stablehlo<precision HIGHEST>]} : (tensor<8xf32>) -> tensor<8xf32>
@@ -97,17 +109,29 @@ HIGHEST] : (tensor<8x4xf32>, tensor<4xf32>) -> tensor<8xf32>
   %3 = stablehlo.dot_general %a, %b, contracting_dims = [1] x [0] : (tensor<8x4xf32>, \
 tensor<4xf32>) -> tensor<8xf32>
   %4 = stablehlo.add %a, %b : tensor<8xf32>
-'''
+"""
   assert lower.products(module) == {'DEFAULT': 1, 'HIGHEST': 2}
 
 
 def test_command_prints_one_json_line_and_no_runtime_notice():
   env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
   done = subprocess.run(
-      [sys.executable, '-m', 'gmm_vit_jax.lower', '--config=configs/gmm_vit_cifar10.py',
-       '--platform=tpu', '--batch_size=8', '--config.eval_batch_size=8',
-       '--config.model.depth=1'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    [
+      sys.executable,
+      '-m',
+      'gmm_vit_jax.lower',
+      '--config=configs/gmm_vit_cifar10.py',
+      '--platform=tpu',
+      '--batch_size=8',
+      '--config.eval_batch_size=8',
+      '--config.model.depth=1',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   # Only the JSON line: no notice of a TPU runtime this machine has not got.
   assert done.stderr == '' and len(done.stdout.strip().splitlines()) == 1

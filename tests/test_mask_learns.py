@@ -19,13 +19,16 @@ pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 def mask_leaves(tree) -> dict[str, np.ndarray]:
   """{path: array} of the GMM's sigma and alpha and ELM's matrix in a params pytree."""
-  return {'.'.join(map(str, path)): np.asarray(value)
-          for path, value in nnx.to_flat_state(tree)
-          if 'mask' in path and path[-1] in MASK_PARAMS}
+  return {
+    '.'.join(map(str, path)): np.asarray(value)
+    for path, value in nnx.to_flat_state(tree)
+    if 'mask' in path and path[-1] in MASK_PARAMS
+  }
 
 
-@pytest.mark.parametrize('name,kind', [(name, 'gmm') for name in sorted(TINY_CONFIGS)]
-                         + [('vit', 'elm'), ('cait', 'elm')])
+@pytest.mark.parametrize(
+  'name,kind', [(name, 'gmm') for name in sorted(TINY_CONFIGS)] + [('vit', 'elm'), ('cait', 'elm')]
+)
 def test_mask_parameters_get_gradients_and_move(name, kind):
   config = TINY_CONFIGS[name](kind)
   config.model.dtype = 'float32'
@@ -48,13 +51,15 @@ def test_mask_parameters_get_gradients_and_move(name, kind):
     def loss_fn(p):
       logits = nnx.merge(graphdef, p, rest)(images)
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, grads
 
   before = mask_leaves(params)
-  expected_layers = sum(1 for _, m in nnx.iter_modules(model)
-                        if isinstance(m, (GaussianMixtureMask, ElementwiseMask)))
+  expected_layers = sum(
+    1 for _, m in nnx.iter_modules(model) if isinstance(m, (GaussianMixtureMask, ElementwiseMask))
+  )
   assert expected_layers and len(before) == expected_layers * (2 if kind == 'gmm' else 1)
   opt_state = tx.init(params)
   params, opt_state, grads = step(params, opt_state)

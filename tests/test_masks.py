@@ -24,8 +24,9 @@ def numpy_gmm(side: int, sigma: np.ndarray, alpha: np.ndarray, cutoff: bool) -> 
     d2 = (i // side - j // side) ** 2 + (i % side - j % side) ** 2
     if cutoff and d2 >= 104:
       continue
-    out[h, i, j] = sum(alpha[k, h] * np.exp(-d2 / (2 * (sigma[k, h] ** 2 + 1e-5)))
-                       for k in range(k_count))
+    out[h, i, j] = sum(
+      alpha[k, h] * np.exp(-d2 / (2 * (sigma[k, h] ** 2 + 1e-5))) for k in range(k_count)
+    )
   return out
 
 
@@ -35,8 +36,9 @@ def test_gaussian_mixture_matches_numpy(side, cutoff):
   sigma = rng.normal(10, 10, (3, 2))
   alpha = rng.normal(0, 2, (3, 2))
   coords = grid.grid_coords(side, side)
-  ours = masks.gaussian_mixture(grid.pairwise_sq_dist(jnp.asarray(coords)), jnp.asarray(sigma),
-                                jnp.asarray(alpha), cutoff)
+  ours = masks.gaussian_mixture(
+    grid.pairwise_sq_dist(jnp.asarray(coords)), jnp.asarray(sigma), jnp.asarray(alpha), cutoff
+  )
   np.testing.assert_allclose(ours, numpy_gmm(side, sigma, alpha, cutoff), rtol=2e-5, atol=1e-5)
 
 
@@ -49,8 +51,9 @@ def test_cutoff_reproduces_float32_reference_construction():
   alpha = np.array([[1.5], [-0.5]], np.float32)
   base = np.sqrt(np.exp(-d2))
   reference = sum(alpha[k, 0] * base ** (1 / (sigma[k, 0] ** 2 + 1e-5)) for k in range(2))
-  ours = np.asarray(masks.gaussian_mixture(jnp.asarray(d2), jnp.asarray(sigma),
-                                           jnp.asarray(alpha), cutoff=True))[0]
+  ours = np.asarray(
+    masks.gaussian_mixture(jnp.asarray(d2), jnp.asarray(sigma), jnp.asarray(alpha), cutoff=True)
+  )[0]
   assert np.all(ours[d2 >= 104] == 0) and np.all(reference[d2 >= 104] == 0)
   normal = d2 < 88  # Below the float32 subnormal range, where the reference is exact.
   np.testing.assert_allclose(ours[normal], reference[normal], rtol=1e-4, atol=1e-6)
@@ -102,13 +105,23 @@ def test_reference_initialisation_statistics():
   assert abs(alpha.mean()) < 0.06 and abs(alpha.std() - 2) < 0.06
 
 
-@pytest.mark.parametrize('kwargs,field', [
+@pytest.mark.parametrize(
+  'kwargs,field',
+  [
     (dict(kind='gaussian'), 'mask.kind'),
     (dict(mode='mul'), 'mask.mode'),
-])
+  ],
+)
 def test_bad_mask_settings_name_the_field(kwargs, field):
-  settings = dict(kind='gmm', num_heads=2, grid_shape=(2, 2), num_kernels=2, mode='multiply',
-                  cutoff=True, rngs=nnx.Rngs(0))
+  settings = dict(
+    kind='gmm',
+    num_heads=2,
+    grid_shape=(2, 2),
+    num_kernels=2,
+    mode='multiply',
+    cutoff=True,
+    rngs=nnx.Rngs(0),
+  )
   settings.update(kwargs)
   kind = settings.pop('kind')
   with pytest.raises(ValueError, match=field):

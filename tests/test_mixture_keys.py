@@ -72,8 +72,11 @@ class Reference:
     else:
       self.log_pi = np.zeros((HEADS, score.num_keys))  # pi_jr = 1: no mixing weights
     m = score.num_keys
-    self.var = (np.exp(np.asarray(score.log_var[...], np.float64)) if score.log_var is not None
-                else np.full((HEADS, m), np.sqrt(HEAD_DIM)))
+    self.var = (
+      np.exp(np.asarray(score.log_var[...], np.float64))
+      if score.log_var is not None
+      else np.full((HEADS, m), np.sqrt(HEAD_DIM))
+    )
     self.hard = score.e_step == 'hard'
     self.width = None if score.grid_shape is None else score.grid_shape[1]
 
@@ -121,23 +124,43 @@ class Reference:
     for p in range(old.shape[-1]):
       b, j = np.nonzero(slot == p)
       if b.size:
-        new[:, :, p] = np.mean([gamma[bb, :, :, :, jj].mean(axis=-1) for bb, jj in zip(b, j)],
-                               axis=0)
+        new[:, :, p] = np.mean(
+          [gamma[bb, :, :, :, jj].mean(axis=-1) for bb, jj in zip(b, j)], axis=0
+        )
     return new
 
   def dropped_query_term(self, q):
     """|q_i|^2 / 2 * mean_r 1 / s_r^2, the per-query constant the module leaves out."""
     mean_inv_var = (1.0 / self.var).mean(axis=1)
-    return 0.5 * (q ** 2).sum(-1) * mean_inv_var[None, :, None]
+    return 0.5 * (q**2).sum(-1) * mean_inv_var[None, :, None]
 
 
-def make_attention_layer(*, variant='mgk', e_step='soft', pi='learned', pi_scope='head',
-                         learn_variance=False, num_keys=2, mask=None, seed=0):
+def make_attention_layer(
+  *,
+  variant='mgk',
+  e_step='soft',
+  pi='learned',
+  pi_scope='head',
+  learn_variance=False,
+  num_keys=2,
+  mask=None,
+  seed=0,
+):
   rngs = nnx.Rngs(seed)
-  score = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=num_keys,
-                             variant=variant, e_step=e_step, pi=pi,
-                             pi_scope=pi_scope, learn_variance=learn_variance,
-                             use_bias=False, grid_shape=(SIDE, SIDE), rngs=rngs)
+  score = MixtureOfKeysScore(
+    DIM,
+    num_heads=HEADS,
+    head_dim=HEAD_DIM,
+    num_keys=num_keys,
+    variant=variant,
+    e_step=e_step,
+    pi=pi,
+    pi_scope=pi_scope,
+    learn_variance=learn_variance,
+    use_bias=False,
+    grid_shape=(SIDE, SIDE),
+    rngs=rngs,
+  )
   # Values away from their initial ones, so every parameter and state matters.
   rng = np.random.default_rng(seed)
   if pi == 'learned':
@@ -157,8 +180,13 @@ def tokens(batch=2, seed=1):
 
 
 # (e_step, pi): the paper's soft and hard E-steps, SGD-learned pi with either, no pi summed.
-MIXINGS = [('soft', 'e_step'), ('hard', 'none'), ('soft', 'learned'), ('hard', 'learned'),
-           ('soft', 'none')]
+MIXINGS = [
+  ('soft', 'e_step'),
+  ('hard', 'none'),
+  ('soft', 'learned'),
+  ('hard', 'learned'),
+  ('soft', 'none'),
+]
 
 
 @pytest.mark.parametrize('variant', ['mgk', 'smgk'])
@@ -168,8 +196,9 @@ MIXINGS = [('soft', 'e_step'), ('hard', 'none'), ('soft', 'learned'), ('hard', '
 def test_weights_match_the_mgk_formula(variant, e_step, pi, pi_scope, learn_variance):
   if pi == 'none' and pi_scope == 'position':
     pytest.skip('no mixing weights to place per position')
-  attn = make_attention_layer(variant=variant, e_step=e_step, pi=pi, pi_scope=pi_scope,
-                              learn_variance=learn_variance)
+  attn = make_attention_layer(
+    variant=variant, e_step=e_step, pi=pi, pi_scope=pi_scope, learn_variance=learn_variance
+  )
   x = tokens()
   coords = grid.grid_coords(SIDE, SIDE)
   got = attn.attention_weights(x, jnp.asarray(coords))
@@ -189,27 +218,33 @@ def test_per_position_pi_follows_kept_tokens_and_cls(pi):
   """After selection each key keeps its cell's weights; off-grid tokens share the last slot."""
   attn = make_attention_layer(pi=pi, pi_scope='position', num_keys=3)
   coords = kept_coords()
-  x = tokens()[:, :coords.shape[1]]
+  x = tokens()[:, : coords.shape[1]]
   got = attn.attention_weights(x, jnp.asarray(coords))
   scores, _ = Reference(attn).log_scores(x, coords)
   np.testing.assert_allclose(got, np_softmax(scores), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('pi_scope,kept', [('head', False), ('position', False),
-                                            ('position', True)])
+@pytest.mark.parametrize(
+  'pi_scope,kept', [('head', False), ('position', False), ('position', True)]
+)
 @pytest.mark.parametrize('learn_variance', [False, True])
 def test_one_e_step_against_numpy(pi_scope, kept, learn_variance):
   """A training forward pass sets pi to the batch's mean responsibilities, computed with
   the pi it had; its own weights use that old pi; evaluation leaves pi as it is."""
-  attn = make_attention_layer(variant='smgk', pi='e_step', pi_scope=pi_scope,
-                              learn_variance=learn_variance, num_keys=3)
+  attn = make_attention_layer(
+    variant='smgk', pi='e_step', pi_scope=pi_scope, learn_variance=learn_variance, num_keys=3
+  )
   coords = kept_coords() if kept else grid.grid_coords(SIDE, SIDE)
-  x = tokens()[:, :coords.shape[-2]]
+  x = tokens()[:, : coords.shape[-2]]
   ref = Reference(attn)
   expected_pi = ref.e_step(x, coords)
   old_pi = np.asarray(attn.score.pi[...])
-  np.testing.assert_allclose(attn.attention_weights(x, jnp.asarray(coords)),
-                             np_softmax(ref.log_scores(x, coords)[0]), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    attn.attention_weights(x, jnp.asarray(coords)),
+    np_softmax(ref.log_scores(x, coords)[0]),
+    rtol=1e-4,
+    atol=1e-6,
+  )
   np.testing.assert_array_equal(attn.score.pi[...], old_pi)
   got = attn.attention_weights(x, jnp.asarray(coords), training=True)
   np.testing.assert_allclose(got, np_softmax(ref.log_scores(x, coords)[0]), rtol=1e-4, atol=1e-6)
@@ -227,19 +262,21 @@ def test_e_step_pi_is_state_not_a_parameter():
   assert 'pi' in nnx.state(attn, MixingWeights)['score']
   learned = make_attention_layer(pi='learned')
   assert 'pi_logits' in nnx.state(learned, nnx.Param)['score']
-  assert not jax.tree.leaves(nnx.state(make_attention_layer(e_step='hard', pi='none'),
-                                       MixingWeights))
+  assert not jax.tree.leaves(
+    nnx.state(make_attention_layer(e_step='hard', pi='none'), MixingWeights)
+  )
 
 
 def test_e_step_in_the_jitted_train_step():
   """pi leaves the train step in the new state's buffers; the parameters never hold it."""
   from configs import quickstart_hvit
-  from gmm_vit_jax.data.info import dataset_info
   from gmm_vit_jax import sharding
+  from gmm_vit_jax.data.info import dataset_info
+  from gmm_vit_jax.models import build_from_config
   from gmm_vit_jax.training.optimizer import make_optimizer
   from gmm_vit_jax.training.state import Metrics, TrainState
   from gmm_vit_jax.training.step import make_train_step
-  from gmm_vit_jax.models import build_from_config
+
   config = quickstart_hvit.get_config()
   config.model.update(dict(dim=16, depth=1, num_heads=2, head_dim=8))
   tx = make_optimizer(config, 10)
@@ -250,8 +287,14 @@ def test_e_step_in_the_jitted_train_step():
   assert before.shape == (2, 2, 17)
   assert 'pi' not in params['blocks'][0]['attention']['score']
   state = TrainState(step=np.int32(0), params=params, buffers=buffers, opt_state=tx.init(params))
-  step = make_train_step(graphdef, tx, config, dataset_info('digits'),
-                         out_sharding=sharding.replicated(sharding.make_mesh()), donate=False)
+  step = make_train_step(
+    graphdef,
+    tx,
+    config,
+    dataset_info('digits'),
+    out_sharding=sharding.replicated(sharding.make_mesh()),
+    donate=False,
+  )
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, 64).astype(np.int32)
@@ -271,8 +314,9 @@ def test_gmm_mask_on_log_scores(mode, learn_variance):
   coords = grid.grid_coords(SIDE, SIDE)
   ref = Reference(attn)
   scores, q = ref.log_scores(x, coords)
-  g = np_gmm_values(coords, np.asarray(mask.sigma[...], np.float64),
-                    np.asarray(mask.alpha[...], np.float64))
+  g = np_gmm_values(
+    coords, np.asarray(mask.sigma[...], np.float64), np.asarray(mask.alpha[...], np.float64)
+  )
   if mode == 'add':
     # An additive mask leaves the softmax invariant to per-query constants.
     expected = np_softmax(scores + g)
@@ -298,17 +342,27 @@ def test_elm_mask_on_log_scores(mode):
     expected = np_softmax(scores + weight)
   else:
     expected = np_softmax((scores + ref.dropped_query_term(q)[..., None]) * weight)
-  np.testing.assert_allclose(attn.attention_weights(x, jnp.asarray(coords)), expected,
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    attn.attention_weights(x, jnp.asarray(coords)), expected, rtol=1e-4, atol=1e-6
+  )
 
 
 def one_key_pair(variant):
   """M = 1 score and a dot-product score sharing one key projection."""
-  mgk = MixtureOfKeysScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, num_keys=1, variant=variant,
-                           e_step='soft', pi='learned', pi_scope='head',
-                           learn_variance=False, use_bias=False, rngs=nnx.Rngs(0))
-  dot = DotProductScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, use_bias=False,
-                        rngs=nnx.Rngs(1))
+  mgk = MixtureOfKeysScore(
+    DIM,
+    num_heads=HEADS,
+    head_dim=HEAD_DIM,
+    num_keys=1,
+    variant=variant,
+    e_step='soft',
+    pi='learned',
+    pi_scope='head',
+    learn_variance=False,
+    use_bias=False,
+    rngs=nnx.Rngs(0),
+  )
+  dot = DotProductScore(DIM, num_heads=HEADS, head_dim=HEAD_DIM, use_bias=False, rngs=nnx.Rngs(1))
   # pi is irrelevant with one key: its log_softmax over one component is 0.
   mgk.pi_logits[...] = jnp.full(mgk.pi_logits.shape, 3.0)
   return mgk, dot
@@ -333,8 +387,9 @@ def test_one_key_with_equal_key_norms_is_softmax_attention(variant):
   x = 1.7 * x / np.linalg.norm(x, axis=-1, keepdims=True)  # every head's key has norm 1.7
   x = jnp.asarray(x.reshape(2, N, DIM), jnp.float32)
   q = jnp.asarray(rng.normal(size=(2, HEADS, N, HEAD_DIM)), jnp.float32)
-  np.testing.assert_allclose(jax.nn.softmax(mgk(x, q)), jax.nn.softmax(dot(x, q)),
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    jax.nn.softmax(mgk(x, q)), jax.nn.softmax(dot(x, q)), rtol=1e-5, atol=1e-7
+  )
 
 
 def test_one_key_general_norms_adds_key_norm_bias():
@@ -345,9 +400,10 @@ def test_one_key_general_norms_adds_key_norm_bias():
   x = tokens()
   q = jnp.asarray(np.random.default_rng(5).normal(size=(2, HEADS, N, HEAD_DIM)), jnp.float32)
   k = np_heads(np.asarray(x) @ np.asarray(kernel))
-  bias = -0.5 * (k ** 2).sum(-1)[:, :, None, :] / np.sqrt(HEAD_DIM)
-  np.testing.assert_allclose(jax.nn.softmax(mgk(x, q)), np_softmax(np.asarray(dot(x, q)) + bias),
-                             rtol=1e-5, atol=1e-7)
+  bias = -0.5 * (k**2).sum(-1)[:, :, None, :] / np.sqrt(HEAD_DIM)
+  np.testing.assert_allclose(
+    jax.nn.softmax(mgk(x, q)), np_softmax(np.asarray(dot(x, q)) + bias), rtol=1e-5, atol=1e-7
+  )
   assert not np.allclose(jax.nn.softmax(mgk(x, q)), jax.nn.softmax(dot(x, q)), atol=1e-3)
 
 
@@ -355,29 +411,35 @@ def test_config_errors_name_the_field():
   config = common.attention('mixture_of_keys')
   config.mixture.variant = 'kmeans'
   with pytest.raises(ValueError, match='attention.mixture.variant'):
-    make_score(config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
-               rngs=nnx.Rngs(0))
+    make_score(
+      config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32, rngs=nnx.Rngs(0)
+    )
   config = common.attention('mixture_of_keys', mixture=common.mixture_of_keys(e_step='hard'))
   with pytest.raises(ValueError, match="mixture.pi='e_step'"):
-    make_score(config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
-               rngs=nnx.Rngs(0))
+    make_score(
+      config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32, rngs=nnx.Rngs(0)
+    )
   config.mixture.pi = 'em'
   with pytest.raises(ValueError, match='attention.mixture.pi'):
-    make_score(config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
-               rngs=nnx.Rngs(0))
+    make_score(
+      config, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32, rngs=nnx.Rngs(0)
+    )
   bare = ml_collections.ConfigDict(dict(score='mixture_of_keys', qkv_bias=False))
   with pytest.raises(ValueError, match='attention.mixture section'):
-    make_score(bare, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32,
-               rngs=nnx.Rngs(0))
+    make_score(
+      bare, dim=DIM, num_heads=HEADS, head_dim=HEAD_DIM, dtype=jnp.float32, rngs=nnx.Rngs(0)
+    )
   assert 'mixture' not in common.attention()
 
 
 def tiny_vit(score: str, num_heads: int, **mixture):
   model = vit_cifar10.model('gmm')
-  model.update(dict(patch_size=2, dim=16, depth=1, num_heads=num_heads, head_dim=4,
-                    stochastic_depth=0.0))
+  model.update(
+    dict(patch_size=2, dim=16, depth=1, num_heads=num_heads, head_dim=4, stochastic_depth=0.0)
+  )
   model.attention = common.attention(
-      score, mixture=common.mixture_of_keys(**mixture) if mixture else None)
+    score, mixture=common.mixture_of_keys(**mixture) if mixture else None
+  )
   return build_model(model, num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
 
 
@@ -404,8 +466,9 @@ def test_gmm_hvit_config_halves_heads_and_saves_parameters():
   assert config.model.attention.mixture.pi_scope == 'position'
 
   def count(model_cfg):
-    abstract = nnx.eval_shape(lambda: build_model(model_cfg, num_classes=10, image_size=32,
-                                                  channels=3, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+      lambda: build_model(model_cfg, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
+    )
     return model_testing.count_params(abstract)
 
   c, depth = 192, 9
@@ -419,11 +482,10 @@ def test_bundle_carries_the_e_step_pi(tmp_path):
   """Export saves pi with the parameters; the bundle's forward and rebuilt model use it."""
   from gmm_vit_jax import export
   from gmm_vit_jax.augment.basic import normalize
+
   config = model_testing.tiny_vit_config('gmm', depth=1)
-  config.model.attention = common.attention(
-      'mixture_of_keys', mixture=common.mixture_of_keys())
-  model = build_model(config.model, num_classes=10, image_size=32, channels=3,
-                      rngs=nnx.Rngs(0))
+  config.model.attention = common.attention('mixture_of_keys', mixture=common.mixture_of_keys())
+  model = build_model(config.model, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
   score = model.blocks[0].attention.score
   pi = np.random.default_rng(0).dirichlet(np.ones(2), size=score.pi.shape[::2])
   score.pi[...] = jnp.asarray(np.moveaxis(pi, -1, 1), jnp.float32)

@@ -28,8 +28,14 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures('quick_compiles'
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Launchers' variables would make JAX detect a cluster these tests do not run in.
-CLUSTER_PREFIXES = ('SLURM_', 'OMPI_', 'PMI_', 'JAX_COORDINATOR', 'JAX_LOCAL_DEVICE_IDS',
-                    'KUBERNETES_')
+CLUSTER_PREFIXES = (
+  'SLURM_',
+  'OMPI_',
+  'PMI_',
+  'JAX_COORDINATOR',
+  'JAX_LOCAL_DEVICE_IDS',
+  'KUBERNETES_',
+)
 TIMEOUT_S = 300
 
 
@@ -42,12 +48,19 @@ def free_port() -> int:
 def launch(workdir, log_path, *flags, devices, env=None):
   """Starts train.py on the tiny config with `devices` local CPU devices; output to log_path."""
   base = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_PREFIXES)}
-  base.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              **QUICK_COMPILES_ENV)
+  base.update(
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+    **QUICK_COMPILES_ENV,
+  )
   log = open(log_path, 'w')
   proc = subprocess.Popen(
-      [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}', *flags],
-      cwd=ROOT, env={**base, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}', *flags],
+    cwd=ROOT,
+    env={**base, **(env or {})},
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
   log.close()
   return proc
 
@@ -84,8 +97,18 @@ def test_two_processes_train_like_one_device_with_the_same_global_batch(tmp_path
   port = free_port()
   multi, single = tmp_path / 'two_processes', tmp_path / 'one_device'
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
-  procs = [launch(multi, logs[i], '--config.epochs=1', f'--coordinator_address=localhost:{port}',
-                  '--num_processes=2', f'--process_id={i}', devices=2) for i in range(2)]
+  procs = [
+    launch(
+      multi,
+      logs[i],
+      '--config.epochs=1',
+      f'--coordinator_address=localhost:{port}',
+      '--num_processes=2',
+      f'--process_id={i}',
+      devices=2,
+    )
+    for i in range(2)
+  ]
   alone = loop.train_and_evaluate(tiny_config(epochs=1), str(single))
   outputs = finish(procs, logs)
 
@@ -120,12 +143,25 @@ def test_ctrl_c_to_one_process_stops_both_at_one_step(tmp_path):
   at the same step."""
   port = free_port()
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
-  procs = [launch(tmp_path / 'run', logs[i], '--distributed', '--config.epochs=200',
-                  '--config.checkpoint.every_steps=100000', devices=1,
-                  env=dict(SLURM_JOB_ID='1', SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='2',
-                           SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
-                           JAX_COORDINATOR_PORT=str(port)))
-           for i in range(2)]
+  procs = [
+    launch(
+      tmp_path / 'run',
+      logs[i],
+      '--distributed',
+      '--config.epochs=200',
+      '--config.checkpoint.every_steps=100000',
+      devices=1,
+      env=dict(
+        SLURM_JOB_ID='1',
+        SLURM_STEP_NODELIST='localhost',
+        SLURM_NTASKS='2',
+        SLURM_PROCID=str(i),
+        SLURM_LOCALID=str(i),
+        JAX_COORDINATOR_PORT=str(port),
+      ),
+    )
+    for i in range(2)
+  ]
   deadline = time.time() + TIMEOUT_S
   while not re.search(r'step \d+/4400', open(logs[1]).read()):  # A progress line: training.
     assert time.time() < deadline and procs[1].poll() is None, open(logs[1]).read()[-4000:]
@@ -146,5 +182,7 @@ def test_distributed_without_a_cluster_names_the_flags(tmp_path):
   log = tmp_path / 'process.log'
   proc = launch(tmp_path / 'run', log, '--distributed', devices=1)
   assert wait_all([proc]) != [0]
-  assert ('Outside Cloud TPU pods, SLURM, Open MPI and Kubernetes pass --coordinator_address, '
-          '--num_processes and --process_id.') in open(log).read()
+  assert (
+    'Outside Cloud TPU pods, SLURM, Open MPI and Kubernetes pass --coordinator_address, '
+    '--num_processes and --process_id.'
+  ) in open(log).read()

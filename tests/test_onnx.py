@@ -22,15 +22,13 @@ from tests.test_training import tiny_config
 pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), image_size=32,
-             channels=3)
+CIFAR = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), image_size=32, channels=3)
 
 
 def onnx_logits(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
   options = onnxruntime.SessionOptions()
   options.log_severity_level = 3  # Errors only: the runtime warns about unused constants.
-  session = onnxruntime.InferenceSession(model_bytes, options,
-                                         providers=['CPUExecutionProvider'])
+  session = onnxruntime.InferenceSession(model_bytes, options, providers=['CPUExecutionProvider'])
   return session.run(['logits'], {'images': images})[0]
 
 
@@ -64,8 +62,10 @@ def tiny_mixture_of_keys_vit():
   return config
 
 
-CONFIGS = {**{name: lambda make=make: make('gmm') for name, make in TINY_CONFIGS.items()},
-           'vit_mixture_of_keys': tiny_mixture_of_keys_vit}
+CONFIGS = {
+  **{name: lambda make=make: make('gmm') for name, make in TINY_CONFIGS.items()},
+  'vit_mixture_of_keys': tiny_mixture_of_keys_vit,
+}
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))
@@ -77,17 +77,30 @@ def test_onnx_logits_match_flax(name):
   rng = np.random.default_rng(0)
   for batch in (1, 3):
     images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    expected = model(normalize(jnp.asarray(images), CIFAR['mean'], CIFAR['std']),
-                     deterministic=True)
+    expected = model(
+      normalize(jnp.asarray(images), CIFAR['mean'], CIFAR['std']), deterministic=True
+    )
     np.testing.assert_allclose(onnx_logits(model_bytes, images), expected, rtol=0, atol=1e-4)
 
 
 def test_export_cli_writes_model_onnx_beside_the_bundle(tmp_path, monkeypatch):
   workdir, out = str(tmp_path / 'run'), str(tmp_path / 'bundle')
   loop.train_and_evaluate(tiny_config(epochs=1), workdir)
-  done = subprocess.run([sys.executable, '-m', 'gmm_vit_jax.export', f'--workdir={workdir}',
-                         f'--out={out}', '--format=onnx'], cwd=ROOT, capture_output=True,
-                        text=True, env={**os.environ, **QUICK_COMPILES_ENV}, timeout=600)
+  done = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'gmm_vit_jax.export',
+      f'--workdir={workdir}',
+      f'--out={out}',
+      '--format=onnx',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, **QUICK_COMPILES_ENV},
+    timeout=600,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'Traceback' not in done.stderr and 'serde' not in done.stderr  # The converter is quiet.
   path = os.path.join(out, onnx_export.ONNX_FILE)
@@ -99,8 +112,9 @@ def test_export_cli_writes_model_onnx_beside_the_bundle(tmp_path, monkeypatch):
   bundle = export.load(out)
   images = np.random.default_rng(0).integers(0, 256, (5, *bundle.image_shape), dtype=np.uint8)
   with open(path, 'rb') as f:
-    np.testing.assert_allclose(onnx_logits(f.read(), images), bundle.predict(images), rtol=0,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+      onnx_logits(f.read(), images), bundle.predict(images), rtol=0, atol=1e-4
+    )
 
   def unsupported(model, preprocess):
     raise NotImplementedError("[converter] No plugins registered for primitive 'frobnicate'")

@@ -24,15 +24,18 @@ def np_patches(images, p):
   out = []
   for r in range(h // p):
     for col in range(w // p):
-      out.append(images[:, r * p:(r + 1) * p, col * p:(col + 1) * p, :].reshape(b, p * p, c))
+      out.append(images[:, r * p : (r + 1) * p, col * p : (col + 1) * p, :].reshape(b, p * p, c))
   return np.stack(out, axis=1)
 
 
 def unit_images(seed=0, batch=3, size=8, channels=3):
   rng = np.random.default_rng(seed)
   images = rng.uniform(size=(batch, size, size, channels))
-  special = [np.s_[0, :PATCH, :PATCH, :], np.s_[1, :PATCH, PATCH:2 * PATCH, :],
-             np.s_[2, PATCH:2 * PATCH, :PATCH, :]]
+  special = [
+    np.s_[0, :PATCH, :PATCH, :],
+    np.s_[1, :PATCH, PATCH : 2 * PATCH, :],
+    np.s_[2, PATCH : 2 * PATCH, :PATCH, :],
+  ]
   for where, value in zip(special[:batch], [0.0, 0.6, 1.0]):  # black, flat, white patches
     images[where] = value
   return images.astype(np.float32)
@@ -62,8 +65,7 @@ def test_entropy_is_the_histogram_entropy(bins, levels):
     counts, _ = np.histogram(px[b, n], bins=bins, range=(0.0, 1.0))
     p = counts[counts > 0] / counts.sum()
     expected[b, n] = -(p * np.log2(p)).sum()
-  got = patches.patch_scores(jnp.asarray(images, jnp.float32), 'entropy', PATCH,
-                             entropy_bins=bins)
+  got = patches.patch_scores(jnp.asarray(images, jnp.float32), 'entropy', PATCH, entropy_bins=bins)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   # Flat patches (black, grey, white) hold one bin; at most log2 of the P * C values.
   assert got[0, 0] == 0.0 and got[1, 1] == 0.0 and got[2, 4] == 0.0
@@ -102,9 +104,12 @@ def cfg(**kwargs):
 @pytest.mark.parametrize('keep', [1.0, 0.7, 0.5, 0.2])
 def test_topk_selection_matches_numpy(keep):
   images = unit_images(seed=1, batch=4)
-  got = patches.select_tokens(jnp.asarray(images), jax.random.key(0),
-                              cfg(kind='variance', keep=keep, selection='topk'),
-                              patch_size=PATCH)
+  got = patches.select_tokens(
+    jnp.asarray(images),
+    jax.random.key(0),
+    cfg(kind='variance', keep=keep, selection='topk'),
+    patch_size=PATCH,
+  )
   var = np_patches(images.astype(np.float64), PATCH).var(axis=2).mean(-1)
   k = max(1, round(keep * 16))
   expected = np.sort(np.argsort(-var, axis=1, kind='stable')[:, :k], axis=1)
@@ -140,8 +145,9 @@ def test_sampling_law_is_successive_draws_from_min_max_scores():
   scores = np.array([0.3, 1.3, 0.8, 2.3, 1.8])  # min-max: [0, .5, .25, 1, .75]
   weights = (scores - scores.min()) / (scores.max() - scores.min())
   k, draws = 3, 40000
-  index = selection.sample_index(jnp.tile(jnp.asarray(scores, jnp.float32), (draws, 1)), k,
-                                 jax.random.key(0))
+  index = selection.sample_index(
+    jnp.tile(jnp.asarray(scores, jnp.float32), (draws, 1)), k, jax.random.key(0)
+  )
   assert np.all(np.diff(np.asarray(index), axis=1) > 0)
   freq = subset_frequencies(index)
   for subset, p in np_inclusion_probabilities(weights, k).items():
@@ -167,14 +173,20 @@ def test_equal_scores_sample_uniformly():
 
 def test_select_tokens_sample_mode_and_config_errors():
   images = jnp.asarray(unit_images(seed=2, batch=5))
-  got = patches.select_tokens(images, jax.random.key(3), cfg(kind='contrast', keep=0.5),
-                              patch_size=PATCH)
+  got = patches.select_tokens(
+    images, jax.random.key(3), cfg(kind='contrast', keep=0.5), patch_size=PATCH
+  )
   assert got.shape == (5, 8) and got.dtype == jnp.int32
   assert np.all(np.diff(np.asarray(got), axis=1) > 0)
   every = patches.select_tokens(images, jax.random.key(3), cfg(kind='none'), patch_size=PATCH)
   np.testing.assert_array_equal(every, np.tile(np.arange(16), (5, 1)))
-  for field, value in [('kind', 'edges'), ('selection', 'best'), ('mode', 'blur'),
-                       ('keep', 0.0), ('keep', 1.5)]:
+  for field, value in [
+    ('kind', 'edges'),
+    ('selection', 'best'),
+    ('mode', 'blur'),
+    ('keep', 0.0),
+    ('keep', 1.5),
+  ]:
     bad = cfg(kind='variance')
     bad[field] = value
     with pytest.raises(ValueError, match=f'patch_selection.{field}'):
@@ -213,7 +225,7 @@ def test_zero_mode_zeroes_dropped_pixels():
   for b in range(2):
     for t in np.asarray(index[b]):
       r, c = divmod(int(t), 4)
-      sl = np.s_[b, r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH]
+      sl = np.s_[b, r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH]
       expected[sl] = images[sl]
   np.testing.assert_array_equal(got, expected)
 
@@ -223,11 +235,15 @@ def test_drawing_keeps_kept_patches_and_marks_dropped(channels):
   images = unit_images(seed=5, batch=3, channels=channels)
   index = np.asarray([[0, 1, 2, 3], [4, 8, 12, 15], [5, 6, 9, 10]])
   scale, border = 3, 2
-  canvas = patches.draw_kept_patches(images, index, patch_size=PATCH, columns=2, scale=scale,
-                                     border=border)
+  canvas = patches.draw_kept_patches(
+    images, index, patch_size=PATCH, columns=2, scale=scale, border=border
+  )
   tile = 8 * scale
-  assert canvas.dtype == np.uint8 and canvas.shape == (2 * (tile + border) + border,
-                                                       2 * (tile + border) + border, 3)
+  assert canvas.dtype == np.uint8 and canvas.shape == (
+    2 * (tile + border) + border,
+    2 * (tile + border) + border,
+    3,
+  )
   pixels = np.round(images * 255).astype(np.uint8)
   if channels == 1:
     pixels = np.repeat(pixels, 3, axis=-1)
@@ -236,9 +252,14 @@ def test_drawing_keeps_kept_patches_and_marks_dropped(channels):
     r0, c0 = border + (b // 2) * (tile + border), border + (b % 2) * (tile + border)
     for t in range(16):
       pr, pc = divmod(t, 4)
-      drawn = canvas[r0 + pr * side:r0 + (pr + 1) * side, c0 + pc * side:c0 + (pc + 1) * side]
-      source = np.repeat(np.repeat(pixels[b, pr * PATCH:(pr + 1) * PATCH,
-                                          pc * PATCH:(pc + 1) * PATCH], scale, 0), scale, 1)
+      drawn = canvas[r0 + pr * side : r0 + (pr + 1) * side, c0 + pc * side : c0 + (pc + 1) * side]
+      source = np.repeat(
+        np.repeat(
+          pixels[b, pr * PATCH : (pr + 1) * PATCH, pc * PATCH : (pc + 1) * PATCH], scale, 0
+        ),
+        scale,
+        1,
+      )
       if t in index[b]:
         np.testing.assert_array_equal(drawn, source)
       else:
@@ -253,11 +274,11 @@ def test_drawing_keeps_kept_patches_and_marks_dropped(channels):
 
 def tiny_model(mask_kind: str, score: str = 'dot_product', depth: int = 2):
   model = vit_cifar10.model(mask_kind)
-  model.update(dict(patch_size=PATCH, dim=16, depth=depth, num_heads=2, head_dim=8,
-                    stochastic_depth=0.0))
+  model.update(
+    dict(patch_size=PATCH, dim=16, depth=depth, num_heads=2, head_dim=8, stochastic_depth=0.0)
+  )
   if score == 'mixture_of_keys':
-    model.attention = common.attention(score, mixture=common.mixture_of_keys(
-        pi_scope='position'))
+    model.attention = common.attention(score, mixture=common.mixture_of_keys(pi_scope='position'))
   return build_model(model, num_classes=5, image_size=8, channels=3, rngs=nnx.Rngs(0))
 
 
@@ -287,9 +308,15 @@ def test_kept_tokens_are_a_numpy_gather():
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('mask_kind,score', [('none', 'dot_product'), ('gmm', 'dot_product'),
-                                             ('elm', 'dot_product'),
-                                             ('gmm', 'mixture_of_keys')])
+@pytest.mark.parametrize(
+  'mask_kind,score',
+  [
+    ('none', 'dot_product'),
+    ('gmm', 'dot_product'),
+    ('elm', 'dot_product'),
+    ('gmm', 'mixture_of_keys'),
+  ],
+)
 def test_permuted_tokens_carry_their_positions(mask_kind, score):
   """Keeping every token in another order changes nothing only if position embeddings,
   mask coordinates and per-position mixing weights travel with the tokens."""
@@ -301,8 +328,7 @@ def test_permuted_tokens_carry_their_positions(mask_kind, score):
   images = jnp.asarray(unit_images(seed=7, batch=2))
   rng = np.random.default_rng(1)
   index = jnp.asarray(np.stack([rng.permutation(16) for _ in range(2)]), jnp.int32)
-  np.testing.assert_allclose(run(model, images, index), run(model, images),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(run(model, images, index), run(model, images), rtol=1e-4, atol=1e-5)
 
 
 def test_mask_sees_the_kept_tokens_original_coordinates():
@@ -312,15 +338,13 @@ def test_mask_sees_the_kept_tokens_original_coordinates():
   original = type(mask).evaluate
 
   class Recording(type(mask)):
-
     def evaluate(self, coords):
       jax.debug.callback(lambda c: seen.append(np.asarray(c)), coords)
       return original(self, coords)
 
   mask.__class__ = Recording
   index = np.asarray([[1, 6, 11, 12], [0, 5, 9, 15]], np.int32)
-  jax.block_until_ready(run(model, jnp.asarray(unit_images(seed=8, batch=2)),
-                            jnp.asarray(index)))
+  jax.block_until_ready(run(model, jnp.asarray(unit_images(seed=8, batch=2)), jnp.asarray(index)))
   assert len(seen) == 1
   np.testing.assert_array_equal(seen[0], grid.grid_coords(4, 4)[index])
 
@@ -332,7 +356,7 @@ def test_gmm_mask_lookup_equals_direct_evaluation(side, cls):
   direct = GaussianMixtureMask(3, num_kernels=2, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   n = side * side
-  index = np.sort(np.stack([rng.permutation(n)[:n // 2] for _ in range(3)]), axis=1)
+  index = np.sort(np.stack([rng.permutation(n)[: n // 2] for _ in range(3)]), axis=1)
   shared, per_example = grid.grid_coords(side, side), grid.grid_coords(side, side)[index]
   for coords in (shared, per_example):
     coords = jnp.asarray(coords)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from gmm_vit_jax import sharding
-from gmm_vit_jax.data import pipeline as pipelines
-from gmm_vit_jax.data import records
+from gmm_vit_jax.data import pipeline as pipelines, records
 from gmm_vit_jax.training import loop
 from tests.test_training import tiny_config
 
@@ -25,8 +24,9 @@ def both(config):
 
 def gathered(images, labels, index):
   images, labels = np.asarray(images), np.asarray(labels)
-  return (images, labels) if index is None else (images[np.asarray(index)],
-                                                 labels[np.asarray(index)])
+  return (
+    (images, labels) if index is None else (images[np.asarray(index)], labels[np.asarray(index)])
+  )
 
 
 @pytest.mark.parametrize('validation', [None, 0.25])

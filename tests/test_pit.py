@@ -13,7 +13,6 @@ from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.pit import Pool
 from tests.model_testing import count_params, random_batch, train_losses
 
-
 pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
@@ -25,14 +24,18 @@ def tiny_model(mask_kind: str):
   return build_model(config, num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize('get_config, expected', [
+@pytest.mark.parametrize(
+  'get_config, expected',
+  [
     (pit_cifar10.get_config, 6_972_586),
     (gmm_pit_cifar10.get_config, 6_973_186),
-])
+  ],
+)
 def test_parameter_count_matches_reference(get_config, expected):
   config = get_config()
-  model = nnx.eval_shape(lambda: build_model(config.model, num_classes=10, image_size=32,
-                                             channels=3, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build_model(config.model, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
+  )
   assert model.sides == (16, 8, 4)
   assert count_params(model) == expected
 
@@ -40,8 +43,9 @@ def test_parameter_count_matches_reference(get_config, expected):
 def test_tiny_imagenet_keeps_the_token_grids():
   config = pit_cifar10.get_config('tiny_imagenet')
   assert config.model.patch_size == 4
-  model = nnx.eval_shape(lambda: build_model(config.model, num_classes=200, image_size=64,
-                                             channels=3, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build_model(config.model, num_classes=200, image_size=64, channels=3, rngs=nnx.Rngs(0))
+  )
   assert model.sides == (16, 8, 4)
 
 
@@ -66,8 +70,9 @@ def numpy_gmm(sigma, alpha, side):
   rows, cols = np.divmod(np.arange(side * side), side)
   d2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
   var = sigma.astype(np.float64) ** 2 + 1e-5
-  return np.sum(alpha[:, :, None, None] * np.exp(-d2[None, None] / (2 * var[:, :, None, None])),
-                axis=0)
+  return np.sum(
+    alpha[:, :, None, None] * np.exp(-d2[None, None] / (2 * var[:, :, None, None])), axis=0
+  )
 
 
 @pytest.mark.parametrize('stage, side', [(0, 4), (1, 2)])
@@ -83,10 +88,10 @@ def test_mask_leaves_the_cls_row_and_column(stage, side):
   logits = np.asarray(logits)
   np.testing.assert_array_equal(masked[:, :, 0, :], logits[:, :, 0, :])
   np.testing.assert_array_equal(masked[:, :, :, 0], logits[:, :, :, 0])
-  g = numpy_gmm(np.asarray(attention.mask.sigma[...]), np.asarray(attention.mask.alpha[...]),
-                side)
-  np.testing.assert_allclose(masked[:, :, 1:, 1:], logits[:, :, 1:, 1:] * g[None], rtol=1e-5,
-                             atol=1e-6)
+  g = numpy_gmm(np.asarray(attention.mask.sigma[...]), np.asarray(attention.mask.alpha[...]), side)
+  np.testing.assert_allclose(
+    masked[:, :, 1:, 1:], logits[:, :, 1:, 1:] * g[None], rtol=1e-5, atol=1e-6
+  )
 
 
 def test_pool_matches_numpy():
@@ -104,10 +109,11 @@ def test_pool_matches_numpy():
     c = o // 2  # Channel multiplier 2: outputs 2c and 2c + 1 read input channel c.
     for y in range(out_side):
       for xx in range(out_side):
-        patch = grid[:, 2 * y:2 * y + 3, 2 * xx:2 * xx + 3, c]
+        patch = grid[:, 2 * y : 2 * y + 3, 2 * xx : 2 * xx + 3, c]
         conv[:, y, xx, o] = np.sum(patch * dw[:, :, 0, o], axis=(1, 2)) + dw_bias[o]
-  tokens = (conv.reshape(2, -1, 2 * dim) @ np.asarray(pool.pointwise.kernel[...])
-            + np.asarray(pool.pointwise.bias[...]))
+  tokens = conv.reshape(2, -1, 2 * dim) @ np.asarray(pool.pointwise.kernel[...]) + np.asarray(
+    pool.pointwise.bias[...]
+  )
   cls = x[:, :1] @ np.asarray(pool.cls.kernel[...]) + np.asarray(pool.cls.bias[...])
   np.testing.assert_allclose(out, np.concatenate([cls, tokens], axis=1), rtol=1e-5, atol=1e-5)
 

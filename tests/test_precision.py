@@ -11,8 +11,13 @@ from flax import nnx
 
 import configs
 from gmm_vit_jax.models import build_model, compute_dtype
-from tests.model_testing import (random_batch, tiny_cait_config, tiny_swin_config,
-                                 tiny_vit_config, train_losses)
+from tests.model_testing import (
+  random_batch,
+  tiny_cait_config,
+  tiny_swin_config,
+  tiny_vit_config,
+  train_losses,
+)
 
 
 def test_auto_is_float32_on_a_cpu():

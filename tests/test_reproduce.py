@@ -32,8 +32,9 @@ def test_published_table_has_every_cell_of_the_papers_table():
 def test_digits_runs_every_seed_then_skips_finished_runs(tmp_path):
   workdir = str(tmp_path)
   with quick_compiles():
-    rows = reproduce.reproduce(workdir, datasets=['digits'], backbones=['vit'],
-                               configs=CONFIGS, shrink=one_epoch, seeds=2)
+    rows = reproduce.reproduce(
+      workdir, datasets=['digits'], backbones=['vit'], configs=CONFIGS, shrink=one_epoch, seeds=2
+    )
   reproduce.write_table(rows, workdir, kind='tiny models')
   [row] = rows
   assert (row['dataset'], row['backbone'], row['published']) == ('digits', 'vit', None)
@@ -49,30 +50,42 @@ def test_digits_runs_every_seed_then_skips_finished_runs(tmp_path):
   assert 'mean ± standard deviation over 2 seeds' in table
   assert os.path.getsize(os.path.join(workdir, 'table.png')) > 10_000
 
-  stamps = {p: os.path.getmtime(os.path.join(workdir, 'digits', p, 'summary.json'))
-            for p in os.listdir(os.path.join(workdir, 'digits'))}
+  stamps = {
+    p: os.path.getmtime(os.path.join(workdir, 'digits', p, 'summary.json'))
+    for p in os.listdir(os.path.join(workdir, 'digits'))
+  }
   assert len(stamps) == 4
-  again = reproduce.reproduce(workdir, datasets=['digits'], backbones=['vit'],
-                              configs=CONFIGS, shrink=one_epoch, seeds=2)
+  again = reproduce.reproduce(
+    workdir, datasets=['digits'], backbones=['vit'], configs=CONFIGS, shrink=one_epoch, seeds=2
+  )
   assert again == rows
-  assert stamps == {p: os.path.getmtime(os.path.join(workdir, 'digits', p, 'summary.json'))
-                    for p in stamps}
+  assert stamps == {
+    p: os.path.getmtime(os.path.join(workdir, 'digits', p, 'summary.json')) for p in stamps
+  }
 
 
 def _row(dataset, backbone, plain_best, plain_final, gmm_best, gmm_final):
-  return dict(dataset=dataset, backbone=backbone, plain=dict(best=plain_best, final=plain_final),
-              gmm=dict(best=gmm_best, final=gmm_final),
-              published=PUBLISHED.get((backbone, dataset)))
+  return dict(
+    dataset=dataset,
+    backbone=backbone,
+    plain=dict(best=plain_best, final=plain_final),
+    gmm=dict(best=gmm_best, final=gmm_final),
+    published=PUBLISHED.get((backbone, dataset)),
+  )
 
 
 def test_table_shows_best_and_final_beside_the_published_number():
   rows = [_row('cifar10', 'vit', [93.5], [93.0], [95.75], [95.5])]
   header, _, line = reproduce.markdown_table(rows).splitlines()
-  assert header == ('| dataset | model | plain best | plain final | plain, paper | GMM best '
-                    '| GMM final | GMM, paper | GMM - plain, best | GMM - plain, final '
-                    '| GMM - plain, paper |')
-  assert line == ('| cifar10 | vit | 93.50 (-0.15) | 93.00 | 93.65 | 95.75 (+0.69) | 95.50 '
-                  '| 95.06 | +2.25 | +2.50 | +1.41 |')
+  assert header == (
+    '| dataset | model | plain best | plain final | plain, paper | GMM best '
+    '| GMM final | GMM, paper | GMM - plain, best | GMM - plain, final '
+    '| GMM - plain, paper |'
+  )
+  assert line == (
+    '| cifar10 | vit | 93.50 (-0.15) | 93.00 | 93.65 | 95.75 (+0.69) | 95.50 '
+    '| 95.06 | +2.25 | +2.50 | +1.41 |'
+  )
   assert 'best_acc1' in reproduce.caption(rows, 'the paper configs')
 
 
@@ -95,8 +108,9 @@ def test_unknown_backbone_is_a_clear_error(tmp_path):
 
 def test_the_config_files_are_read_from_the_folder_given(tmp_path):
   (tmp_path / 'vit_cifar10.py').write_text(
-      'from configs import vit_cifar10\n\n\ndef get_config(dataset):\n'
-      '  config = vit_cifar10.get_config(dataset)\n  config.epochs = 7\n  return config\n')
+    'from configs import vit_cifar10\n\n\ndef get_config(dataset):\n'
+    '  config = vit_cifar10.get_config(dataset)\n  config.epochs = 7\n  return config\n'
+  )
   assert reproduce.run_config(str(tmp_path), 'vit', 'plain', 'digits').epochs == 7
   with pytest.raises(errors.ConfigError, match='gmm_vit_cifar10.py does not exist: --configs'):
     reproduce.run_config(str(tmp_path), 'vit', 'gmm', 'digits')
@@ -105,10 +119,11 @@ def test_the_config_files_are_read_from_the_folder_given(tmp_path):
 @pytest.mark.parametrize('backbone', BACKBONES)
 def test_quickstart_size_gives_every_backbone_a_model_that_learns_the_digits(backbone):
   from flax import nnx
+
   from gmm_vit_jax.models import build_from_config
   from tests.model_testing import count_params
-  config = reproduce.run_config(CONFIGS, backbone, 'gmm', 'digits',
-                                shrink=quickstart_size.shrink)
+
+  config = reproduce.run_config(CONFIGS, backbone, 'gmm', 'digits', shrink=quickstart_size.shrink)
   assert (config.epochs, config.batch_size, config.eval_batch_size) == (60, 64, 360)
   assert config.model.mask.kind == 'gmm' and not config.augment.flip
   model = nnx.eval_shape(lambda: build_from_config(config))
@@ -117,9 +132,21 @@ def test_quickstart_size_gives_every_backbone_a_model_that_learns_the_digits(bac
 
 def test_seeds_below_one_is_one_error_line(tmp_path):
   done = subprocess.run(
-      [sys.executable, '-m', 'gmm_vit_jax.reproduce', f'--workdir={tmp_path}',
-       '--datasets=digits', '--backbones=vit', '--tiny', '--seeds=0'],
-      cwd=os.path.dirname(CONFIGS), capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [
+      sys.executable,
+      '-m',
+      'gmm_vit_jax.reproduce',
+      f'--workdir={tmp_path}',
+      '--datasets=digits',
+      '--backbones=vit',
+      '--tiny',
+      '--seeds=0',
+    ],
+    cwd=os.path.dirname(CONFIGS),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert done.returncode == 1
   assert done.stderr.strip().splitlines()[-1] == 'error: --seeds=0 must be at least 1.'

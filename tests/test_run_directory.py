@@ -43,8 +43,12 @@ def _copy(finished_run, tmp_path) -> str:
 
 
 def _toy_state(step: int, value: float = 1.0) -> TrainState:
-  return TrainState(step=jnp.int32(step), params={'w': jnp.full((3,), value)}, buffers={},
-                    opt_state={'mu': jnp.zeros((3,))})
+  return TrainState(
+    step=jnp.int32(step),
+    params={'w': jnp.full((3,), value)},
+    buffers={},
+    opt_state={'mu': jnp.zeros((3,))},
+  )
 
 
 def test_best_checkpoint_and_its_metrics_survive_restarts(tmp_path):
@@ -76,9 +80,14 @@ def test_export_takes_the_best_checkpoint_and_says_which(finished_run, tmp_path)
 
 
 def _export(workdir: str, out: str, *flags: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'gmm_vit_jax.export', f'--workdir={workdir}',
-                         f'--out={out}', *flags], cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, **QUICK_COMPILES_ENV}, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'gmm_vit_jax.export', f'--workdir={workdir}', f'--out={out}', *flags],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, **QUICK_COMPILES_ENV},
+    timeout=300,
+  )
 
 
 def test_export_writes_only_into_a_new_folder_or_over_a_bundle(finished_run, tmp_path):
@@ -90,8 +99,9 @@ def test_export_writes_only_into_a_new_folder_or_over_a_bundle(finished_run, tmp
   refused = _export(finished_run, str(mine))
   assert refused.returncode == errors.EXIT_ERROR and refused.stdout == '', refused.stderr
   assert refused.stderr.strip().splitlines() == [
-      f'error: --out {mine} holds files that are not part of a bundle (notes.txt): choose an '
-      'empty or new --out; nothing was written.'], refused.stderr[-3000:]
+    f'error: --out {mine} holds files that are not part of a bundle (notes.txt): choose an '
+    'empty or new --out; nothing was written.'
+  ], refused.stderr[-3000:]
   assert os.listdir(mine) == ['notes.txt']
 
   bundle = tmp_path / 'bundle'
@@ -181,8 +191,12 @@ def test_when_no_checkpoint_restores_nothing_is_moved(finished_run, tmp_path):
 
 def _array_files(checkpoint: str) -> list[str]:
   """The array data files of one orbax checkpoint."""
-  return [os.path.join(root, f) for root, _, files in os.walk(checkpoint) for f in files
-          if os.path.basename(root) == 'd']
+  return [
+    os.path.join(root, f)
+    for root, _, files in os.walk(checkpoint)
+    for f in files
+    if os.path.basename(root) == 'd'
+  ]
 
 
 def test_a_state_gone_nan_between_log_steps_is_never_saved(tmp_path):
@@ -193,8 +207,11 @@ def test_a_state_gone_nan_between_log_steps_is_never_saved(tmp_path):
   config.checkpoint.every_steps = 2
   with pytest.raises(errors.NonFiniteError, match='NaN or infinite'):
     loop.train_and_evaluate(config, str(tmp_path))
-  saved = [int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()] if (
-      tmp_path / 'checkpoints').exists() else []
+  saved = (
+    [int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()]
+    if (tmp_path / 'checkpoints').exists()
+    else []
+  )
   for step in saved:
     for path, value in restored_state(str(tmp_path), step):
       assert np.all(np.isfinite(value)), (step, path)
@@ -204,15 +221,27 @@ def test_the_save_guard_refuses_a_nonfinite_state(tmp_path):
   checkpointer = Checkpointer(str(tmp_path), tiny_config().checkpoint)
   checkpointer.save(_toy_state(1))
   with pytest.raises(errors.NonFiniteError, match=r'holds 1 NaN .*\(step 1\) is intact'):
-    checkpointer.save(TrainState(step=jnp.int32(2), params={'w': jnp.array([1.0, jnp.nan])},
-                                 buffers={}, opt_state={'mu': jnp.zeros((2,))}))
+    checkpointer.save(
+      TrainState(
+        step=jnp.int32(2),
+        params={'w': jnp.array([1.0, jnp.nan])},
+        buffers={},
+        opt_state={'mu': jnp.zeros((2,))},
+      )
+    )
   checkpointer.close()
   assert sorted(d for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()) == ['1']
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('optimizer.learning_rate', -1e-3, r'optimizer.learning_rate=-0.001 is not allowed: use a '
-                                       r'number in \(0, inf\)'),
+@pytest.mark.parametrize(
+  'field,value,message',
+  [
+    (
+      'optimizer.learning_rate',
+      -1e-3,
+      r'optimizer.learning_rate=-0.001 is not allowed: use a '
+      r'number in \(0, inf\)',
+    ),
     ('epochs', 0, 'epochs=0 is not allowed: use a whole number >= 1'),
     ('checkpoint.every_steps', 0, 'checkpoint.every_steps=0 is not allowed'),
     ('batch_size', 0, 'batch_size=0 is not allowed'),
@@ -223,7 +252,8 @@ def test_the_save_guard_refuses_a_nonfinite_state(tmp_path):
     ('optimizer.grad_clip_norm', -1.0, 'optimizer.grad_clip_norm=-1.0 is not allowed: use None'),
     ('schedule.warmup_epochs', 2, 'schedule.warmup_epochs=2 must be below epochs=2'),
     ('model.mask.kind', 'gauss', "model.mask.kind='gauss'"),
-])
+  ],
+)
 def test_bad_values_are_refused_before_any_work(tmp_path, field, value, message):
   config = tiny_config(epochs=2)
   section, name = field.rsplit('.', 1) if '.' in field else ('', field)
@@ -239,6 +269,7 @@ def test_bad_values_are_refused_before_any_work(tmp_path, field, value, message)
 
 def test_patch_selection_on_a_full_grid_backbone_is_refused_at_once():
   from configs import swin_cifar10
+
   config = swin_cifar10.get_config()
   config.patch_selection = common.patch_selection('variance')
   with pytest.raises(errors.ConfigError, match="model.name='swin' cannot: use"):
@@ -249,7 +280,12 @@ def test_patch_selection_on_a_full_grid_backbone_is_refused_at_once():
 
 def test_every_config_file_passes_the_checks():
   import importlib
-  names = [f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('.py') and f not in ('common.py', '__init__.py')]
+
+  names = [
+    f[:-3]
+    for f in os.listdir(os.path.join(ROOT, 'configs'))
+    if f.endswith('.py') and f not in ('common.py', '__init__.py')
+  ]
   checked = 0
   for name in names:
     module = importlib.import_module(f'configs.{name}')
@@ -279,11 +315,12 @@ def _foreign_folders(root) -> dict[str, str]:
   """{case: workdir} of folders this trainer did not make, each holding what users have."""
   folders = {}
   for case, files in {
-      'foreign_config': {'config.json': json.dumps({'architectures': ['BertModel'],
-                                                    'hidden_size': 768})},
-      'broken_config': {'config.json': '{"model": '},
-      'unrelated': {'notes.txt': 'mine', 'photos/cat.jpg': 'jpeg'},
-      'orphan_checkpoints': {'checkpoints/10/_CHECKPOINT_METADATA': '{}', 'lock': ''},
+    'foreign_config': {
+      'config.json': json.dumps({'architectures': ['BertModel'], 'hidden_size': 768})
+    },
+    'broken_config': {'config.json': '{"model": '},
+    'unrelated': {'notes.txt': 'mine', 'photos/cat.jpg': 'jpeg'},
+    'orphan_checkpoints': {'checkpoints/10/_CHECKPOINT_METADATA': '{}', 'lock': ''},
   }.items():
     for name, text in files.items():
       path = root / case / name
@@ -295,32 +332,36 @@ def _foreign_folders(root) -> dict[str, str]:
 
 def test_a_folder_this_trainer_did_not_write_is_refused_untouched(tmp_path):
   expected = {
-      'foreign_config': 'config.json is not a config this trainer wrote (it has no model.name, '
-                        'dataset.name, epochs, batch_size, seed, checkpoint.every_steps)',
-      'broken_config': 'config.json is not a config this trainer wrote (it is not a JSON '
-                       'object)',
-      'unrelated': 'holds files this trainer did not write (notes.txt, photos) and no '
-                   'config.json of its own',
-      'orphan_checkpoints': 'holds files this trainer did not write (checkpoints) and no '
-                            'config.json of its own',
+    'foreign_config': 'config.json is not a config this trainer wrote (it has no model.name, '
+    'dataset.name, epochs, batch_size, seed, checkpoint.every_steps)',
+    'broken_config': 'config.json is not a config this trainer wrote (it is not a JSON object)',
+    'unrelated': 'holds files this trainer did not write (notes.txt, photos) and no '
+    'config.json of its own',
+    'orphan_checkpoints': 'holds files this trainer did not write (checkpoints) and no '
+    'config.json of its own',
   }
   for case, workdir in _foreign_folders(tmp_path).items():
     before = files_with_times(workdir), sorted(os.listdir(workdir))
     with pytest.raises(errors.UserError) as raised:
       loop.train_and_evaluate(tiny_config(epochs=1), workdir)
     assert expected[case] in str(raised.value), (case, str(raised.value))
-    assert str(raised.value).endswith('choose an empty or new --workdir; nothing in it was '
-                                      'changed.')
+    assert str(raised.value).endswith(
+      'choose an empty or new --workdir; nothing in it was changed.'
+    )
     assert (files_with_times(workdir), sorted(os.listdir(workdir))) == before, case
 
 
 def test_a_workdir_that_is_a_file_or_under_one_is_refused(tmp_path):
   file = tmp_path / 'results.csv'
   file.write_text('a,b\n')
-  for workdir, where in ((file, 'is a file'), (file / 'run', f'lies under {file}, which is a '
-                                                            'file')):
-    with pytest.raises(errors.UserError, match=f'--workdir {workdir} {where}: choose a '
-                                               'directory that does not exist yet'):
+  for workdir, where in (
+    (file, 'is a file'),
+    (file / 'run', f'lies under {file}, which is a file'),
+  ):
+    with pytest.raises(
+      errors.UserError,
+      match=f'--workdir {workdir} {where}: choose a directory that does not exist yet',
+    ):
       loop.train_and_evaluate(tiny_config(epochs=1), str(workdir))
   assert file.read_text() == 'a,b\n'
 
@@ -342,13 +383,19 @@ def test_empty_new_and_early_workdirs_are_taken(finished_run, tmp_path):
 
 def test_the_console_of_a_refused_workdir_is_one_line(tmp_path):
   workdir = _foreign_folders(tmp_path)['foreign_config']
-  proc = subprocess.run([sys.executable, 'train.py', '--config=tests/tiny_config.py',
-                         f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, **QUICK_COMPILES_ENV}, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, **QUICK_COMPILES_ENV},
+    timeout=300,
+  )
   assert proc.returncode == errors.EXIT_ERROR, proc.stderr[-3000:]
   assert proc.stdout == ''
   assert proc.stderr.strip().splitlines() == [
-      f'error: {workdir}/config.json is not a config this trainer wrote (it has no model.name, '
-      'dataset.name, epochs, batch_size, seed, checkpoint.every_steps): choose an empty or new '
-      '--workdir; nothing in it was changed.'], proc.stderr[-3000:]
+    f'error: {workdir}/config.json is not a config this trainer wrote (it has no model.name, '
+    'dataset.name, epochs, batch_size, seed, checkpoint.every_steps): choose an empty or new '
+    '--workdir; nothing in it was changed.'
+  ], proc.stderr[-3000:]
   assert sorted(os.listdir(workdir)) == ['config.json']

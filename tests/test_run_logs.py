@@ -36,8 +36,11 @@ def test_tensorboard_has_throughput_and_norms(tmp_path):
     assert images.value == pytest.approx(rate.value * config.batch_size, rel=1e-5)
   # The norm of the parameters the run ended with, against the last window's mean: the
   # last window's steps move the weights by a tiny fraction of their norm.
-  params = [x for path, x in restored_state(str(tmp_path), last)
-            if re.match(r"(\.params\b|\['params'\])", path)]
+  params = [
+    x
+    for path, x in restored_state(str(tmp_path), last)
+    if re.match(r"(\.params\b|\['params'\])", path)
+  ]
   assert params
   final_norm = math.sqrt(sum(float(np.sum(np.square(x.astype(np.float64)))) for x in params))
   assert events.Scalars('train_param_norm')[-1].value == pytest.approx(final_norm, rel=1e-2)

@@ -58,8 +58,12 @@ def test_ctrl_c_saves_at_the_stop_step_and_the_rerun_resumes_there(tmp_path, cap
   exit 75, no traceback; the second press waits for the save to be committed."""
   workdir = str(tmp_path / 'run')
   # No save but the one at the stop: without it a rerun would start over.
-  args = ('--config.epochs=400', '--config.checkpoint.every_steps=100000',
-          '--config.eval_every_epochs=1000', '--config.progress_every_s=0.2')
+  args = (
+    '--config.epochs=400',
+    '--config.checkpoint.every_steps=100000',
+    '--config.eval_every_epochs=1000',
+    '--config.progress_every_s=0.2',
+  )
   proc = run_train(workdir, *args)
   console = _Console(proc)
   console.wait_for(r'step [1-9]\d*/')
@@ -112,7 +116,7 @@ def _processes() -> dict[int, tuple[int, str, str]]:
         stat = f.read()
     except OSError:  # Ended meanwhile.
       continue
-    fields = stat[stat.rindex(')') + 2:].split()  # After the name, which may hold spaces.
+    fields = stat[stat.rindex(')') + 2 :].split()  # After the name, which may hold spaces.
     found[int(entry)] = (int(fields[1]), fields[0], fields[19])
   return found
 
@@ -142,8 +146,13 @@ def _alive(pid: int, start: str) -> bool:
 
 def test_kill_9_leaves_no_grain_worker_or_resource_tracker(tmp_path):
   workdir = str(tmp_path / 'run')
-  proc = run_train(workdir, '--config.epochs=400', '--config.dataset.pipeline=grain',
-                   '--config.dataset.grain_workers=2', '--config.progress_every_s=0.2')
+  proc = run_train(
+    workdir,
+    '--config.epochs=400',
+    '--config.dataset.pipeline=grain',
+    '--config.dataset.grain_workers=2',
+    '--config.progress_every_s=0.2',
+  )
   console = _Console(proc)
   console.wait_for(r'step [1-9]\d*/')  # Training: the workers are past their start.
   children = _descendants(proc.pid)

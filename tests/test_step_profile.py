@@ -38,6 +38,7 @@ def test_hlo_classes_tell_products_copies_and_the_optimizer_apart():
     def loss(w):
       h = q @ w[:16]
       return jnp.tanh(x @ w).sum() + jnp.tanh(jnp.einsum('bid,bjd->bij', h, h)).sum()
+
     grads = jax.grad(loss)(w)
     updates, opt_state = tx.update(grads, opt_state, w)
     return optax.apply_updates(w, updates), opt_state, jnp.swapaxes(x, 0, 1) + 0
@@ -50,20 +51,34 @@ def test_hlo_classes_tell_products_copies_and_the_optimizer_apart():
   assert {step_profile.DENSE, step_profile.BATCHED, step_profile.OPTIMIZER} <= found
   # Every operation XLA runs gets a class; containers and fused computations' insides do not.
   entry = {name for name, op in ops.items() if name and op['computation'].startswith('main')}
-  assert entry and all(name in classes or ops[name]['opcode'] in step_profile.CONTAINERS
-                       for name in entry)
+  assert entry and all(
+    name in classes or ops[name]['opcode'] in step_profile.CONTAINERS for name in entry
+  )
   dots = {name for name, op in ops.items() if name and op['opcode'] == 'dot'}
-  assert dots and all(name not in classes or classes[name] in (step_profile.DENSE,
-                                                               step_profile.BATCHED)
-                      for name in dots)
+  assert dots and all(
+    name not in classes or classes[name] in (step_profile.DENSE, step_profile.BATCHED)
+    for name in dots
+  )
 
 
 def test_profile_reports_both_sides_with_shares_that_add_up():
   out = subprocess.run(
-      [sys.executable, '-m', 'gmm_vit_jax.benchmarks.step_profile', '--config=tests/tiny_config.py',
-       '--batch_size=8', '--steps=1', '--top=1', '--json'],
-      cwd=ROOT, capture_output=True, text=True, check=True,
-      env={**os.environ, **QUICK_COMPILES_ENV}).stdout
+    [
+      sys.executable,
+      '-m',
+      'gmm_vit_jax.benchmarks.step_profile',
+      '--config=tests/tiny_config.py',
+      '--batch_size=8',
+      '--steps=1',
+      '--top=1',
+      '--json',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, **QUICK_COMPILES_ENV},
+  ).stdout
   result = json.loads(out.strip().splitlines()[-1])
   assert result['cpu'] == cpu_description() and result['batch_size'] == 8
   assert [side['side'].split()[0] for side in result['sides']] == ['jax', 'pytorch']
@@ -77,15 +92,28 @@ def test_profile_reports_both_sides_with_shares_that_add_up():
 
 def test_xla_options_parse_to_the_types_xla_wants():
   from gmm_vit_jax.benchmarks.xla_options import parse_options
+
   assert parse_options('a=true,b=512,c=dot') == {'a': True, 'b': 512, 'c': 'dot'}
 
 
 def test_xla_options_runs_each_variant_beside_the_default():
   out = subprocess.run(
-      [sys.executable, '-m', 'gmm_vit_jax.benchmarks.xla_options', '--config=tests/tiny_config.py',
-       '--batch_size=8', '--rounds=2', '--options=xla_cpu_prefer_vector_width=512', '--json'],
-      cwd=ROOT, capture_output=True, text=True, check=True,
-      env={**os.environ, **QUICK_COMPILES_ENV}).stdout
+    [
+      sys.executable,
+      '-m',
+      'gmm_vit_jax.benchmarks.xla_options',
+      '--config=tests/tiny_config.py',
+      '--batch_size=8',
+      '--rounds=2',
+      '--options=xla_cpu_prefer_vector_width=512',
+      '--json',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, **QUICK_COMPILES_ENV},
+  ).stdout
   rows = [json.loads(line) for line in out.strip().splitlines() if line.startswith('{')]
   assert [row['variant'] for row in rows] == ['default', 'xla_cpu_prefer_vector_width=512']
   assert rows[0]['vs_default'] == 1.0 and all(row['images_per_s'] > 0 for row in rows)

@@ -10,11 +10,18 @@ from configs import common, gmm_swin_cifar10, swin_cifar10
 from gmm_vit_jax.attention import make_attention
 from gmm_vit_jax.attention.grid import grid_coords
 from gmm_vit_jax.models import build_model
-from gmm_vit_jax.models.swin import (PatchMerging, WindowAttention, relative_position_index,
-                                     shift_mask, window_partition, window_reverse)
+from gmm_vit_jax.models.swin import (
+  PatchMerging,
+  WindowAttention,
+  relative_position_index,
+  shift_mask,
+  window_partition,
+  window_reverse,
+)
 from tests.model_testing import count_params, random_batch, train_losses
 
-# Trainable parameters of the reference code at 32x32, 10 classes, K=5, counted by building its models.
+# Trainable parameters of the reference code at 32x32, 10 classes, K=5, counted by building
+# its models.
 REFERENCE_PLAIN = 7_073_188
 REFERENCE_GMM = 7_074_088
 
@@ -26,21 +33,33 @@ def full_model(kind: str):
   """The paper's Swin at 32x32, built abstractly: shapes and static structure only."""
   config = swin_cifar10.get_config()
   config.model.mask.kind = kind
-  return nnx.eval_shape(lambda: build_model(config.model, num_classes=10, image_size=32,
-                                            channels=3, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+    lambda: build_model(config.model, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
+  )
 
 
 def tiny_config(kind: str) -> ml_collections.ConfigDict:
   """8x8 images, patch 2: a 4x4 grid with a shifted 2x2-window stage, then a 2x2 stage."""
-  return ml_collections.ConfigDict(dict(
-      name='swin', patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=2,
-      mlp_ratio=2, dropout=0.0, stochastic_depth=0.1, dtype='float32',
-      attention=common.attention(qkv_bias=True), mask=common.mask(kind)))
+  return ml_collections.ConfigDict(
+    dict(
+      name='swin',
+      patch_size=2,
+      embed_dim=8,
+      depths=(2, 2),
+      num_heads=(1, 2),
+      window_size=2,
+      mlp_ratio=2,
+      dropout=0.0,
+      stochastic_depth=0.1,
+      dtype='float32',
+      attention=common.attention(qkv_bias=True),
+      mask=common.mask(kind),
+    )
+  )
 
 
 def tiny_model(kind: str):
-  return build_model(tiny_config(kind), num_classes=10, image_size=8, channels=3,
-                     rngs=nnx.Rngs(0))
+  return build_model(tiny_config(kind), num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope='module')
@@ -77,8 +96,9 @@ def test_output_shape_and_errors(kind):
   config = tiny_config(kind)
   config.window_size = 3
   with pytest.raises(ValueError, match='window_size=3'):
-    nnx.eval_shape(lambda: build_model(config, num_classes=10, image_size=8, channels=3,
-                                       rngs=nnx.Rngs(0)))
+    nnx.eval_shape(
+      lambda: build_model(config, num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
+    )
 
 
 def test_configs():
@@ -106,8 +126,9 @@ def test_window_partition_and_reverse():
       for wc in range(3):
         for a in range(2):
           for c in range(2):
-            np.testing.assert_array_equal(windows[b * 6 + wr * 3 + wc, a * 2 + c],
-                                          x[b, wr * 2 + a, wc * 2 + c])
+            np.testing.assert_array_equal(
+              windows[b * 6 + wr * 3 + wc, a * 2 + c], x[b, wr * 2 + a, wc * 2 + c]
+            )
   np.testing.assert_array_equal(np.asarray(window_reverse(jnp.asarray(windows), 2, 4, 6)), x)
 
 
@@ -135,9 +156,16 @@ def np_shift_allowed(height, width, window, shift):
   for wr in range(height // window):
     for wc in range(width // window):
       cells = [(wr * window + a, wc * window + c) for a in range(window) for c in range(window)]
-      out.append([[wrapped(r1, shift, height) == wrapped(r2, shift, height)
-                   and wrapped(c1, shift, width) == wrapped(c2, shift, width)
-                   for r2, c2 in cells] for r1, c1 in cells])
+      out.append(
+        [
+          [
+            wrapped(r1, shift, height) == wrapped(r2, shift, height)
+            and wrapped(c1, shift, width) == wrapped(c2, shift, width)
+            for r2, c2 in cells
+          ]
+          for r1, c1 in cells
+        ]
+      )
   return np.array(out)
 
 
@@ -154,9 +182,10 @@ def np_softmax(x):
 
 def params_of(wa: WindowAttention):
   mha = wa.mha
-  p = {name: (np.asarray(layer.kernel[...], np.float64), np.asarray(layer.bias[...], np.float64))
-       for name, layer in [('q', mha.query), ('k', mha.score.key), ('v', mha.value),
-                           ('o', mha.out)]}
+  p = {
+    name: (np.asarray(layer.kernel[...], np.float64), np.asarray(layer.bias[...], np.float64))
+    for name, layer in [('q', mha.query), ('k', mha.score.key), ('v', mha.value), ('o', mha.out)]
+  }
   p['table'] = np.asarray(wa.relative_position_bias[...], np.float64)
   p['sigma'] = np.asarray(mha.mask.sigma[...], np.float64)
   p['alpha'] = np.asarray(mha.mask.alpha[...], np.float64)
@@ -173,10 +202,20 @@ def np_window_attention(x, p, *, window, shift, num_heads):
   local = [(a, cc) for a in range(window) for cc in range(window)]
   n = len(local)
   sq = np.array([[(a1 - a2) ** 2 + (c1 - c2) ** 2 for a2, c2 in local] for a1, c1 in local])
-  gmm = np.einsum('kh,khij->hij', p['alpha'],
-                  np.exp(-sq[None, None] / (2 * (p['sigma'][..., None, None] ** 2 + 1e-5))))
-  rel = np.array([[p['table'][(a1 - a2 + window - 1) * (2 * window - 1) + (c1 - c2 + window - 1)]
-                   for a2, c2 in local] for a1, c1 in local]).transpose(2, 0, 1)
+  gmm = np.einsum(
+    'kh,khij->hij',
+    p['alpha'],
+    np.exp(-sq[None, None] / (2 * (p['sigma'][..., None, None] ** 2 + 1e-5))),
+  )
+  rel = np.array(
+    [
+      [
+        p['table'][(a1 - a2 + window - 1) * (2 * window - 1) + (c1 - c2 + window - 1)]
+        for a2, c2 in local
+      ]
+      for a1, c1 in local
+    ]
+  ).transpose(2, 0, 1)
   for b in range(b_):
     for wr in range(h // window):
       for wc in range(w // window):
@@ -184,9 +223,16 @@ def np_window_attention(x, p, *, window, shift, num_heads):
         t = np.stack([xs[b, r, cc] for r, cc in cells])
         q, k, v = [(t @ p[name][0] + p[name][1]).reshape(n, num_heads, d) for name in 'qkv']
         scores = np.einsum('ihd,jhd->hij', q, k) / np.sqrt(d)
-        allowed = np.array([[wrapped(r1, shift, h) == wrapped(r2, shift, h)
-                             and wrapped(c1, shift, w) == wrapped(c2, shift, w)
-                             for r2, c2 in cells] for r1, c1 in cells])
+        allowed = np.array(
+          [
+            [
+              wrapped(r1, shift, h) == wrapped(r2, shift, h)
+              and wrapped(c1, shift, w) == wrapped(c2, shift, w)
+              for r2, c2 in cells
+            ]
+            for r1, c1 in cells
+          ]
+        )
         logits = gmm * scores + rel + np.where(allowed, 0.0, -100.0)
         weights = np_softmax(logits)
         all_weights.append(weights)
@@ -198,17 +244,27 @@ def np_window_attention(x, p, *, window, shift, num_heads):
 
 def window_attention(*, grid, window, shift, dim, num_heads, seed=0):
   rngs = nnx.Rngs(seed)
-  mha = make_attention(common.attention(qkv_bias=True), common.mask('gmm'), dim=dim,
-                       num_heads=num_heads, head_dim=dim // num_heads,
-                       grid_shape=(window, window), dropout=0.0, dtype=jnp.float32, rngs=rngs)
-  wa = WindowAttention(mha, grid_shape=grid, window=window, shift=shift, num_heads=num_heads,
-                       rngs=rngs)
+  mha = make_attention(
+    common.attention(qkv_bias=True),
+    common.mask('gmm'),
+    dim=dim,
+    num_heads=num_heads,
+    head_dim=dim // num_heads,
+    grid_shape=(window, window),
+    dropout=0.0,
+    dtype=jnp.float32,
+    rngs=rngs,
+  )
+  wa = WindowAttention(
+    mha, grid_shape=grid, window=window, shift=shift, num_heads=num_heads, rngs=rngs
+  )
   rng = np.random.default_rng(seed)
   # Sizeable, varied values so that a misplaced term changes the result visibly.
   for layer in (mha.query, mha.score.key, mha.value, mha.out):
     layer.bias[...] = jnp.asarray(rng.normal(size=layer.bias.shape), jnp.float32)
   wa.relative_position_bias[...] = jnp.asarray(
-      rng.normal(size=wa.relative_position_bias.shape), jnp.float32)
+    rng.normal(size=wa.relative_position_bias.shape), jnp.float32
+  )
   mha.mask.sigma[...] = jnp.asarray(rng.uniform(0.5, 2.0, mha.mask.sigma.shape), jnp.float32)
   return wa
 
@@ -221,11 +277,14 @@ def test_window_attention_matches_numpy(grid, window, shift):
   tokens = jnp.asarray(x.reshape(2, -1, dim))
   coords = jnp.asarray(grid_coords(window, window))
   expected_out, expected_weights = np_window_attention(
-      x.astype(np.float64), params_of(wa), window=window, shift=shift, num_heads=heads)
-  np.testing.assert_allclose(np.asarray(wa.attention_weights(tokens, coords)),
-                             expected_weights, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(wa(tokens, coords)).reshape(x.shape), expected_out,
-                             rtol=1e-4, atol=1e-4)
+    x.astype(np.float64), params_of(wa), window=window, shift=shift, num_heads=heads
+  )
+  np.testing.assert_allclose(
+    np.asarray(wa.attention_weights(tokens, coords)), expected_weights, rtol=1e-4, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(wa(tokens, coords)).reshape(x.shape), expected_out, rtol=1e-4, atol=1e-4
+  )
 
 
 def test_mask_multiplies_before_relative_bias():
@@ -237,8 +296,9 @@ def test_mask_multiplies_before_relative_bias():
   weights = np.asarray(wa.attention_weights(tokens, jnp.asarray(grid_coords(window, window))))
   table = np.asarray(wa.relative_position_bias[...])
   local = [(a, c) for a in range(window) for c in range(window)]
-  rel = np.array([[table[(a1 - a2 + 1) * 3 + (c1 - c2 + 1)] for a2, c2 in local]
-                  for a1, c1 in local]).transpose(2, 0, 1)
+  rel = np.array(
+    [[table[(a1 - a2 + 1) * 3 + (c1 - c2 + 1)] for a2, c2 in local] for a1, c1 in local]
+  ).transpose(2, 0, 1)
   allowed = np_shift_allowed(4, 4, window, shift)
   expected = np_softmax(rel[None] + np.where(allowed, 0.0, -100.0)[:, None])
   np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-6)
@@ -256,8 +316,14 @@ def test_patch_merging_matches_numpy():
   for b in range(2):
     for r in range(2):
       for c in range(2):
-        v = np.concatenate([x[b, 2 * r, 2 * c], x[b, 2 * r + 1, 2 * c], x[b, 2 * r, 2 * c + 1],
-                            x[b, 2 * r + 1, 2 * c + 1]])
+        v = np.concatenate(
+          [
+            x[b, 2 * r, 2 * c],
+            x[b, 2 * r + 1, 2 * c],
+            x[b, 2 * r, 2 * c + 1],
+            x[b, 2 * r + 1, 2 * c + 1],
+          ]
+        )
         v = (v - v.mean()) / np.sqrt(v.var() + 1e-5) * scale
         expected[b, r * 2 + c] = v @ kernel
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)

@@ -16,7 +16,6 @@ from gmm_vit_jax.models import build_model
 from gmm_vit_jax.models.t2t import TokenTransformer, sinusoid_position_embedding, unfold
 from tests.model_testing import count_params, random_batch, train_losses
 
-
 pytestmark = pytest.mark.usefixtures('quick_compiles')
 
 
@@ -24,19 +23,22 @@ pytestmark = pytest.mark.usefixtures('quick_compiles')
 def tiny_model(mask_kind: str, num_token_layers: int = 1):
   """16x16 images: 8x8 tokens in the token transformer, a 4x4 grid in two encoder layers."""
   config = t2t_cifar10.model(mask_kind, 'cifar10')
-  config.update(num_token_layers=num_token_layers, token_dim=4, embed_dim=16, depth=2,
-                num_heads=2)
+  config.update(num_token_layers=num_token_layers, token_dim=4, embed_dim=16, depth=2, num_heads=2)
   return build_model(config, num_classes=10, image_size=16, channels=3, rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize('get_config, expected', [
+@pytest.mark.parametrize(
+  'get_config, expected',
+  [
     (t2t_cifar10.get_config, 6_486_080),
     (gmm_t2t_cifar10.get_config, 6_486_570),
-])
+  ],
+)
 def test_parameter_count_matches_reference(get_config, expected):
   config = get_config()
-  model = nnx.eval_shape(lambda: build_model(config.model, num_classes=10, image_size=32,
-                                             channels=3, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build_model(config.model, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
+  )
   assert count_params(model) == expected
   assert model.tokens_to_token.sides == (16, 8)
   np.testing.assert_allclose([b.drop_path_rate for b in model.blocks], np.linspace(0, 0.1, 12))
@@ -46,8 +48,9 @@ def test_parameter_count_matches_reference(get_config, expected):
 
 def test_tiny_imagenet_adds_a_token_transformer():
   config = t2t_cifar10.get_config(common.TINY_IMAGENET)
-  model = nnx.eval_shape(lambda: build_model(config.model, num_classes=200, image_size=64,
-                                             channels=3, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build_model(config.model, num_classes=200, image_size=64, channels=3, rngs=nnx.Rngs(0))
+  )
   assert model.tokens_to_token.sides == (32, 16, 8)
   assert model.side == 8
 
@@ -75,9 +78,15 @@ def test_unfold_matches_torch_order(shape):
 
 def test_sinusoid_position_embedding():
   n, d = 7, 10
-  expected = [[math.sin(p / 10000 ** (2 * (j // 2) / d)) if j % 2 == 0
-               else math.cos(p / 10000 ** (2 * (j // 2) / d)) for j in range(d)]
-              for p in range(n)]
+  expected = [
+    [
+      math.sin(p / 10000 ** (2 * (j // 2) / d))
+      if j % 2 == 0
+      else math.cos(p / 10000 ** (2 * (j // 2) / d))
+      for j in range(d)
+    ]
+    for p in range(n)
+  ]
   np.testing.assert_allclose(sinusoid_position_embedding(n, d), expected, rtol=1e-6, atol=1e-7)
 
 
@@ -98,8 +107,7 @@ def linear(x, layer):
 
 def numpy_attention(x, attention, heads, scale):
   """Multi-head softmax attention in float64, output projection included, no skip."""
-  q, k, v = (linear(x, attention.query), linear(x, attention.score.key),
-             linear(x, attention.value))
+  q, k, v = (linear(x, attention.query), linear(x, attention.score.key), linear(x, attention.value))
   d = q.shape[-1] // heads
   out = np.zeros_like(q)
   for h in range(heads):
@@ -113,13 +121,14 @@ def numpy_attention(x, attention, heads, scale):
 def test_token_transformer_matches_numpy():
   """One head, scale 1/sqrt(input width), V as the attention's skip, then x + mlp(norm(x))."""
   config = t2t_cifar10.model('none', 'cifar10')
-  layer = TokenTransformer(27, 8, side=4, attention=config.attention, mask=config.mask,
-                           dtype=jnp.float32, rngs=nnx.Rngs(0))
+  layer = TokenTransformer(
+    27, 8, side=4, attention=config.attention, mask=config.mask, dtype=jnp.float32, rngs=nnx.Rngs(0)
+  )
   x = np.random.default_rng(0).normal(size=(2, 16, 27))
   coords = np.zeros((16, 2), np.int32)
   out = nnx.jit(lambda m, t, c: m(t, c))(layer, x.astype(np.float32), coords)
 
-  attended, v = numpy_attention(layer_norm(x, layer.norm1), layer.attention, 1, 27 ** -0.5)
+  attended, v = numpy_attention(layer_norm(x, layer.norm1), layer.attention, 1, 27**-0.5)
   x = attended + v
   h = linear(layer_norm(x, layer.norm2), layer.mlp.fc1)
   expected = x + linear(0.5 * h * (1 + erf(h / np.sqrt(2))), layer.mlp.fc2)
@@ -133,13 +142,16 @@ def test_encoder_attention_adds_its_input():
   x = np.random.default_rng(1).normal(size=(2, 16, 16))
   coords = np.zeros((16, 2), np.int32)
   out = nnx.jit(lambda a, t, c: a(t, c))(attention, x.astype(np.float32), coords)
-  attended, _ = numpy_attention(x, attention, 2, 8 ** -0.5)
+  attended, _ = numpy_attention(x, attention, 2, 8**-0.5)
   np.testing.assert_allclose(out, attended + x, rtol=1e-4, atol=1e-5)
 
 
 def test_kernels_are_drawn_with_std_002():
-  kernels = [np.ravel(m.kernel[...]) for _, m in nnx.iter_modules(tiny_model('none'))
-             if isinstance(m, nnx.Linear)]
+  kernels = [
+    np.ravel(m.kernel[...])
+    for _, m in nnx.iter_modules(tiny_model('none'))
+    if isinstance(m, nnx.Linear)
+  ]
   np.testing.assert_allclose(np.std(np.concatenate(kernels)), 0.02, rtol=0.1)
 
 

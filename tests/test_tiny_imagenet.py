@@ -31,8 +31,11 @@ def folder(tmp_path):
   (root / 'wnids.txt').write_text('\n'.join(WNIDS) + '\n')
   for wnid in WNIDS:
     for i in range(3):
-      write_jpeg(str(root / 'train' / wnid / 'images' / f'{wnid}_{i}.JPEG'), COLOURS[wnid],
-                 grey=(wnid == WNIDS[0] and i == 2))
+      write_jpeg(
+        str(root / 'train' / wnid / 'images' / f'{wnid}_{i}.JPEG'),
+        COLOURS[wnid],
+        grey=(wnid == WNIDS[0] and i == 2),
+      )
     (root / 'train' / wnid / f'{wnid}_boxes.txt').write_text('')
   # All validation images in one folder, classes only in the annotations.
   val_classes = ['n04067472', 'n09999999', 'n01443537', 'n04067472', 'n01443537']
@@ -126,6 +129,7 @@ def test_normalisation_constants():
 def test_the_paper_config_trains_from_the_folder(folder, tmp_path):
   from configs import gmm_vit_cifar10
   from gmm_vit_jax.training import loop
+
   config = gmm_vit_cifar10.get_config('tiny_imagenet')
   assert config.model.patch_size == 8  # 64x64 images keep the 8x8 token grid.
   config.model.update(dict(dim=16, depth=1, num_heads=2, head_dim=8))

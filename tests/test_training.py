@@ -43,10 +43,21 @@ def tiny_config(epochs=2):
 
 
 def run_train(workdir, *overrides, env=None):
-  cmd = [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}',
-         *overrides]
-  return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **QUICK_COMPILES_ENV, **(env or {})},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  cmd = [
+    sys.executable,
+    'train.py',
+    '--config=tests/tiny_config.py',
+    f'--workdir={workdir}',
+    *overrides,
+  ]
+  return subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    env={**os.environ, **QUICK_COMPILES_ENV, **(env or {})},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def test_learns_checkpoints_and_resumes(tmp_path):
@@ -67,8 +78,7 @@ def test_learns_checkpoints_and_resumes(tmp_path):
   for name in ('augmentation.png', 'gmm_masks.png', 'parameters.txt'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
 
-  second = loop.train_and_evaluate(tiny_config(epochs=4), workdir,
-                                   allow_config_change=('epochs',))
+  second = loop.train_and_evaluate(tiny_config(epochs=4), workdir, allow_config_change=('epochs',))
   assert second['step'] == 4 * 22 and second['completed']
   assert second['eval_loss'] < first['eval_loss']
   model, config = restore_model(workdir, 'best')
@@ -89,7 +99,7 @@ def _wait_for_checkpoint(proc, workdir, timeout=240):
 
 
 def _resumed_from(output: str) -> int:
-  line, = [l for l in output.splitlines() if 'Resumed from the checkpoint at step' in l]
+  (line,) = [l for l in output.splitlines() if 'Resumed from the checkpoint at step' in l]
   return int(line.split('at step ')[1].split()[0])
 
 
@@ -158,9 +168,10 @@ def test_a_second_run_on_a_busy_workdir_refuses_at_once(tmp_path):
   out, _ = second.communicate(timeout=300)
   assert second.returncode == errors.EXIT_ERROR, out[-3000:]
   assert out.strip().splitlines()[-1] == (
-      f'error: {workdir} is in use by process {first.pid} on {socket.gethostname()} (since '
-      f'{json.load(open(os.path.join(workdir, "lock")))["since"]}): wait for it to end or stop '
-      'it, or choose another --workdir.')
+    f'error: {workdir} is in use by process {first.pid} on {socket.gethostname()} (since '
+    f'{json.load(open(os.path.join(workdir, "lock")))["since"]}): wait for it to end or stop '
+    'it, or choose another --workdir.'
+  )
   assert 'Traceback' not in out
   first.send_signal(signal.SIGTERM)
   first_out, _ = first.communicate(timeout=300)
@@ -174,8 +185,9 @@ def _tmpfs(path, size: str, read_only: bool = False):
   """A small file system at `path`: the real ENOSPC and EROFS a user's disk gives."""
   os.makedirs(path)
   options = f'size={size}' + (',ro' if read_only else '')
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)],
-                           capture_output=True, text=True)
+  mounted = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)], capture_output=True, text=True
+  )
   if mounted.returncode:
     pytest.skip(f'cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}')
   try:
@@ -204,8 +216,13 @@ def test_a_full_disk_stops_with_one_line_and_loses_nothing(tmp_path):
     os.remove(os.path.join(disk, 'filler'))
     # Keeping fewer checkpoints, saving and evaluating less often: changes the stored
     # config lets through.
-    rerun = run_train(workdir, '--config.epochs=12', '--config.checkpoint.keep_last=3',
-                      '--config.checkpoint.every_steps=100', '--config.eval_every_epochs=6')
+    rerun = run_train(
+      workdir,
+      '--config.epochs=12',
+      '--config.checkpoint.keep_last=3',
+      '--config.checkpoint.every_steps=100',
+      '--config.eval_every_epochs=6',
+    )
     out, _ = rerun.communicate(timeout=600)
   assert rerun.returncode == 0, out[-3000:]
   assert _resumed_from(out) == saved
@@ -214,8 +231,11 @@ def test_a_full_disk_stops_with_one_line_and_loses_nothing(tmp_path):
 def test_a_disk_full_at_the_final_save_is_an_error_never_a_success(tmp_path):
   """The only checkpoint is the final one, and it does not fit: exit 1 with one line, no
   'Done', no completed summary; with room again, a rerun trains and completes."""
-  args = ('--config.epochs=1', '--config.checkpoint.every_steps=1000',
-          '--config.eval_every_epochs=1000')
+  args = (
+    '--config.epochs=1',
+    '--config.checkpoint.every_steps=1000',
+    '--config.eval_every_epochs=1000',
+  )
   with _tmpfs(tmp_path / 'disk', '1m') as disk:
     # Room for the config, pictures and logs (about 100 KiB), not the checkpoint (200 KiB).
     with open(os.path.join(disk, 'filler'), 'wb') as f:
@@ -245,8 +265,9 @@ def test_a_read_only_workdir_says_so_in_one_line(tmp_path):
     out, _ = proc.communicate(timeout=300)
   assert proc.returncode == errors.EXIT_ERROR
   assert out.strip().splitlines()[-1] == (
-      f'error: Read-only file system: {workdir!r} (choose a directory on a writable file '
-      'system).'.replace(repr(workdir), workdir))
+    f'error: Read-only file system: {workdir!r} (choose a directory on a writable file '
+    'system).'.replace(repr(workdir), workdir)
+  )
   assert 'Traceback' not in out
 
 
@@ -259,8 +280,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config(epochs=3)
   config.optimizer.learning_rate = 1e30
   with pytest.raises(errors.NonFiniteError, match='NaN'):
-    loop.train_and_evaluate(config, workdir,
-                            allow_config_change=('epochs', 'optimizer.learning_rate'))
+    loop.train_and_evaluate(
+      config, workdir, allow_config_change=('epochs', 'optimizer.learning_rate')
+    )
   after = Checkpointer(workdir, config.checkpoint)
   assert after.latest_step() == last_good
   after.close()
@@ -271,21 +293,27 @@ def test_a_bad_value_on_the_command_line_is_one_line_and_exit_1(tmp_path):
   proc = run_train(str(workdir), '--config.epochs=0')
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == errors.EXIT_ERROR
-  assert out.strip().splitlines()[-1] == ('error: epochs=0 is not allowed: use a whole number '
-                                          '>= 1.')
+  assert out.strip().splitlines()[-1] == (
+    'error: epochs=0 is not allowed: use a whole number >= 1.'
+  )
   assert 'Traceback' not in out and not workdir.exists()
 
 
 def test_batch_must_divide_by_the_devices(tmp_path):
-  proc = run_train(str(tmp_path), '--config.batch_size=60',
-                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  proc = run_train(
+    str(tmp_path),
+    '--config.batch_size=60',
+    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
+  )
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode != 0
   assert 'batch_size=60 does not divide by the 8 devices' in out
 
 
-@pytest.mark.parametrize('field,value', [
-    ('dataset.name', 'imagenet21k'), ('model.name', 'resnet'), ('model.mask.mode', 'mul')])
+@pytest.mark.parametrize(
+  'field,value',
+  [('dataset.name', 'imagenet21k'), ('model.name', 'resnet'), ('model.mask.mode', 'mul')],
+)
 def test_bad_config_values_name_the_field(tmp_path, field, value):
   config = tiny_config()
   section, name = field.rsplit('.', 1)
@@ -351,6 +379,7 @@ def test_weight_decay_of_the_mask_is_a_switch(decay_mask_params):
 
 def test_patch_selection_trains_and_really_drops_tokens(tmp_path):
   from configs import common
+
   config = tiny_config(epochs=1)
   config.model.attention = common.attention('mixture_of_keys')
   config.patch_selection = common.patch_selection('variance', keep=0.5, probability=1.0)
@@ -365,13 +394,15 @@ def test_patch_selection_trains_and_really_drops_tokens(tmp_path):
 
 
 def test_selected_steps_compute_less():
+  from flax import nnx
+
   from configs import common
   from gmm_vit_jax import sharding
   from gmm_vit_jax.data.info import dataset_info
   from gmm_vit_jax.models import build_from_config
   from gmm_vit_jax.training.state import Metrics, TrainState
   from gmm_vit_jax.training.step import make_train_step
-  from flax import nnx
+
   config = tiny_config()
   config.model.update(dict(depth=2, patch_size=1))  # 64 tokens: attention cost shows.
   config.patch_selection = common.patch_selection('variance', keep=0.5, probability=1.0)
@@ -380,13 +411,18 @@ def test_selected_steps_compute_less():
   graphdef, params, buffers = nnx.split(build_from_config(config), nnx.Param, ...)
   params, buffers = nnx.to_pure_dict(params), nnx.to_pure_dict(buffers)
   state = TrainState(step=np.int32(0), params=params, buffers=buffers, opt_state=tx.init(params))
-  step = make_train_step(graphdef, tx, config, info,
-                         out_sharding=sharding.replicated(sharding.make_mesh()))
+  step = make_train_step(
+    graphdef, tx, config, info, out_sharding=sharding.replicated(sharding.make_mesh())
+  )
   images = np.zeros((100, 8, 8, 1), np.uint8)
   labels = np.zeros(100, np.int32)
   index = np.arange(64, dtype=np.int32)
-  flops = {select: step.lower(state, Metrics.zeros(), images, labels, index, select)
-           .cost_analysis()['flops'] for select in (False, True)}
+  flops = {
+    select: step.lower(state, Metrics.zeros(), images, labels, index, select).cost_analysis()[
+      'flops'
+    ]
+    for select in (False, True)
+  }
   assert flops[True] < 0.6 * flops[False], flops
 
 

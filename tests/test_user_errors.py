@@ -15,9 +15,11 @@ from gmm_vit_jax.training import init_from
 
 def test_check_choice_names_the_field_the_value_and_the_choices():
   errors.check_choice('model.mask.kind', 'gmm', ('none', 'gmm'))
-  with pytest.raises(errors.ConfigError,
-                     match=r"model.mask.kind='gauss' is not supported; choose one of "
-                           r"\('none', 'gmm'\)."):
+  with pytest.raises(
+    errors.ConfigError,
+    match=r"model.mask.kind='gauss' is not supported; choose one of "
+    r"\('none', 'gmm'\).",
+  ):
     errors.check_choice('model.mask.kind', 'gauss', ('none', 'gmm'))
 
 
@@ -32,4 +34,3 @@ def test_a_validation_split_that_holds_out_nothing():
     pipeline._holdout(config, np.arange(10))  # One example of each of ten classes.
   with pytest.raises(errors.UserError, match='dataset.validation=1.5'):
     validation.check_fraction(1.5)
-

@@ -40,8 +40,7 @@ def test_training_holds_out_and_selects_on_validation(tmp_path):
   config = tiny_config(epochs=2)
   config.dataset.validation = 0.2
   summary = loop.train_and_evaluate(config, str(tmp_path))
-  counts = np.bincount(sources.load_split('digits', 'train', data_dir=None,
-                                               download=False)[1])
+  counts = np.bincount(sources.load_split('digits', 'train', data_dir=None, download=False)[1])
   held = int(np.round(0.2 * counts).sum())
   # Fewer training rows, fewer steps: (1437 - held) // 64 per epoch.
   assert summary['step'] == 2 * ((1437 - held) // config.batch_size)

@@ -17,8 +17,7 @@ from tests.model_testing import tiny_swin_config, tiny_vit_config
 def tiny_vit(mask_kind='gmm', depth=3, patch_size=4):
   config = tiny_vit_config(mask_kind, depth=depth)
   config.model.patch_size = patch_size
-  return build_model(config.model, num_classes=10, image_size=32, channels=3,
-                     rngs=nnx.Rngs(0))
+  return build_model(config.model, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
 
 
 def numpy_centre_mask(sigma, alpha, rows, cols, cutoff=True):
@@ -34,9 +33,15 @@ def numpy_centre_mask(sigma, alpha, rows, cols, cutoff=True):
 
 
 def expected_masks(attentions, rows, cols):
-  return [numpy_centre_mask(np.asarray(a.mask.sigma[...], np.float64),
-                            np.asarray(a.mask.alpha[...], np.float64), rows, cols)
-          for a in attentions]
+  return [
+    numpy_centre_mask(
+      np.asarray(a.mask.sigma[...], np.float64),
+      np.asarray(a.mask.alpha[...], np.float64),
+      rows,
+      cols,
+    )
+    for a in attentions
+  ]
 
 
 @pytest.mark.parametrize('patch_size,side', [(4, 8), (2, 16)])
@@ -50,8 +55,13 @@ def test_centre_masks_match_numpy(patch_size, side):
     np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5)
   if side == 16:  # The corner is at d2 = 128 from the centre: the cut-off shows.
     mask = model.blocks[0].attention.mask
-    uncut = numpy_centre_mask(np.asarray(mask.sigma[...], np.float64),
-                              np.asarray(mask.alpha[...], np.float64), side, side, cutoff=False)
+    uncut = numpy_centre_mask(
+      np.asarray(mask.sigma[...], np.float64),
+      np.asarray(mask.alpha[...], np.float64),
+      side,
+      side,
+      cutoff=False,
+    )
     assert np.all(masks[0][1][:, 0, 0] == 0.0) and np.all(np.abs(uncut[:, 0, 0]) > 1e-3)
 
 
@@ -62,10 +72,13 @@ def test_each_layer_uses_its_own_grid():
   model = build_model(config, num_classes=10, image_size=8, channels=3, rngs=nnx.Rngs(0))
   masks = gmm_centre_masks(model)
   assert [values.shape for _, values in masks] == [(2, 4, 4), (2, 2, 2)]
-  attentions = [node for path, node in nnx.iter_graph(model)
-                if '.'.join(map(str, path)) in [name for name, _ in masks]]
+  attentions = [
+    node
+    for path, node in nnx.iter_graph(model)
+    if '.'.join(map(str, path)) in [name for name, _ in masks]
+  ]
   for (_, values), attention in zip(masks, attentions):
-    want, = expected_masks([attention], *values.shape[1:])
+    (want,) = expected_masks([attention], *values.shape[1:])
     np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5)
 
 
@@ -82,7 +95,8 @@ def test_plot_has_one_heatmap_per_layer_and_head_on_one_scale():
     assert ax.images[0].get_clim() == (-limit, limit)
     assert ax.get_title() == f'head {head}'
   assert [text.get_text() for ax in fig.axes for text in ax.texts] == [
-      f'blocks.{i}\n8x8 grid' for i in range(3)]
+    f'blocks.{i}\n8x8 grid' for i in range(3)
+  ]
   colorbar = fig.axes[-1]
   assert not colorbar.images and 'one scale for every panel' in colorbar.get_ylabel()
   fig.canvas.draw()
@@ -90,8 +104,7 @@ def test_plot_has_one_heatmap_per_layer_and_head_on_one_scale():
 
 def test_layers_with_fewer_heads_get_no_empty_panels():
   config = tiny_swin_config('gmm')  # Two layers of 2 heads, then two of 4.
-  model = build_model(config.model, num_classes=10, image_size=32, channels=3,
-                      rngs=nnx.Rngs(0))
+  model = build_model(config.model, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
   fig = plot_gmm_masks(model)
   assert [v.shape for _, v in gmm_centre_masks(model)] == [(2, 4, 4)] * 2 + [(4, 4, 4)] * 2
   panels = [ax for ax in fig.axes if ax.images]

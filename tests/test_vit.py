@@ -44,17 +44,28 @@ def test_attention_matches_numpy(kind, mode):
   coords = jnp.asarray(grid.grid_coords(4, 4))
   mask = None if kind == 'none' else np.asarray(attn.mask.values(coords), np.float64)
   w = lambda lin: np.asarray(lin.kernel[...], np.float64)
-  expected = numpy_attention(x.astype(np.float64), w(attn.query), w(attn.score.key), w(attn.value),
-                             w(attn.out), np.asarray(attn.out.bias[...]), 2, mask, mode)
+  expected = numpy_attention(
+    x.astype(np.float64),
+    w(attn.query),
+    w(attn.score.key),
+    w(attn.value),
+    w(attn.out),
+    np.asarray(attn.out.bias[...]),
+    2,
+    mask,
+    mode,
+  )
   np.testing.assert_allclose(attn(jnp.asarray(x), coords), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('kind,pool,expected', [
-    ('none', 'cls', 2_692_426), ('gmm', 'mean', 2_693_122)])
+@pytest.mark.parametrize(
+  'kind,pool,expected', [('none', 'cls', 2_692_426), ('gmm', 'mean', 2_693_122)]
+)
 def test_parameter_counts_equal_the_reference(kind, pool, expected):
   cfg = vit_cifar10.model(kind)
-  model = nnx.eval_shape(lambda: build_model(cfg, num_classes=10, image_size=32, channels=3,
-                                             rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build_model(cfg, num_classes=10, image_size=32, channels=3, rngs=nnx.Rngs(0))
+  )
   assert cfg.pool == pool
   assert count_params(model) == expected
 

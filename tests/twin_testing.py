@@ -14,8 +14,12 @@ def strong_twin(config, seed: int = 0) -> torch.nn.Module:
   """
   torch.manual_seed(seed)
   info = dataset_info(config.dataset)
-  twin = build_torch_model(config.model, num_classes=info['num_classes'],
-                           image_size=info['image_size'], channels=info['channels'])
+  twin = build_torch_model(
+    config.model,
+    num_classes=info['num_classes'],
+    image_size=info['image_size'],
+    channels=info['channels'],
+  )
   with torch.no_grad():
     for name, value in twin.named_parameters():
       if name.endswith(('sigma', 'alpha', 'pos_embedding', 'cls_token')):

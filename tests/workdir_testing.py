@@ -26,8 +26,10 @@ def files_with_times(workdir: str) -> dict[str, tuple[int, int]]:
 def restored_state(workdir: str, step: int) -> list[tuple[str, np.ndarray]]:
   """(path, value) of every array of the train state saved at `step`, read as stored;
   `workdir` a local folder or a storage URL."""
-  manager = ocp.CheckpointManager(storage.join(storage.absolute(workdir), 'checkpoints'),
-                                  options=ocp.CheckpointManagerOptions(create=False))
+  manager = ocp.CheckpointManager(
+    storage.join(storage.absolute(workdir), 'checkpoints'),
+    options=ocp.CheckpointManagerOptions(create=False),
+  )
   state = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()
   leaves, _ = jax.tree.flatten_with_path(state)

@@ -16,7 +16,7 @@ From the score to `weights @ v` is the attention core, which runs in the impleme
 `model.attention.implementation` names (attention/core.py).
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,16 +32,28 @@ SKIPS = ('none', 'input', 'values')
 
 
 class Attention(nnx.Module):
-
-  def __init__(self, dim: int, *, num_heads: int, head_dim: int, score: nnx.Module,
-               mask: nnx.Module | None = None, qkv_bias: bool = False,
-               project_out: bool = True, out_dim: int | None = None, skip: str = 'none',
-               dropout: float = 0.0,
-               pre_softmax: core.LogitsFn | None = None,
-               post_softmax: core.LogitsFn | None = None,
-               implementation: str = 'xla', max_slices: int = 1, dtype=jnp.float32,
-               query_init: Callable = dense_init, value_init: Callable = dense_init,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    num_heads: int,
+    head_dim: int,
+    score: nnx.Module,
+    mask: nnx.Module | None = None,
+    qkv_bias: bool = False,
+    project_out: bool = True,
+    out_dim: int | None = None,
+    skip: str = 'none',
+    dropout: float = 0.0,
+    pre_softmax: core.LogitsFn | None = None,
+    post_softmax: core.LogitsFn | None = None,
+    implementation: str = 'xla',
+    max_slices: int = 1,
+    dtype=jnp.float32,
+    query_init: Callable = dense_init,
+    value_init: Callable = dense_init,
+    rngs: nnx.Rngs,
+  ):
     """query_init, value_init: the kernel initialisers of the query and value projections
     (initializers.fused_dense_init where the reference fuses them with the keys)."""
     check_choice('attention skip', skip, SKIPS)
@@ -54,24 +66,33 @@ class Attention(nnx.Module):
     self.implementation = implementation
     self.max_slices = max_slices
     self.skip = skip
-    self.query = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                        kernel_init=query_init, rngs=rngs)
+    self.query = Linear(
+      dim, inner, use_bias=qkv_bias, dtype=dtype, kernel_init=query_init, rngs=rngs
+    )
     self.score = score
-    self.value = Linear(dim, inner, use_bias=qkv_bias, dtype=dtype,
-                        kernel_init=value_init, rngs=rngs)
+    self.value = Linear(
+      dim, inner, use_bias=qkv_bias, dtype=dtype, kernel_init=value_init, rngs=rngs
+    )
     self.mask = mask
     self.pre_softmax = pre_softmax
     self.post_softmax = post_softmax
-    self.out = (Linear(inner, out_dim or dim, dtype=dtype, kernel_init=dense_init,
-                       rngs=rngs)
-                if project_out else None)
+    self.out = (
+      Linear(inner, out_dim or dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
+      if project_out
+      else None
+    )
     self.dropout = nnx.Dropout(dropout)
     self.dtype = dtype
 
-  def attention_weights(self, x: jax.Array, coords: jax.Array | None,
-                        bias: jax.Array | None = None,
-                        context: jax.Array | None = None, *,
-                        training: bool = False) -> jax.Array:
+  def attention_weights(
+    self,
+    x: jax.Array,
+    coords: jax.Array | None,
+    bias: jax.Array | None = None,
+    context: jax.Array | None = None,
+    *,
+    training: bool = False,
+  ) -> jax.Array:
     """(B, N, C) tokens, (N, 2) or (B, N, 2) coords -> (B, H, N, M) float32 weights.
 
     context: (B, M, C) tokens the keys come from; None for self-attention (M = N).
@@ -101,15 +122,25 @@ class Attention(nnx.Module):
   def resolved_implementation(self, query_len: int, key_len: int) -> str:
     """The core implementation this layer runs on this platform (attention/core.py)."""
     return core.resolve_implementation(
-        self.implementation, dot_product=isinstance(self.score, DotProductScore),
-        logit_maps=self.pre_softmax is not None or self.post_softmax is not None,
-        dtype=self.dtype, head_dim=self.head_dim,
-        mask_mode=None if self.mask is None else self.mask.mode,
-        lengths=(query_len, key_len))
+      self.implementation,
+      dot_product=isinstance(self.score, DotProductScore),
+      logit_maps=self.pre_softmax is not None or self.post_softmax is not None,
+      dtype=self.dtype,
+      head_dim=self.head_dim,
+      mask_mode=None if self.mask is None else self.mask.mode,
+      lengths=(query_len, key_len),
+    )
 
-  def __call__(self, x: jax.Array, coords: jax.Array | None, *,
-               bias: jax.Array | None = None, context: jax.Array | None = None,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    coords: jax.Array | None,
+    *,
+    bias: jax.Array | None = None,
+    context: jax.Array | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """(B, N, C) -> (B, N, out_dim or C); (B, N, H*D) without the output projection.
 
     Keys and values come from `context` (B, M, C) when given.
@@ -121,10 +152,18 @@ class Attention(nnx.Module):
       weights = self.attention_weights(x, coords, bias, context, training=not deterministic)
       out = jnp.einsum('bhij,bhjd->bhid', weights.astype(v.dtype), v)
     else:
-      out = core.attend(split_heads(self.query(x), self.num_heads), self.score.keys(source), v,
-                        implementation=implementation, scale=self.score.scale,
-                        mask=self.grid_mask(coords), bias=bias, pre_softmax=self.pre_softmax,
-                        post_softmax=self.post_softmax, max_slices=self.max_slices)
+      out = core.attend(
+        split_heads(self.query(x), self.num_heads),
+        self.score.keys(source),
+        v,
+        implementation=implementation,
+        scale=self.score.scale,
+        mask=self.grid_mask(coords),
+        bias=bias,
+        pre_softmax=self.pre_softmax,
+        post_softmax=self.post_softmax,
+        max_slices=self.max_slices,
+      )
     out = merge_heads(out)
     if self.out is not None:
       out = self.dropout(self.out(out), deterministic=deterministic, rngs=rngs)

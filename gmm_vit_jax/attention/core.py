@@ -15,7 +15,7 @@ Shapes: B batch, H heads, N queries, M keys, D head width. q (B, H, N, D), k and
 'auto' takes the fastest one that supports the layer on this platform.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,7 @@ def dot_product_logits(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
   return jnp.einsum('bhid,bhjd->bhij', q, k) * jnp.asarray(scale, q.dtype)
 
 
-def masked_logits(logits: jax.Array, mask: MaskValues | None,
-                  bias: jax.Array | None) -> jax.Array:
+def masked_logits(logits: jax.Array, mask: MaskValues | None, bias: jax.Array | None) -> jax.Array:
   """(B, H, N, M) logits -> float32 logits with the mask applied and the bias added."""
   logits = logits.astype(jnp.float32)
   if mask is not None:
@@ -45,9 +44,17 @@ def masked_logits(logits: jax.Array, mask: MaskValues | None,
   return logits
 
 
-def reference_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
-                        bias: jax.Array | None = None, pre_softmax: LogitsFn | None = None,
-                        post_softmax: LogitsFn | None = None) -> jax.Array:
+def reference_attention(
+  q,
+  k,
+  v,
+  *,
+  scale: float,
+  mask: MaskValues | None = None,
+  bias: jax.Array | None = None,
+  pre_softmax: LogitsFn | None = None,
+  post_softmax: LogitsFn | None = None,
+) -> jax.Array:
   """The 'xla' core: every (B, H, N, M) array materialised.
 
   pre_softmax, post_softmax: per-example maps of (B, H, N, M) logits and weights (CaiT's
@@ -67,9 +74,18 @@ def num_slices(batch: int, max_slices: int) -> int:
   return max(n for n in range(1, min(batch, max_slices) + 1) if batch % n == 0)
 
 
-def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
-                        bias: jax.Array | None = None, pre_softmax: LogitsFn | None = None,
-                        post_softmax: LogitsFn | None = None, max_slices: int) -> jax.Array:
+def blockwise_attention(
+  q,
+  k,
+  v,
+  *,
+  scale: float,
+  mask: MaskValues | None = None,
+  bias: jax.Array | None = None,
+  pre_softmax: LogitsFn | None = None,
+  post_softmax: LogitsFn | None = None,
+  max_slices: int,
+) -> jax.Array:
   """The 'blockwise' core: `num_slices(B / G, max_slices)` sequential batch slices.
 
   The batch is G = jax.device_count() groups of consecutive examples (one group per
@@ -107,8 +123,11 @@ def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None
   sliced = dict(q=heads_last(q), k=heads_last(k), v=heads_last(v))
   if mask_sliced:
     sliced['values'] = mask.values
-    sliced['valid'] = mask.valid if mask.valid.ndim == 3 else jnp.broadcast_to(
-        mask.valid, (batch,) + mask.valid.shape)
+    sliced['valid'] = (
+      mask.valid
+      if mask.valid.ndim == 3
+      else jnp.broadcast_to(mask.valid, (batch,) + mask.valid.shape)
+    )
   if bias_sliced:
     sliced['bias'] = bias
 
@@ -117,17 +136,31 @@ def blockwise_attention(q, k, v, *, scale: float, mask: MaskValues | None = None
     part_mask = mask
     if mask_sliced:
       part_mask = MaskValues(part['values'], part['valid'], mask.mode)
-    out = reference_attention(heads_last(part['q']), heads_last(part['k']),
-                              heads_last(part['v']), scale=scale, mask=part_mask,
-                              bias=part['bias'] if bias_sliced else bias,
-                              pre_softmax=pre_softmax, post_softmax=post_softmax)
+    out = reference_attention(
+      heads_last(part['q']),
+      heads_last(part['k']),
+      heads_last(part['v']),
+      scale=scale,
+      mask=part_mask,
+      bias=part['bias'] if bias_sliced else bias,
+      pre_softmax=pre_softmax,
+      post_softmax=post_softmax,
+    )
     return heads_last(out)
 
   return heads_last(merge(jax.lax.map(one_slice, jax.tree.map(split, sliced))))
 
 
-def cudnn_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
-                    bias: jax.Array | None = None, implementation: str = 'cudnn') -> jax.Array:
+def cudnn_attention(
+  q,
+  k,
+  v,
+  *,
+  scale: float,
+  mask: MaskValues | None = None,
+  bias: jax.Array | None = None,
+  implementation: str = 'cudnn',
+) -> jax.Array:
   """The 'cudnn' core through jax.nn.dot_product_attention; an additive mask joins the bias.
 
   `implementation` is that function's own argument: tests pass 'xla' to check this
@@ -135,22 +168,27 @@ def cudnn_attention(q, k, v, *, scale: float, mask: MaskValues | None = None,
   """
   if mask is not None:
     if mask.mode != 'add':
-      raise ValueError("model.attention.implementation='cudnn' takes an additive mask only "
-                       "(model.mask.mode='add'); use 'blockwise' for 'multiply'.")
+      raise ValueError(
+        "model.attention.implementation='cudnn' takes an additive mask only "
+        "(model.mask.mode='add'); use 'blockwise' for 'multiply'."
+      )
     valid = mask.valid if mask.valid.ndim == 2 else mask.valid[:, None]
     mask_bias = jnp.where(valid, mask.values.astype(jnp.float32), 0.0)
     bias = mask_bias if bias is None else bias + mask_bias
   if bias is not None:
-    bias = jnp.broadcast_to(bias, (bias.shape[0] if bias.ndim == 4 else 1,)
-                            + q.shape[1:3] + k.shape[2:3]).astype(q.dtype)
+    bias = jnp.broadcast_to(
+      bias, (bias.shape[0] if bias.ndim == 4 else 1,) + q.shape[1:3] + k.shape[2:3]
+    ).astype(q.dtype)
   to_bnhd = lambda x: jnp.swapaxes(x, 1, 2)
-  out = jax.nn.dot_product_attention(to_bnhd(q), to_bnhd(k), to_bnhd(v), bias=bias,
-                                     scale=scale, implementation=implementation)
+  out = jax.nn.dot_product_attention(
+    to_bnhd(q), to_bnhd(k), to_bnhd(v), bias=bias, scale=scale, implementation=implementation
+  )
   return to_bnhd(out)
 
 
-def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None,
-                   lengths: tuple[int, ...] = ()) -> str | None:
+def cudnn_supports(
+  *, dtype, head_dim: int, mask_mode: MaskMode | None, lengths: tuple[int, ...] = ()
+) -> str | None:
   """None when the cuDNN kernel can run the layer, else why not.
 
   lengths: the query and key sequence lengths. cuDNN trains with a bias on even lengths
@@ -165,15 +203,22 @@ def cudnn_supports(*, dtype, head_dim: int, mask_mode: MaskMode | None,
   if head_dim % 8:
     return f'it needs a head width that is a multiple of 8, and it is {head_dim}'
   if mask_mode not in (None, 'add'):
-    return f"it takes an additive mask only, and model.mask.mode is {mask_mode!r}"
+    return f'it takes an additive mask only, and model.mask.mode is {mask_mode!r}'
   if any(n % 2 for n in lengths):
     return f'in training it needs even sequence lengths, and they are {lengths}'
   return None
 
 
-def resolve_implementation(requested: str, *, dot_product: bool, logit_maps: bool, dtype,
-                           head_dim: int, mask_mode: MaskMode | None,
-                           lengths: tuple[int, ...] = ()) -> str:
+def resolve_implementation(
+  requested: str,
+  *,
+  dot_product: bool,
+  logit_maps: bool,
+  dtype,
+  head_dim: int,
+  mask_mode: MaskMode | None,
+  lengths: tuple[int, ...] = (),
+) -> str:
   """The implementation a layer runs: `requested`, or for 'auto' this platform's best.
 
   dot_product: the scores are q . k (not a mixture of keys), which 'blockwise' and
@@ -186,8 +231,9 @@ def resolve_implementation(requested: str, *, dot_product: bool, logit_maps: boo
   (gmm_vit_jax/platforms.py).
   """
   check_choice('model.attention.implementation', requested, IMPLEMENTATIONS)
-  cudnn_problem = cudnn_supports(dtype=dtype, head_dim=head_dim, mask_mode=mask_mode,
-                                 lengths=lengths)
+  cudnn_problem = cudnn_supports(
+    dtype=dtype, head_dim=head_dim, mask_mode=mask_mode, lengths=lengths
+  )
   if logit_maps and cudnn_problem is None:
     cudnn_problem = 'it has no place for talking heads'
   if requested == 'auto':
@@ -197,27 +243,39 @@ def resolve_implementation(requested: str, *, dot_product: bool, logit_maps: boo
       return 'cudnn'
     return 'blockwise' if platforms.on_cpu() else 'xla'
   if requested != 'xla' and not dot_product:
-    raise ValueError(f'model.attention.implementation={requested!r} needs dot-product scores; '
-                     "use 'xla' or 'auto' for mixture-of-keys attention.")
+    raise ValueError(
+      f'model.attention.implementation={requested!r} needs dot-product scores; '
+      "use 'xla' or 'auto' for mixture-of-keys attention."
+    )
   if requested == 'cudnn' and cudnn_problem is not None:
     raise ValueError(f"model.attention.implementation='cudnn' cannot run here: {cudnn_problem}.")
   return requested
 
 
-def attend(q, k, v, *, implementation: str, scale: float, mask: MaskValues | None,
-           bias: jax.Array | None, pre_softmax: LogitsFn | None = None,
-           post_softmax: LogitsFn | None = None, max_slices: int) -> jax.Array:
+def attend(
+  q,
+  k,
+  v,
+  *,
+  implementation: str,
+  scale: float,
+  mask: MaskValues | None,
+  bias: jax.Array | None,
+  pre_softmax: LogitsFn | None = None,
+  post_softmax: LogitsFn | None = None,
+  max_slices: int,
+) -> jax.Array:
   """Runs a resolved implementation (resolve_implementation) of the core.
 
   A symbolic batch (jax.export) cannot be sliced: 'blockwise' then runs as 'xla'.
   """
   maps = dict(pre_softmax=pre_softmax, post_softmax=post_softmax)
   if implementation == 'blockwise' and isinstance(q.shape[0], int):
-    return blockwise_attention(q, k, v, scale=scale, mask=mask, bias=bias,
-                               max_slices=max_slices, **maps)
+    return blockwise_attention(
+      q, k, v, scale=scale, mask=mask, bias=bias, max_slices=max_slices, **maps
+    )
   if implementation == 'cudnn':
     if pre_softmax is not None or post_softmax is not None:
       raise ValueError('the cuDNN core has no place for talking heads.')
     return cudnn_attention(q, k, v, scale=scale, mask=mask, bias=bias)
   return reference_attention(q, k, v, scale=scale, mask=mask, bias=bias, **maps)
-

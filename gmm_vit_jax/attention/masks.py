@@ -33,13 +33,15 @@ class MaskValues(NamedTuple):
   values: (H, N, N) or (1, N, N), or per example (B, H, N, N) / (B, 1, N, N).
   valid: (N, N) or (B, N, N), the pairs the mask applies to.
   """
+
   values: jax.Array
   valid: jax.Array
   mode: MaskMode
 
 
-def gaussian_mixture(sq_dist: jax.Array, sigma: jax.Array, alpha: jax.Array,
-                     cutoff: bool = True) -> jax.Array:
+def gaussian_mixture(
+  sq_dist: jax.Array, sigma: jax.Array, alpha: jax.Array, cutoff: bool = True
+) -> jax.Array:
   """G = sum_k alpha[k, h] * exp(-d2 / (2 (sigma[k, h]^2 + 1e-5))).
 
   Args:
@@ -58,8 +60,7 @@ def gaussian_mixture(sq_dist: jax.Array, sigma: jax.Array, alpha: jax.Array,
   return jnp.sum(alpha.astype(jnp.float32)[:, :, None, None] * kernels, axis=-4)
 
 
-def apply_mask(logits: jax.Array, values: jax.Array, valid: jax.Array,
-               mode: MaskMode) -> jax.Array:
+def apply_mask(logits: jax.Array, values: jax.Array, valid: jax.Array, mode: MaskMode) -> jax.Array:
   """Combines mask values with logits where `valid`; elsewhere the logits pass through.
 
   logits: (B, H, N, N); values: broadcastable to it; valid: (N, N) or (B, N, N).
@@ -91,9 +92,16 @@ class GaussianMixtureMask(GridMask):
   costs more than the rest of a ViT train step (benchmarks/patch_and_keys.py).
   """
 
-  def __init__(self, num_heads: int, *, num_kernels: int = 5, mode: MaskMode = 'multiply',
-               cutoff: bool = True, grid_shape: tuple[int, int] | None = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_heads: int,
+    *,
+    num_kernels: int = 5,
+    mode: MaskMode = 'multiply',
+    cutoff: bool = True,
+    grid_shape: tuple[int, int] | None = None,
+    rngs: nnx.Rngs,
+  ):
     check_choice('model.mask.mode', mode, MASK_MODES)
     if num_kernels < 1:
       raise ValueError(f'model.mask.num_kernels must be >= 1, got {num_kernels}.')
@@ -103,8 +111,9 @@ class GaussianMixtureMask(GridMask):
     self.mode = mode
     self.cutoff = cutoff
     self.grid_shape = None if grid_shape is None else tuple(grid_shape)
-    self.max_sq_dist = (None if grid_shape is None
-                        else (grid_shape[0] - 1) ** 2 + (grid_shape[1] - 1) ** 2)
+    self.max_sq_dist = (
+      None if grid_shape is None else (grid_shape[0] - 1) ** 2 + (grid_shape[1] - 1) ** 2
+    )
 
   def values(self, coords: jax.Array) -> jax.Array:
     """(..., N, 2) coords -> (..., H, N, N) mask values."""
@@ -134,13 +143,22 @@ class ElementwiseMask(GridMask):
     return self.weight[...][index[..., :, None], index[..., None, :]][..., None, :, :]
 
 
-def make_mask(kind: str, *, num_heads: int, grid_shape: tuple[int, int], num_kernels: int,
-              mode: MaskMode, cutoff: bool, rngs: nnx.Rngs):
+def make_mask(
+  kind: str,
+  *,
+  num_heads: int,
+  grid_shape: tuple[int, int],
+  num_kernels: int,
+  mode: MaskMode,
+  cutoff: bool,
+  rngs: nnx.Rngs,
+):
   """The mask named by a config's `model.mask.kind`; None for 'none'."""
   check_choice('model.mask.kind', kind, MASK_KINDS)
   if kind == 'gmm':
-    return GaussianMixtureMask(num_heads, num_kernels=num_kernels, mode=mode, cutoff=cutoff,
-                               grid_shape=grid_shape, rngs=rngs)
+    return GaussianMixtureMask(
+      num_heads, num_kernels=num_kernels, mode=mode, cutoff=cutoff, grid_shape=grid_shape, rngs=rngs
+    )
   if kind == 'elm':
     return ElementwiseMask(grid_shape, mode=mode)
   return None

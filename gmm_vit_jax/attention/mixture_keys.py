@@ -38,7 +38,7 @@ softmax_j(q_i . k_j / sqrt(D)): the reduction the MGK paper derives.
 Shapes: B batch, H heads, M keys per token, N tokens, D head dim, C model width.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -74,27 +74,46 @@ class MixtureOfKeysScore(nnx.Module):
   patch selection each kept key keeps the weights of its original cell.
   """
 
-  def __init__(self, dim: int, *, num_heads: int, head_dim: int, num_keys: int, variant: str,
-               e_step: str, pi: str, pi_scope: str, learn_variance: bool, use_bias: bool,
-               grid_shape: tuple[int, int] | None = None, dtype=jnp.float32,
-               kernel_init: Callable = dense_init, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    num_heads: int,
+    head_dim: int,
+    num_keys: int,
+    variant: str,
+    e_step: str,
+    pi: str,
+    pi_scope: str,
+    learn_variance: bool,
+    use_bias: bool,
+    grid_shape: tuple[int, int] | None = None,
+    dtype=jnp.float32,
+    kernel_init: Callable = dense_init,
+    rngs: nnx.Rngs,
+  ):
     check_choice('model.attention.mixture.variant', variant, VARIANTS)
     check_choice('model.attention.mixture.e_step', e_step, E_STEPS)
     check_choice('model.attention.mixture.pi', pi, PI_KINDS)
     check_choice('model.attention.mixture.pi_scope', pi_scope, PI_SCOPES)
     if pi == 'e_step' and e_step != 'soft':
-      raise ValueError("model.attention.mixture.pi='e_step' is the soft E-step's update; "
-                       "with e_step='hard' use pi='none' (the paper's hard E-step) or 'learned'.")
+      raise ValueError(
+        "model.attention.mixture.pi='e_step' is the soft E-step's update; "
+        "with e_step='hard' use pi='none' (the paper's hard E-step) or 'learned'."
+      )
     if num_keys < 1:
       raise ValueError(f'attention.mixture.num_keys must be >= 1, got {num_keys}.')
     # pi='none' has no weights to place.
     pi_per_position = pi_scope == 'position' and pi != 'none'
     if pi_per_position and grid_shape is None:
-      raise ValueError("attention.mixture.pi_scope='position' needs the token grid shape "
-                       '(build the score through make_attention).')
+      raise ValueError(
+        "attention.mixture.pi_scope='position' needs the token grid shape "
+        '(build the score through make_attention).'
+      )
     inner = num_heads * head_dim
-    linear = lambda: Linear(dim, inner, use_bias=use_bias, dtype=dtype,
-                            kernel_init=kernel_init, rngs=rngs)
+    linear = lambda: Linear(
+      dim, inner, use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, rngs=rngs
+    )
     if variant == 'mgk':
       self.key = nnx.List([linear() for _ in range(num_keys)])
       self.shift = None
@@ -107,8 +126,9 @@ class MixtureOfKeysScore(nnx.Module):
     if pi_per_position:
       pi_shape += (grid_shape[0] * grid_shape[1] + 1,)
     # Both start at uniform pi = 1/M, the reference's initial 0.5 / 0.5 for M = 2.
-    self.pi = (MixingWeights(jnp.full(pi_shape, 1.0 / num_keys, jnp.float32))
-               if pi == 'e_step' else None)
+    self.pi = (
+      MixingWeights(jnp.full(pi_shape, 1.0 / num_keys, jnp.float32)) if pi == 'e_step' else None
+    )
     self.pi_logits = nnx.Param(jnp.zeros(pi_shape, jnp.float32)) if pi == 'learned' else None
     # The paper's and reference's sigma_r^2 = sqrt(D) for every component.
     log_var = np.full((num_heads, num_keys), 0.5 * np.log(head_dim), np.float32)
@@ -171,8 +191,9 @@ class MixtureOfKeysScore(nnx.Module):
     counts = jnp.zeros(old.shape[-1], old.dtype).at[slot].add(1.0)
     self.pi[...] = jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), old)
 
-  def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None, *,
-               training: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None, *, training: bool = False
+  ) -> jax.Array:
     """(B, N, C) tokens, (B, H, N, D) queries -> (B, H, N, N) float32 log-scores.
 
     training: with pi='e_step', run the E-step on this batch (pi's new value is used

@@ -9,7 +9,7 @@ function with the same signature, so no backbone changes to use it; `training=Tr
 lets a score update its non-trainable state (the mixture's E-step).
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,20 +35,31 @@ def merge_heads(x: jax.Array) -> jax.Array:
 class DotProductScore(nnx.Module):
   """Scaled dot product q . k * scale, scale 1/sqrt(D) unless given: softmax attention logits."""
 
-  def __init__(self, dim: int, *, num_heads: int, head_dim: int, use_bias: bool,
-               scale: float | None = None, dtype=jnp.float32,
-               kernel_init: Callable = dense_init, rngs: nnx.Rngs):
-    self.key = Linear(dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype,
-                      kernel_init=kernel_init, rngs=rngs)
+  def __init__(
+    self,
+    dim: int,
+    *,
+    num_heads: int,
+    head_dim: int,
+    use_bias: bool,
+    scale: float | None = None,
+    dtype=jnp.float32,
+    kernel_init: Callable = dense_init,
+    rngs: nnx.Rngs,
+  ):
+    self.key = Linear(
+      dim, num_heads * head_dim, use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, rngs=rngs
+    )
     self.num_heads = num_heads
-    self.scale = head_dim ** -0.5 if scale is None else scale
+    self.scale = head_dim**-0.5 if scale is None else scale
 
   def keys(self, x: jax.Array) -> jax.Array:
     """(B, N, C) -> (B, H, N, D)."""
     return split_heads(self.key(x), self.num_heads)
 
-  def __call__(self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None, *,
-               training: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, q: jax.Array, coords: jax.Array | None = None, *, training: bool = False
+  ) -> jax.Array:
     """The dot product does not depend on token position (`coords`) and has no state to
     update in training (`training`): neither is read."""
     return dot_product_logits(q, self.keys(x), self.scale)

@@ -15,20 +15,20 @@ AUTOAUGMENT_POLICIES = ('none',) + tuple(POLICIES)
 
 # op(image, magnitude, sign) for every name in OP_NAMES, in that order.
 _STEPS = {
-    'shear_x': lambda x, m, s: ops.shear_x(x, m * s),
-    'shear_y': lambda x, m, s: ops.shear_y(x, m * s),
-    'translate_x': lambda x, m, s: ops.translate_x(x, m * s),
-    'translate_y': lambda x, m, s: ops.translate_y(x, m * s),
-    'rotate': lambda x, m, s: ops.rotate(x, m),
-    'color': lambda x, m, s: ops.color(x, 1.0 + m * s),
-    'posterize': lambda x, m, s: ops.posterize(x, m.astype(jnp.int32)),
-    'solarize': lambda x, m, s: ops.solarize(x, m),
-    'contrast': lambda x, m, s: ops.contrast(x, 1.0 + m * s),
-    'sharpness': lambda x, m, s: ops.sharpness(x, 1.0 + m * s),
-    'brightness': lambda x, m, s: ops.brightness(x, 1.0 + m * s),
-    'autocontrast': lambda x, m, s: ops.autocontrast(x),
-    'equalize': lambda x, m, s: ops.equalize(x),
-    'invert': lambda x, m, s: ops.invert(x),
+  'shear_x': lambda x, m, s: ops.shear_x(x, m * s),
+  'shear_y': lambda x, m, s: ops.shear_y(x, m * s),
+  'translate_x': lambda x, m, s: ops.translate_x(x, m * s),
+  'translate_y': lambda x, m, s: ops.translate_y(x, m * s),
+  'rotate': lambda x, m, s: ops.rotate(x, m),
+  'color': lambda x, m, s: ops.color(x, 1.0 + m * s),
+  'posterize': lambda x, m, s: ops.posterize(x, m.astype(jnp.int32)),
+  'solarize': lambda x, m, s: ops.solarize(x, m),
+  'contrast': lambda x, m, s: ops.contrast(x, 1.0 + m * s),
+  'sharpness': lambda x, m, s: ops.sharpness(x, 1.0 + m * s),
+  'brightness': lambda x, m, s: ops.brightness(x, 1.0 + m * s),
+  'autocontrast': lambda x, m, s: ops.autocontrast(x),
+  'equalize': lambda x, m, s: ops.equalize(x),
+  'invert': lambda x, m, s: ops.invert(x),
 }
 # The last branch leaves the image as it is: a step that is not taken.
 _BRANCHES = tuple(_STEPS[name] for name in OP_NAMES) + (lambda x, m, s: x,)

@@ -19,8 +19,15 @@ def uniform_index(u: jax.Array, n: jax.Array) -> jax.Array:
   return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
 
 
-def erase_image(image: jax.Array, u: jax.Array, *, prob: float, area: tuple[float, float],
-                min_aspect: float, value: jax.Array) -> jax.Array:
+def erase_image(
+  image: jax.Array,
+  u: jax.Array,
+  *,
+  prob: float,
+  area: tuple[float, float],
+  min_aspect: float,
+  value: jax.Array,
+) -> jax.Array:
   """With probability `prob`, fills one random rectangle of an (H, W, C) image with `value`.
 
   The rectangle covers a uniform fraction in `area` of the image with a uniform
@@ -30,7 +37,7 @@ def erase_image(image: jax.Array, u: jax.Array, *, prob: float, area: tuple[floa
   """
   h, w, _ = image.shape
   target = (area[0] + (area[1] - area[0]) * u[:ATTEMPTS]) * (h * w)
-  aspect = min_aspect + (1.0 / min_aspect - min_aspect) * u[ATTEMPTS:2 * ATTEMPTS]
+  aspect = min_aspect + (1.0 / min_aspect - min_aspect) * u[ATTEMPTS : 2 * ATTEMPTS]
   heights = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
   widths = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
   fits = (heights < h) & (widths < w)
@@ -45,11 +52,19 @@ def erase_image(image: jax.Array, u: jax.Array, *, prob: float, area: tuple[floa
   return jnp.where((erase & box)[..., None], value, image)
 
 
-def random_erasing(images: jax.Array, key: jax.Array, *, prob: float, area: tuple[float, float],
-                   min_aspect: float, value) -> jax.Array:
+def random_erasing(
+  images: jax.Array,
+  key: jax.Array,
+  *,
+  prob: float,
+  area: tuple[float, float],
+  min_aspect: float,
+  value,
+) -> jax.Array:
   """(B, H, W, C) float images, independent draws per example; `value` is (C,)."""
   u = jax.random.uniform(key, (images.shape[0], DRAWS))
   value = jnp.asarray(value, images.dtype)
-  erase = lambda img, v: erase_image(img, v, prob=prob, area=area, min_aspect=min_aspect,
-                                     value=value)
+  erase = lambda img, v: erase_image(
+    img, v, prob=prob, area=area, min_aspect=min_aspect, value=value
+  )
   return jax.vmap(erase)(images, u)

@@ -35,12 +35,13 @@ def centre_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[int
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def crop_box(u: jax.Array, height: int, width: int, scale: tuple[float, float],
-             ratio: tuple[float, float]) -> tuple[jax.Array, ...]:
+def crop_box(
+  u: jax.Array, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[jax.Array, ...]:
   """(top, left, box height, box width) int32 of one example's box; `u` is its DRAWS uniforms."""
   area = scale[0] + (scale[1] - scale[0]) * u[:ATTEMPTS]
   log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[ATTEMPTS:2 * ATTEMPTS])
+  aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[ATTEMPTS : 2 * ATTEMPTS])
   target = area * (height * width)
   widths = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
   heights = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
@@ -64,8 +65,7 @@ def bicubic_kernel(x: jax.Array) -> jax.Array:
   return jnp.where(x < 1.0, near, jnp.where(x < 2.0, far, 0.0))
 
 
-def resize_weights(start: jax.Array, length: jax.Array, in_size: int,
-                   out_size: int) -> jax.Array:
+def resize_weights(start: jax.Array, length: jax.Array, in_size: int, out_size: int) -> jax.Array:
   """(out_size, in_size) weights of PIL's bicubic resize of pixels [start, start + length)
   of a line of in_size to out_size pixels.
 
@@ -92,8 +92,9 @@ def _round_to_uint8(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.floor(x + 0.5), 0.0, 255.0)
 
 
-def resized_crop(image: jax.Array, top: jax.Array, left: jax.Array, h: jax.Array,
-                 w: jax.Array) -> jax.Array:
+def resized_crop(
+  image: jax.Array, top: jax.Array, left: jax.Array, h: jax.Array, w: jax.Array
+) -> jax.Array:
   """PIL `image.crop(box).resize((W, H), BICUBIC)` of one (H, W, C) uint8 image.
 
   As PIL, resizes along the rows first, rounds to 8 bits, then down the columns.
@@ -108,8 +109,9 @@ def resized_crop(image: jax.Array, top: jax.Array, left: jax.Array, h: jax.Array
   return x.astype(jnp.uint8)
 
 
-def inception_crop(images: jax.Array, key: jax.Array, *, scale: tuple[float, float],
-                   ratio: tuple[float, float]) -> jax.Array:
+def inception_crop(
+  images: jax.Array, key: jax.Array, *, scale: tuple[float, float], ratio: tuple[float, float]
+) -> jax.Array:
   """(B, H, W, C) uint8 -> (B, H, W, C) uint8, an independent box per example."""
   b, height, width, _ = images.shape
   u = jax.random.uniform(key, (b, DRAWS))

@@ -32,8 +32,12 @@ def cutmix_box(u: jax.Array, height: int, width: int, lam: jax.Array) -> tuple[j
   half_w = jnp.floor(width * cut).astype(jnp.int32) // 2
   cy = jnp.minimum(jnp.floor(u[0] * height).astype(jnp.int32), height - 1)
   cx = jnp.minimum(jnp.floor(u[1] * width).astype(jnp.int32), width - 1)
-  return (jnp.clip(cy - half_h, 0, height), jnp.clip(cy + half_h, 0, height),
-          jnp.clip(cx - half_w, 0, width), jnp.clip(cx + half_w, 0, width))
+  return (
+    jnp.clip(cy - half_h, 0, height),
+    jnp.clip(cy + half_h, 0, height),
+    jnp.clip(cx - half_w, 0, width),
+    jnp.clip(cx + half_w, 0, width),
+  )
 
 
 def symmetric_beta(key: jax.Array, concentration) -> jax.Array:
@@ -45,12 +49,11 @@ def symmetric_beta(key: jax.Array, concentration) -> jax.Array:
   return jax.nn.sigmoid(log_g[0] - log_g[1])
 
 
-def cutmix(images: jax.Array, targets: jax.Array, perm: jax.Array, lam: jax.Array,
-           u: jax.Array):
+def cutmix(images: jax.Array, targets: jax.Array, perm: jax.Array, lam: jax.Array, u: jax.Array):
   """Pastes a box of image perm[i] into every image i of the (B, H, W, C) batch.
 
-  The box is drawn for the ratio `lam` from the two uniforms `u` (`cutmix_box`); the (B, K) targets are
-  weighted by the area actually kept.
+  The box is drawn for the ratio `lam` from the two uniforms `u` (`cutmix_box`); the (B, K)
+  targets are weighted by the area actually kept.
   """
   _, h, w, _ = images.shape
   top, bottom, left, right = cutmix_box(u, h, w, lam)
@@ -67,9 +70,17 @@ def mixup(images: jax.Array, targets: jax.Array, perm: jax.Array, lam: jax.Array
   return lam * images + (1.0 - lam) * images[perm], lam * targets + (1.0 - lam) * targets[perm]
 
 
-def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, *, prob: float,
-              cutmix_prob: float, mixup_alpha: float, cutmix_beta: float,
-              mesh: Mesh | None = None):
+def mix_batch(
+  images: jax.Array,
+  targets: jax.Array,
+  key: jax.Array,
+  *,
+  prob: float,
+  cutmix_prob: float,
+  mixup_alpha: float,
+  cutmix_beta: float,
+  mesh: Mesh | None = None,
+):
   """With probability `prob` mixes the batch: CutMix with `cutmix_prob`, else Mixup.
 
   Args:
@@ -94,9 +105,11 @@ def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, *, prob: fl
 
   def mix(x, t, perm_key, which, lam, u):
     perm = jax.random.permutation(perm_key, x.shape[0])
-    branches = (lambda x, t: (x, t),
-                lambda x, t: cutmix(x, t, perm, lam, u[2:]),
-                lambda x, t: mixup(x, t, perm, lam))
+    branches = (
+      lambda x, t: (x, t),
+      lambda x, t: cutmix(x, t, perm, lam, u[2:]),
+      lambda x, t: mixup(x, t, perm, lam),
+    )
     return jax.lax.switch(which, branches, x, t)
 
   if mesh is None or mesh.size == 1:
@@ -106,5 +119,6 @@ def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, *, prob: fl
     return mix(x, t, jax.random.fold_in(perm_key, jax.lax.axis_index(DATA_AXIS)), which, lam, u)
 
   batch, shared = P(DATA_AXIS), P()
-  return jax.shard_map(per_shard, mesh=mesh, in_specs=(batch, batch) + (shared,) * 4,
-                       out_specs=(batch, batch))(images, targets, perm_key, which, lam, u)
+  return jax.shard_map(
+    per_shard, mesh=mesh, in_specs=(batch, batch) + (shared,) * 4, out_specs=(batch, batch)
+  )(images, targets, perm_key, which, lam, u)

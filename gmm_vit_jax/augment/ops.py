@@ -77,8 +77,9 @@ def _input_coordinates(image: jax.Array, matrix) -> tuple[jax.Array, jax.Array, 
   whether that falls inside the image: (H, W) x, y and mask."""
   h, w, _ = image.shape
   a, b, c, d, e, f = (jnp.asarray(m, jnp.float32) for m in matrix)
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
-                        jnp.arange(w, dtype=jnp.float32) + 0.5, indexing='ij')
+  ys, xs = jnp.meshgrid(
+    jnp.arange(h, dtype=jnp.float32) + 0.5, jnp.arange(w, dtype=jnp.float32) + 0.5, indexing='ij'
+  )
   xin = a * xs + b * ys + c
   yin = d * xs + e * ys + f
   return xin, yin, (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
@@ -119,10 +120,12 @@ def affine_bicubic(image: jax.Array, matrix, fill=FILL) -> jax.Array:
   rows = jnp.clip(y0.astype(jnp.int32)[..., None] + offsets, 0, h - 1)  # (H, W, 4)
   rows, cols = jnp.broadcast_arrays(rows[..., :, None], cols[..., None, :])  # (H, W, 4, 4)
   taps = _gather(image.astype(jnp.float32), rows, cols)  # (H, W, 4, 4, C)
-  along = _cubic(taps[..., 0, :], taps[..., 1, :], taps[..., 2, :], taps[..., 3, :],
-                 dx[..., None, None])  # (H, W, 4, C): one value per tap row.
-  out = _to_uint8(_cubic(along[:, :, 0], along[:, :, 1], along[:, :, 2], along[:, :, 3],
-                         dy[..., None]))
+  along = _cubic(
+    taps[..., 0, :], taps[..., 1, :], taps[..., 2, :], taps[..., 3, :], dx[..., None, None]
+  )  # (H, W, 4, C): one value per tap row.
+  out = _to_uint8(
+    _cubic(along[:, :, 0], along[:, :, 1], along[:, :, 2], along[:, :, 3], dy[..., None])
+  )
   return jnp.where(inside[..., None], out, _fill(fill, image.shape[-1]))
 
 
@@ -145,8 +148,9 @@ def rotate(image: jax.Array, degrees, fill=FILL, resample: str = 'nearest') -> j
   theta = -jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
   cos, sin = jnp.cos(theta), jnp.sin(theta)
   cx, cy = w / 2.0, h / 2.0
-  return RESAMPLERS[resample](image, (cos, sin, cx - cos * cx - sin * cy,
-                                      -sin, cos, cy + sin * cx - cos * cy), fill)
+  return RESAMPLERS[resample](
+    image, (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy), fill
+  )
 
 
 def grayscale(image: jax.Array) -> jax.Array:

@@ -35,23 +35,25 @@ def _geometric(op, scale: float):
 # 4 - floor(4 level / 10) bits and solarize inverts from 256 - floor(256 level / 10) up,
 # so both strengthen as the level grows; solarize_add adds floor(110 level / 10) below 128.
 RAND_OPS = {
-    'autocontrast': lambda x, m, s, fill: ops.autocontrast(x),
-    'equalize': lambda x, m, s, fill: ops.equalize(x),
-    'invert': lambda x, m, s, fill: ops.invert(x),
-    'rotate': _geometric(ops.rotate, 30.0),
-    'posterize': lambda x, m, s, fill: ops.posterize(
-        x, 4 - jnp.floor(_fraction(m) * 4).astype(jnp.int32)),
-    'solarize': lambda x, m, s, fill: ops.solarize(x, 256 - jnp.floor(_fraction(m) * 256)),
-    'solarize_add': lambda x, m, s, fill: ops.solarize_add(
-        x, jnp.floor(_fraction(m) * 110).astype(jnp.int32)),
-    'color': lambda x, m, s, fill: ops.color(x, enhance_factor(m, s)),
-    'contrast': lambda x, m, s, fill: ops.contrast(x, enhance_factor(m, s)),
-    'brightness': lambda x, m, s, fill: ops.brightness(x, enhance_factor(m, s)),
-    'sharpness': lambda x, m, s, fill: ops.sharpness(x, enhance_factor(m, s)),
-    'shear_x': lambda x, m, s, fill: ops.shear_x(x, _fraction(m) * 0.3 * s, fill),
-    'shear_y': lambda x, m, s, fill: ops.shear_y(x, _fraction(m) * 0.3 * s, fill),
-    'translate_x': _geometric(ops.translate_x, 0.45),
-    'translate_y': _geometric(ops.translate_y, 0.45),
+  'autocontrast': lambda x, m, s, fill: ops.autocontrast(x),
+  'equalize': lambda x, m, s, fill: ops.equalize(x),
+  'invert': lambda x, m, s, fill: ops.invert(x),
+  'rotate': _geometric(ops.rotate, 30.0),
+  'posterize': lambda x, m, s, fill: ops.posterize(
+    x, 4 - jnp.floor(_fraction(m) * 4).astype(jnp.int32)
+  ),
+  'solarize': lambda x, m, s, fill: ops.solarize(x, 256 - jnp.floor(_fraction(m) * 256)),
+  'solarize_add': lambda x, m, s, fill: ops.solarize_add(
+    x, jnp.floor(_fraction(m) * 110).astype(jnp.int32)
+  ),
+  'color': lambda x, m, s, fill: ops.color(x, enhance_factor(m, s)),
+  'contrast': lambda x, m, s, fill: ops.contrast(x, enhance_factor(m, s)),
+  'brightness': lambda x, m, s, fill: ops.brightness(x, enhance_factor(m, s)),
+  'sharpness': lambda x, m, s, fill: ops.sharpness(x, enhance_factor(m, s)),
+  'shear_x': lambda x, m, s, fill: ops.shear_x(x, _fraction(m) * 0.3 * s, fill),
+  'shear_y': lambda x, m, s, fill: ops.shear_y(x, _fraction(m) * 0.3 * s, fill),
+  'translate_x': _geometric(ops.translate_x, 0.45),
+  'translate_y': _geometric(ops.translate_y, 0.45),
 }
 OP_NAMES = tuple(RAND_OPS)
 # The last branch leaves the image as it is: an op that is not taken.
@@ -59,14 +61,22 @@ _BRANCHES = tuple(RAND_OPS.values()) + (lambda x, m, s, fill: x,)
 _SKIP = len(OP_NAMES)
 
 
-def apply_op(image: jax.Array, op: jax.Array, level: jax.Array, sign: jax.Array,
-             fill: jax.Array) -> jax.Array:
+def apply_op(
+  image: jax.Array, op: jax.Array, level: jax.Array, sign: jax.Array, fill: jax.Array
+) -> jax.Array:
   """OP_NAMES[op] on one (H, W, C) uint8 image; op == len(OP_NAMES) is the identity."""
   return jax.lax.switch(op, _BRANCHES, image, level, sign, fill)
 
 
-def randaugment_image(image: jax.Array, u: jax.Array, noise: jax.Array, *, magnitude: float,
-                      magnitude_std: float, fill: jax.Array) -> jax.Array:
+def randaugment_image(
+  image: jax.Array,
+  u: jax.Array,
+  noise: jax.Array,
+  *,
+  magnitude: float,
+  magnitude_std: float,
+  fill: jax.Array,
+) -> jax.Array:
   """One (H, W, C) uint8 image through len(noise) RandAugment ops.
 
   `u` is (num_ops, 3) uniforms in [0, 1) (which op, whether it is taken, its sign),
@@ -83,8 +93,9 @@ def randaugment_image(image: jax.Array, u: jax.Array, noise: jax.Array, *, magni
   return image
 
 
-def randaugment(images: jax.Array, key: jax.Array, *, num_ops: int, magnitude: float,
-                magnitude_std: float, fill) -> jax.Array:
+def randaugment(
+  images: jax.Array, key: jax.Array, *, num_ops: int, magnitude: float, magnitude_std: float, fill
+) -> jax.Array:
   """(B, H, W, C) uint8 -> (B, H, W, C) uint8, independent draws per example.
 
   fill: (C,) uint8 levels (or one grey level) of the pixels geometric ops uncover.
@@ -94,6 +105,7 @@ def randaugment(images: jax.Array, key: jax.Array, *, num_ops: int, magnitude: f
   u = jax.random.uniform(u_key, (b, num_ops, 3))
   noise = jax.random.normal(noise_key, (b, num_ops))
   fill = jnp.broadcast_to(jnp.asarray(fill, jnp.uint8), (channels,))
-  one = lambda img, u, z: randaugment_image(img, u, z, magnitude=magnitude,
-                                            magnitude_std=magnitude_std, fill=fill)
+  one = lambda img, u, z: randaugment_image(
+    img, u, z, magnitude=magnitude, magnitude_std=magnitude_std, fill=fill
+  )
   return jax.vmap(one)(images, u, noise)

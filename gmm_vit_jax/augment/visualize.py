@@ -24,13 +24,20 @@ def tile(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
   for i, row in enumerate(rows):
     for j, image in enumerate(row):
       y, x = pad + i * (h + pad), pad + j * (w + pad)
-      grid[y:y + h, x:x + w] = np.broadcast_to(image, (h, w, 3))
+      grid[y : y + h, x : x + w] = np.broadcast_to(image, (h, w, 3))
   return grid
 
 
-def augmentation_grid(images: np.ndarray, key: jax.Array, config: ml_collections.ConfigDict,
-                      *, mean: tuple[float, ...], std: tuple[float, ...], draws: int = 4,
-                      pad: int = 2) -> np.ndarray:
+def augmentation_grid(
+  images: np.ndarray,
+  key: jax.Array,
+  config: ml_collections.ConfigDict,
+  *,
+  mean: tuple[float, ...],
+  std: tuple[float, ...],
+  draws: int = 4,
+  pad: int = 2,
+) -> np.ndarray:
   """The first row shows the (N, H, W, C) uint8 images, each next row one augmented draw.
 
   Each draw runs `augment_batch` on the N images as one batch (so a draw may be
@@ -44,8 +51,9 @@ def augmentation_grid(images: np.ndarray, key: jax.Array, config: ml_collections
 
   @jax.jit
   def draw(k):
-    return augment_batch(jnp.asarray(images), labels, k, config, num_classes=1,
-                         mean=mean, std=std)[0]
+    return augment_batch(jnp.asarray(images), labels, k, config, num_classes=1, mean=mean, std=std)[
+      0
+    ]
 
   rows = [images] + [denormalize(draw(k), mean, std) for k in jax.random.split(key, draws)]
   return tile(rows, pad)

@@ -46,9 +46,13 @@ CIFAR_STEPS_PER_EPOCH = 1171  # 50,000 images x 3 passes / batch 128 (docs/desig
 # Per step of the check, seconds: together well under 10 minutes on one H100/H200.
 TIMEOUT_S = dict(install=240, speed=120, torch=180, two_epochs=180, levers=300)
 # --cheap: a one-layer ViT 16 wide and two steps, which a CPU runs in seconds.
-CHEAP_OVERRIDES = ('--config.model.depth=1', '--config.model.dim=16',
-                   '--config.model.num_heads=2', '--config.model.head_dim=8',
-                   '--config.eval_batch_size=8')
+CHEAP_OVERRIDES = (
+  '--config.model.depth=1',
+  '--config.model.dim=16',
+  '--config.model.num_heads=2',
+  '--config.model.head_dim=8',
+  '--config.eval_batch_size=8',
+)
 
 # A command given less time than this would only time out.
 MIN_START_S = 20
@@ -91,8 +95,9 @@ def run(args: list[str], timeout: float, budget: Budget | None = None) -> dict:
   except subprocess.TimeoutExpired as e:
     code, out, err = 'timeout', e.stdout or '', e.stderr or ''
     out, err = (x.decode() if isinstance(x, bytes) else x for x in (out, err))
-  entry = dict(command=' '.join(args), returncode=code,
-               seconds=round(time.perf_counter() - start, 2))
+  entry = dict(
+    command=' '.join(args), returncode=code, seconds=round(time.perf_counter() - start, 2)
+  )
   lines = [line for line in out.strip().splitlines() if line.strip()]
   parsed = None
   if lines:
@@ -110,8 +115,16 @@ def run(args: list[str], timeout: float, budget: Budget | None = None) -> dict:
 
 
 def speed(config: str, dtype: str, steps: int, extra: tuple[str, ...]) -> list[str]:
-  return [sys.executable, '-m', SPEED_MODULE, f'--config={config}',
-          f'--config.model.dtype={dtype}', f'--steps={steps}', '--json', *extra]
+  return [
+    sys.executable,
+    '-m',
+    SPEED_MODULE,
+    f'--config={config}',
+    f'--config.model.dtype={dtype}',
+    f'--steps={steps}',
+    '--json',
+    *extra,
+  ]
 
 
 def check(*, cheap: bool, install: str, budget_s: float) -> dict:
@@ -122,31 +135,75 @@ def check(*, cheap: bool, install: str, budget_s: float) -> dict:
   extra = CHEAP_OVERRIDES if cheap else ()
   batch = ('--batch_size=8',) if cheap else ()
   steps = 2 if cheap else 20
-  report = dict(cheap=cheap, budget_s=budget_s, python=platform.python_version(),
-                machine=platform.machine(), started=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
+  report = dict(
+    cheap=cheap,
+    budget_s=budget_s,
+    python=platform.python_version(),
+    machine=platform.machine(),
+    started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+  )
   if install != 'none':
-    report['install'] = run([sys.executable, '-m', 'pip', 'install', '-U',
-                             f'jax[{install}]=={pinned_jax_version()}'], TIMEOUT_S['install'],
-                            budget)
-  report['devices'] = run([sys.executable, '-c', 'import jax, json; print(json.dumps(dict('
-                           'jax=jax.__version__, backend=jax.default_backend(), devices=['
-                           'd.device_kind for d in jax.devices()])))'], TIMEOUT_S['speed'], budget)
-  report['speed'] = [run(speed(f'configs/gmm_{b}_cifar10.py', dtype, steps, extra + batch),
-                         TIMEOUT_S['speed'], budget)
-                     for dtype in dtypes for b in backbones]
-  torch_args = [sys.executable, '-m', 'gmm_vit_jax.benchmarks.torch_compare',
-                '--config=configs/gmm_vit_cifar10.py', f'--steps={steps}',
-                '--repeats=1' if cheap else '--repeats=3', *extra, *batch]
-  report['torch'] = [run(torch_args + [f'--dtype={dtype}'] + ([] if cheap else ['--torch_compile']),
-                         TIMEOUT_S['torch'], budget)
-                     for dtype in dtypes]
+    report['install'] = run(
+      [sys.executable, '-m', 'pip', 'install', '-U', f'jax[{install}]=={pinned_jax_version()}'],
+      TIMEOUT_S['install'],
+      budget,
+    )
+  report['devices'] = run(
+    [
+      sys.executable,
+      '-c',
+      'import jax, json; print(json.dumps(dict('
+      'jax=jax.__version__, backend=jax.default_backend(), devices=['
+      'd.device_kind for d in jax.devices()])))',
+    ],
+    TIMEOUT_S['speed'],
+    budget,
+  )
+  report['speed'] = [
+    run(
+      speed(f'configs/gmm_{b}_cifar10.py', dtype, steps, extra + batch), TIMEOUT_S['speed'], budget
+    )
+    for dtype in dtypes
+    for b in backbones
+  ]
+  torch_args = [
+    sys.executable,
+    '-m',
+    'gmm_vit_jax.benchmarks.torch_compare',
+    '--config=configs/gmm_vit_cifar10.py',
+    f'--steps={steps}',
+    '--repeats=1' if cheap else '--repeats=3',
+    *extra,
+    *batch,
+  ]
+  report['torch'] = [
+    run(
+      torch_args + [f'--dtype={dtype}'] + ([] if cheap else ['--torch_compile']),
+      TIMEOUT_S['torch'],
+      budget,
+    )
+    for dtype in dtypes
+  ]
   epochs = 2 if cheap else 2 * CIFAR_STEPS_PER_EPOCH
-  report['two_epochs'] = run(speed('configs/gmm_vit_cifar10.py', dtypes[0], epochs, extra + batch),
-                             TIMEOUT_S['two_epochs'], budget)
-  report['levers'] = run([sys.executable, '-m', 'gmm_vit_jax.benchmarks.levers',
-                          '--config=configs/gmm_vit_cifar10.py', f'--steps={steps}', *extra,
-                          *batch, *(['--variants=all on,no donation'] if cheap else [])],
-                         TIMEOUT_S['levers'], budget)
+  report['two_epochs'] = run(
+    speed('configs/gmm_vit_cifar10.py', dtypes[0], epochs, extra + batch),
+    TIMEOUT_S['two_epochs'],
+    budget,
+  )
+  report['levers'] = run(
+    [
+      sys.executable,
+      '-m',
+      'gmm_vit_jax.benchmarks.levers',
+      '--config=configs/gmm_vit_cifar10.py',
+      f'--steps={steps}',
+      *extra,
+      *batch,
+      *(['--variants=all on,no donation'] if cheap else []),
+    ],
+    TIMEOUT_S['levers'],
+    budget,
+  )
   report['finished'] = time.strftime('%Y-%m-%d %H:%M:%S %Z')
   return report
 
@@ -154,15 +211,19 @@ def check(*, cheap: bool, install: str, budget_s: float) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  report = check(cheap=FLAGS.cheap, install='none' if FLAGS.cheap else FLAGS.install,
-                 budget_s=FLAGS.budget_s)
+  report = check(
+    cheap=FLAGS.cheap, install='none' if FLAGS.cheap else FLAGS.install, budget_s=FLAGS.budget_s
+  )
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, 'w') as f:
     json.dump(report, f, indent=1)
-  failed = [f"{e['returncode']}: {e['command']}" for e in json_entries(report)
-            if e['returncode'] != 0]
-  print(f'wrote {FLAGS.out}; {len(failed)} step(s) failed or skipped'
-        + ''.join(f'\n  {c}' for c in failed))
+  failed = [
+    f'{e["returncode"]}: {e["command"]}' for e in json_entries(report) if e['returncode'] != 0
+  ]
+  print(
+    f'wrote {FLAGS.out}; {len(failed)} step(s) failed or skipped'
+    + ''.join(f'\n  {c}' for c in failed)
+  )
 
 
 def json_entries(report: dict) -> list[dict]:

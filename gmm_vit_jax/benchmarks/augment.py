@@ -23,10 +23,12 @@ from gmm_vit_jax.data.info import dataset_info
 def stages(full: ml_collections.ConfigDict):
   """(name, config) from flip + crop up to the full recipe `full` (a config's augment)."""
   none = dict(autoaugment='none', erasing_prob=0.0, mix_prob=0.0)
-  steps = [('flip + crop', none),
-           ('+ AutoAugment', dict(erasing_prob=0.0, mix_prob=0.0)),
-           ('+ random erasing', dict(mix_prob=0.0)),
-           ('+ Mixup / CutMix (full)', {})]
+  steps = [
+    ('flip + crop', none),
+    ('+ AutoAugment', dict(erasing_prob=0.0, mix_prob=0.0)),
+    ('+ random erasing', dict(mix_prob=0.0)),
+    ('+ Mixup / CutMix (full)', {}),
+  ]
   out = []
   for name, overrides in steps:
     config = full.copy_and_resolve_references()
@@ -41,8 +43,11 @@ def images_per_second(config, info: dict, batch: int, steps: int, repeats: int) 
   size, channels = info['image_size'], info['channels']
   images = jnp.asarray(rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, info['num_classes'], batch), jnp.int32)
-  run = jax.jit(lambda x, y, k: augment_batch(x, y, k, config, num_classes=info['num_classes'],
-                                              mean=info['mean'], std=info['std']))
+  run = jax.jit(
+    lambda x, y, k: augment_batch(
+      x, y, k, config, num_classes=info['num_classes'], mean=info['mean'], std=info['std']
+    )
+  )
   keys = list(jax.random.split(jax.random.key(0), steps))  # Sliced before timing.
   jax.block_until_ready(run(images, labels, keys[0]))  # Compile and warm up.
   best = float('inf')
@@ -62,9 +67,11 @@ def main(argv):
   info = dataset_info(args.config.dataset)
   size, channels = info['image_size'], info['channels']
   device = jax.devices()[0]
-  print(f'augment_batch, batch {args.batch}, {size}x{size}x{channels} uint8, '
-        f'best of {args.repeats} runs of {args.steps} steps after warm-up, '
-        f'on {device.platform} ({device.device_kind}, {jax.device_count()} device(s))')
+  print(
+    f'augment_batch, batch {args.batch}, {size}x{size}x{channels} uint8, '
+    f'best of {args.repeats} runs of {args.steps} steps after warm-up, '
+    f'on {device.platform} ({device.device_kind}, {jax.device_count()} device(s))'
+  )
   print(f'| {"stage":<26} | {"images/s":>10} |')
   print(f'|{"-" * 28}|{"-" * 12}|')
   for name, config in stages(args.config.augment):

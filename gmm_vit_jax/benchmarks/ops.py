@@ -20,7 +20,7 @@ Times are the median of --repeats calls after a warm-up, in milliseconds.
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +40,14 @@ PADDING = ((1, 1), (1, 1))
 
 
 def grouped_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (2, 2), PADDING,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                      feature_group_count=x.shape[-1])
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (2, 2),
+    PADDING,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    feature_group_count=x.shape[-1],
+  )
 
 
 def slices_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -86,16 +91,37 @@ def cases(batch_size: int) -> list[tuple[str, list[np.ndarray], Callable, Callab
   """(name, inputs, the library formulation, the one the models use)."""
   rng = np.random.default_rng(0)
   normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
-  rows = [('GELU (B, 64, 384)', [normal(batch_size, 64, 384)],
-           lambda x: jax.nn.gelu(x, approximate=False), gelu)]
+  rows = [
+    (
+      'GELU (B, 64, 384)',
+      [normal(batch_size, 64, 384)],
+      lambda x: jax.nn.gelu(x, approximate=False),
+      gelu,
+    )
+  ]
   for side, dim in ((16, 96), (8, 192)):
-    rows.append((f'depthwise conv (B, {side}, {side}, {dim}), x2 stride 2',
-                 [normal(batch_size, side, side, dim), 0.1 * normal(3, 3, 1, 2 * dim)],
-                 grouped_conv, slices_conv))
-  rows.append(('MLP (B, 64, 192) -> 384 -> 192',
-               [normal(batch_size, 64, 192), 0.05 * normal(192, 384), normal(384),
-                0.05 * normal(384, 192), normal(192)],
-               mlp(nnx.Linear), mlp(Linear)))
+    rows.append(
+      (
+        f'depthwise conv (B, {side}, {side}, {dim}), x2 stride 2',
+        [normal(batch_size, side, side, dim), 0.1 * normal(3, 3, 1, 2 * dim)],
+        grouped_conv,
+        slices_conv,
+      )
+    )
+  rows.append(
+    (
+      'MLP (B, 64, 192) -> 384 -> 192',
+      [
+        normal(batch_size, 64, 192),
+        0.05 * normal(192, 384),
+        normal(384),
+        0.05 * normal(384, 192),
+        normal(192),
+      ],
+      mlp(nnx.Linear),
+      mlp(Linear),
+    )
+  )
   return rows
 
 
@@ -109,8 +135,13 @@ def compare(batch_size: int, repeats: int) -> list[dict]:
     library_fn, our_fn = forward_backward(library), forward_backward(ours)
     for want, got in zip(jax.tree.leaves(library_fn(*args)), jax.tree.leaves(our_fn(*args))):
       np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-3)
-    results.append(dict(op=name, library_ms=median_ms(library_fn, args, repeats),
-                        ours_ms=median_ms(our_fn, args, repeats)))
+    results.append(
+      dict(
+        op=name,
+        library_ms=median_ms(library_fn, args, repeats),
+        ours_ms=median_ms(our_fn, args, repeats),
+      )
+    )
   return results
 
 
@@ -118,12 +149,16 @@ def main(argv):
   del argv
   cpu_runtime.set_xla_flags()
   device = jax.devices()[0]
-  print(f'forward + backward, batch {FLAGS.batch_size}, float32, on {device.platform} '
-        f'({device.device_kind}), jax {jax.__version__}')
-  print(f"{'op':44s}{'library ms':>12s}{'ours ms':>10s}{'speed-up':>10s}")
+  print(
+    f'forward + backward, batch {FLAGS.batch_size}, float32, on {device.platform} '
+    f'({device.device_kind}), jax {jax.__version__}'
+  )
+  print(f'{"op":44s}{"library ms":>12s}{"ours ms":>10s}{"speed-up":>10s}')
   for row in compare(FLAGS.batch_size, FLAGS.repeats):
-    print(f"{row['op']:44s}{row['library_ms']:12.2f}{row['ours_ms']:10.2f}"
-          f"{row['library_ms'] / row['ours_ms']:9.1f}x")
+    print(
+      f'{row["op"]:44s}{row["library_ms"]:12.2f}{row["ours_ms"]:10.2f}'
+      f'{row["library_ms"] / row["ours_ms"]:9.1f}x'
+    )
 
 
 if __name__ == '__main__':

@@ -42,8 +42,9 @@ def train_rate(config: ml_collections.ConfigDict, name: str, steps: int, warmup:
   replicated = sharding.replicated(mesh)
   tx = make_optimizer(config, pipeline.steps_per_epoch)
   graphdef, state = create_train_state(config, tx, replicated)
-  train_step = make_train_step(graphdef, tx, config, dataset_info(config.dataset),
-                               out_sharding=replicated)
+  train_step = make_train_step(
+    graphdef, tx, config, dataset_info(config.dataset), out_sharding=replicated
+  )
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   batches = pipeline.train_batches(0, warmup + steps)
   for _ in range(warmup):
@@ -61,8 +62,10 @@ def input_rates(config: ml_collections.ConfigDict, steps: int) -> dict:
   mesh = sharding.make_mesh()
   pipeline = _pipeline(config, 'grain', mesh)
   rates = {}
-  for key, batches in (('host', pipeline.host_train_batches(0, steps + 1)),
-                       ('on_devices', pipeline.train_batches(0, steps + 1))):
+  for key, batches in (
+    ('host', pipeline.host_train_batches(0, steps + 1)),
+    ('on_devices', pipeline.train_batches(0, steps + 1)),
+  ):
     batches = iter(batches)
     jax.block_until_ready(next(batches))  # Starts the readers (and workers).
     start = time.perf_counter()
@@ -77,13 +80,19 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int) -> 
   grain_rate = train_rate(config, 'grain', steps, warmup)
   inputs = input_rates(config, steps)
   return dict(
-      dataset=config.dataset.name, model=config.model.name, batch_size=config.batch_size,
-      grain_workers=config.dataset.grain_workers, grain_threads=config.dataset.grain_threads,
-      devices=jax.device_count(), platform=jax.devices()[0].platform,
-      device_train_images_per_s=device_rate, grain_train_images_per_s=grain_rate,
-      grain_input_images_per_s=inputs['host'],
-      grain_input_on_devices_images_per_s=inputs['on_devices'],
-      input_over_train=inputs['host'] / max(device_rate, grain_rate))
+    dataset=config.dataset.name,
+    model=config.model.name,
+    batch_size=config.batch_size,
+    grain_workers=config.dataset.grain_workers,
+    grain_threads=config.dataset.grain_threads,
+    devices=jax.device_count(),
+    platform=jax.devices()[0].platform,
+    device_train_images_per_s=device_rate,
+    grain_train_images_per_s=grain_rate,
+    grain_input_images_per_s=inputs['host'],
+    grain_input_on_devices_images_per_s=inputs['on_devices'],
+    input_over_train=inputs['host'] / max(device_rate, grain_rate),
+  )
 
 
 def main(argv):
@@ -105,8 +114,9 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
   flags.DEFINE_integer('steps', 60, 'Timed steps after warm-up.')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps, compilation included.')
-  flags.DEFINE_integer('grain_workers', None, "grain's worker processes (default: the "
-                       "config's dataset.grain_workers).")
+  flags.DEFINE_integer(
+    'grain_workers', None, "grain's worker processes (default: the config's dataset.grain_workers)."
+  )
   flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
   flags.mark_flags_as_required(['config'])
   cli.run_app(main)

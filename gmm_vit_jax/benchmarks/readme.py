@@ -29,17 +29,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # README's rows: (name, config path, extra environment, what README calls the row).
 ROWS = {
-    'quickstart': ('configs/quickstart.py', {}, '`configs/quickstart.py`, 1 CPU device'),
-    '8_devices': ('configs/quickstart.py',
-                  {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
-                  'same, `XLA_FLAGS=--xla_force_host_platform_device_count=8`'),
-    'hvit': ('configs/quickstart_hvit.py', {}, '`configs/quickstart_hvit.py` (GMM-HViT)'),
+  'quickstart': ('configs/quickstart.py', {}, '`configs/quickstart.py`, 1 CPU device'),
+  '8_devices': (
+    'configs/quickstart.py',
+    {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
+    'same, `XLA_FLAGS=--xla_force_host_platform_device_count=8`',
+  ),
+  'hvit': ('configs/quickstart_hvit.py', {}, '`configs/quickstart_hvit.py` (GMM-HViT)'),
 }
 
 flags.DEFINE_integer('runs', 3, 'Runs per row.')
 flags.DEFINE_list('rows', list(ROWS), f'Rows to run, from {list(ROWS)}.')
-flags.DEFINE_float('install_seconds', None, 'Measured `pip install -r requirements.txt` time, '
-                   'printed beside the table.')
+flags.DEFINE_float(
+  'install_seconds',
+  None,
+  'Measured `pip install -r requirements.txt` time, printed beside the table.',
+)
 FLAGS = flags.FLAGS
 
 
@@ -47,9 +52,14 @@ def train_once(config: str, env: dict) -> dict:
   """One train.py run in a fresh workdir: its summary plus the command's wall time."""
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, 'train.py', f'--config={config}',
-                           f'--workdir={workdir}'], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+      [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}'],
+      cwd=ROOT,
+      env={**os.environ, **env},
+      capture_output=True,
+      text=True,
+      check=False,
+    )
     seconds = time.perf_counter() - started
     if done.returncode:
       raise cli.child_failed(f'train.py --config={config}', done)
@@ -67,9 +77,11 @@ def table_row(label: str, runs: list[dict]) -> str:
   pick = lambda key: [r[key] for r in runs]
   accuracy = span([100 * a for a in pick('eval_accuracy')], '{:.1f}%')
   best = span([100 * a for a in pick('best_eval_accuracy')], '{:.1f}%')
-  return (f'| {label} | {accuracy} (best {best}) | {span(pick("command_seconds"), "{:.0f} s")} | '
-          f'{span(pick("train_steps_per_s"), "{:.1f}")} steps/s '
-          f'({span(pick("train_images_per_s"), "{:,.0f}")} images/s) |')
+  return (
+    f'| {label} | {accuracy} (best {best}) | {span(pick("command_seconds"), "{:.0f} s")} | '
+    f'{span(pick("train_steps_per_s"), "{:.1f}")} steps/s '
+    f'({span(pick("train_images_per_s"), "{:,.0f}")} images/s) |'
+  )
 
 
 def machine() -> str:
@@ -80,8 +92,7 @@ def machine() -> str:
   except (OSError, StopIteration):
     pass
   load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-  return (f'{name}, {os.cpu_count()} cores, {platform.system()}, '
-          f'load average {load:.1f} at the end')
+  return f'{name}, {os.cpu_count()} cores, {platform.system()}, load average {load:.1f} at the end'
 
 
 def main(argv):
@@ -96,13 +107,19 @@ def main(argv):
     runs = []
     for i in range(FLAGS.runs):
       runs.append(train_once(config, env))
-      print(f'{row} run {i + 1}/{FLAGS.runs}: {runs[-1]["eval_accuracy"]:.4f} accuracy, '
-            f'{runs[-1]["command_seconds"]:.0f} s', file=sys.stderr, flush=True)
+      print(
+        f'{row} run {i + 1}/{FLAGS.runs}: {runs[-1]["eval_accuracy"]:.4f} accuracy, '
+        f'{runs[-1]["command_seconds"]:.0f} s',
+        file=sys.stderr,
+        flush=True,
+      )
     lines.append(table_row(label, runs))
   print(f'{FLAGS.runs} runs per row, {datetime.date.today().isoformat()}, {machine()}')
   if FLAGS.install_seconds is not None:
-    print(f'install (pip install -r requirements.txt, measured separately): '
-          f'{FLAGS.install_seconds:.0f} s')
+    print(
+      f'install (pip install -r requirements.txt, measured separately): '
+      f'{FLAGS.install_seconds:.0f} s'
+    )
   print()
   print('| run | test accuracy | wall time (command start to end) | training rate |')
   print('|---|---|---|---|')

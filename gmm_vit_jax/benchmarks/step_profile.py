@@ -41,14 +41,36 @@ from gmm_vit_jax.benchmarks.cpu_info import cpu_description
 FLAGS = flags.FLAGS
 
 DENSE, BATCHED, ELEMENTWISE, COPIES, OPTIMIZER, REST = (
-    'dense products', 'batched products', 'elementwise and reductions',
-    'copies and transposes', 'optimizer update', 'runtime between ops')
+  'dense products',
+  'batched products',
+  'elementwise and reductions',
+  'copies and transposes',
+  'optimizer update',
+  'runtime between ops',
+)
 CLASSES = (DENSE, BATCHED, ELEMENTWISE, COPIES, OPTIMIZER, REST)
 
 # HLO operations that only move data: a fusion of these alone is a copy.
-MOVES = {'copy', 'transpose', 'bitcast', 'reshape', 'parameter', 'constant', 'slice',
-         'dynamic-slice', 'dynamic-update-slice', 'concatenate', 'pad', 'broadcast', 'tuple',
-         'get-tuple-element', 'reverse', 'gather', 'copy-start', 'copy-done'}
+MOVES = {
+  'copy',
+  'transpose',
+  'bitcast',
+  'reshape',
+  'parameter',
+  'constant',
+  'slice',
+  'dynamic-slice',
+  'dynamic-update-slice',
+  'concatenate',
+  'pad',
+  'broadcast',
+  'tuple',
+  'get-tuple-element',
+  'reverse',
+  'gather',
+  'copy-start',
+  'copy-done',
+}
 # Operations whose events enclose those of the computations they run.
 CONTAINERS = {'while', 'conditional', 'call', 'async-start', 'async-done'}
 COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
@@ -60,14 +82,35 @@ TARGET = re.compile(r'custom_call_target="([^"]*)"')
 # Custom calls to a library's products (oneDNN's, where XLA:CPU is told to use it).
 PRODUCT_CALL = re.compile(r'matmul|conv|gemm|dot', re.IGNORECASE)
 
-TORCH_DENSE = {'aten::mm', 'aten::addmm', 'aten::convolution', 'aten::_convolution',
-               'aten::mkldnn_convolution', 'aten::convolution_backward', 'aten::linear',
-               'aten::_mkldnn_convolution'}
+TORCH_DENSE = {
+  'aten::mm',
+  'aten::addmm',
+  'aten::convolution',
+  'aten::_convolution',
+  'aten::mkldnn_convolution',
+  'aten::convolution_backward',
+  'aten::linear',
+  'aten::_mkldnn_convolution',
+}
 TORCH_BATCHED = {'aten::bmm', 'aten::baddbmm'}
-TORCH_COPIES = {'aten::copy_', 'aten::clone', 'aten::contiguous', 'aten::cat', 'aten::stack',
-                'aten::_to_copy', 'aten::to', 'aten::roll', 'aten::index', 'aten::pad',
-                'aten::constant_pad_nd', 'aten::unfold', 'aten::im2col', 'aten::col2im',
-                'aten::index_put_', 'aten::narrow_copy'}
+TORCH_COPIES = {
+  'aten::copy_',
+  'aten::clone',
+  'aten::contiguous',
+  'aten::cat',
+  'aten::stack',
+  'aten::_to_copy',
+  'aten::to',
+  'aten::roll',
+  'aten::index',
+  'aten::pad',
+  'aten::constant_pad_nd',
+  'aten::unfold',
+  'aten::im2col',
+  'aten::col2im',
+  'aten::index_put_',
+  'aten::narrow_copy',
+}
 
 
 def parse_hlo(text: str) -> dict[str, dict]:
@@ -108,9 +151,13 @@ def parse_hlo(text: str) -> dict[str, dict]:
       if opcode == 'custom-call' and target and PRODUCT_CALL.search(target.group(1)):
         opcode = 'dot'
       ops[found.group(1)] = dict(
-          opcode=opcode, computation=computation, calls=CALLED.findall(line),
-          batched='lhs_batch_dims=' in line, frame=frame.group(1) if frame else None,
-          op_name=op_name.group(1) if op_name else '')
+        opcode=opcode,
+        computation=computation,
+        calls=CALLED.findall(line),
+        batched='lhs_batch_dims=' in line,
+        frame=frame.group(1) if frame else None,
+        op_name=op_name.group(1) if op_name else '',
+      )
   return {'': frames, **ops}
 
 
@@ -142,8 +189,7 @@ def hlo_classes(ops: dict[str, dict]) -> dict[str, str]:
           found += inner(child, depth + 1)
     return found
 
-  fused = {called for op in ops.values() if op.get('opcode') == 'fusion'
-           for called in op['calls']}
+  fused = {called for op in ops.values() if op.get('opcode') == 'fusion' for called in op['calls']}
   classes = {}
   for name, op in ops.items():
     if not name or op['computation'] in fused or op['opcode'] in CONTAINERS:
@@ -153,8 +199,11 @@ def hlo_classes(ops: dict[str, dict]) -> dict[str, str]:
     if dots:
       classes[name] = BATCHED if any(m['batched'] for m in dots) else DENSE
       continue
-    if any('/optax/' in path and '/optax/losses/' not in path
-           for m in members for path in frame_files(frames, m['frame'])):
+    if any(
+      '/optax/' in path and '/optax/losses/' not in path
+      for m in members
+      for path in frame_files(frames, m['frame'])
+    ):
       classes[name] = OPTIMIZER
     elif all(m['opcode'] in MOVES for m in members):
       classes[name] = COPIES
@@ -165,8 +214,9 @@ def hlo_classes(ops: dict[str, dict]) -> dict[str, str]:
 
 def trace_durations(log_dir: str) -> dict[str, float]:
   """{event name: total microseconds} over every thread of a jax.profiler perfetto trace."""
-  path = sorted(glob.glob(os.path.join(log_dir, '**', 'perfetto_trace.json.gz'),
-                          recursive=True))[-1]
+  path = sorted(glob.glob(os.path.join(log_dir, '**', 'perfetto_trace.json.gz'), recursive=True))[
+    -1
+  ]
   with gzip.open(path, 'rt', encoding='utf-8') as f:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
@@ -177,8 +227,13 @@ def trace_durations(log_dir: str) -> dict[str, float]:
   return totals
 
 
-def summary(class_us: dict[str, float], step_us: float, steps: int,
-            per_op: list[tuple[str, str, float]], top: int) -> dict:
+def summary(
+  class_us: dict[str, float],
+  step_us: float,
+  steps: int,
+  per_op: list[tuple[str, str, float]],
+  top: int,
+) -> dict:
   """Per-class ms per step and shares, and the `top` costliest operations of each class.
 
   per_op: (name, class, microseconds) of each operation over all profiled steps. The
@@ -189,18 +244,27 @@ def summary(class_us: dict[str, float], step_us: float, steps: int,
   class_us[REST] = max(0.0, step_us - measured)
   whole = max(step_us, measured)
   ranked = sorted(per_op, key=lambda row: -row[2])
-  return dict(step_ms=step_us / steps / 1e3,
-              classes={c: dict(ms=class_us.get(c, 0.0) / steps / 1e3,
-                               share=class_us.get(c, 0.0) / whole) for c in CLASSES},
-              top=[dict(name=n, cls=c, ms=us / steps / 1e3)
-                   for cls in CLASSES for n, c, us in [r for r in ranked if r[1] == cls][:top]])
+  return dict(
+    step_ms=step_us / steps / 1e3,
+    classes={
+      c: dict(ms=class_us.get(c, 0.0) / steps / 1e3, share=class_us.get(c, 0.0) / whole)
+      for c in CLASSES
+    },
+    top=[
+      dict(name=n, cls=c, ms=us / steps / 1e3)
+      for cls in CLASSES
+      for n, c, us in [r for r in ranked if r[1] == cls][:top]
+    ],
+  )
 
 
 def jax_side(config, batch_size: int, steps: int, top: int) -> dict:
   """Profiles the trainer's compiled step (no augmentation) in this process."""
   from gmm_vit_jax import cpu_runtime
+
   cpu_runtime.apply(config)
   import jax
+
   from gmm_vit_jax import sharding
   from gmm_vit_jax.benchmarks.speed import NO_AUGMENTATION, random_dataset
   from gmm_vit_jax.data.info import dataset_info
@@ -228,6 +292,7 @@ def jax_side(config, batch_size: int, steps: int, top: int) -> dict:
   with tempfile.TemporaryDirectory() as log_dir:
     with jax.profiler.trace(log_dir, create_perfetto_trace=True):
       import time
+
       start = time.perf_counter()
       for _ in range(steps):
         state, metrics = compiled(state, metrics, images, labels, index)
@@ -242,8 +307,11 @@ def jax_side(config, batch_size: int, steps: int, top: int) -> dict:
       class_us[classes[name]] += us
       source = '/'.join(ops[name]['op_name'].split('/')[-2:]) or ops[name]['opcode']
       per_op.append((f'{name} ({source})', classes[name], us))
-  return dict(side=f'jax {jax.__version__}', xla_flags=os.environ.get('XLA_FLAGS', ''),
-              **summary(class_us, step_us, steps, per_op, top))
+  return dict(
+    side=f'jax {jax.__version__}',
+    xla_flags=os.environ.get('XLA_FLAGS', ''),
+    **summary(class_us, step_us, steps, per_op, top),
+  )
 
 
 def torch_class(event) -> str | None:
@@ -272,6 +340,7 @@ def torch_side(config, batch_size: int, steps: int, top: int) -> dict:
   from torch.profiler import ProfilerActivity, profile
 
   from gmm_vit_jax.benchmarks.torch_compare import torch_window
+
   window = torch_window(config, batch_size, False, 'float32')
   window(steps)
   with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -285,33 +354,40 @@ def torch_side(config, batch_size: int, steps: int, top: int) -> dict:
       class_us[cls] += event.self_cpu_time_total
       per_op[event.name, cls] += event.self_cpu_time_total
   per_op = [(name, cls, us) for (name, cls), us in per_op.items()]
-  return dict(side=f'pytorch {torch.__version__} (eager, {torch.get_num_threads()} threads)',
-              **summary(class_us, step_us, steps, per_op, top))
+  return dict(
+    side=f'pytorch {torch.__version__} (eager, {torch.get_num_threads()} threads)',
+    **summary(class_us, step_us, steps, per_op, top),
+  )
 
 
 def run_side(side: str) -> dict:
   """One side profiled in a fresh process; its JSON result."""
-  done = subprocess.run([sys.executable, '-m', __spec__.name, *sys.argv[1:], f'--side={side}'],
-                        capture_output=True, text=True, check=False)
+  done = subprocess.run(
+    [sys.executable, '-m', __spec__.name, *sys.argv[1:], f'--side={side}'],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if done.returncode:
     raise RuntimeError(f'the {side} side failed:\n{done.stderr[-3000:]}')
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def report(config, batch_size: int, steps: int, sides: list[dict]) -> list[str]:
-  lines = [f'CPU: {cpu_description()}; load average {os.getloadavg()[0]:.1f}',
-           f'{config.model.name} (mask {config.model.mask.kind}), batch {batch_size}, float32, '
-           f'{steps} profiled steps per side, each side in its own process; '
-           f"XLA_FLAGS={sides[0]['xla_flags']}",
-           f"{'':28s}" + ''.join(f'{s["side"].split(" (")[0]:>24s}' for s in sides),
-           f"{'step, ms (profiled)':28s}"
-           + ''.join(f'{s["step_ms"]:>24,.0f}' for s in sides)]
+  lines = [
+    f'CPU: {cpu_description()}; load average {os.getloadavg()[0]:.1f}',
+    f'{config.model.name} (mask {config.model.mask.kind}), batch {batch_size}, float32, '
+    f'{steps} profiled steps per side, each side in its own process; '
+    f'XLA_FLAGS={sides[0]["xla_flags"]}',
+    f'{"":28s}' + ''.join(f'{s["side"].split(" (")[0]:>24s}' for s in sides),
+    f'{"step, ms (profiled)":28s}' + ''.join(f'{s["step_ms"]:>24,.0f}' for s in sides),
+  ]
   for cls in CLASSES:
     cells = [s['classes'][cls] for s in sides]
-    lines.append(f'{cls:28s}' + ''.join(f"{c['ms']:>14,.1f} ms {c['share']:>6.1%}" for c in cells))
+    lines.append(f'{cls:28s}' + ''.join(f'{c["ms"]:>14,.1f} ms {c["share"]:>6.1%}' for c in cells))
   for s in sides:
-    lines.append(f"costliest operations of each class, {s['side']}:")
-    lines += [f"  {row['ms']:>10,.1f} ms  {row['cls']:28s} {row['name'][:80]}" for row in s['top']]
+    lines.append(f'costliest operations of each class, {s["side"]}:')
+    lines += [f'  {row["ms"]:>10,.1f} ms  {row["cls"]:28s} {row["name"][:80]}' for row in s['top']]
   return lines
 
 
@@ -324,8 +400,17 @@ def main(argv):
     return
   sides = [run_side('jax'), run_side('torch')]
   if FLAGS.json:
-    print(json.dumps(dict(cpu=cpu_description(), load_average=os.getloadavg()[0],
-                          model=config.model.name, batch_size=FLAGS.batch_size, sides=sides)))
+    print(
+      json.dumps(
+        dict(
+          cpu=cpu_description(),
+          load_average=os.getloadavg()[0],
+          model=config.model.name,
+          batch_size=FLAGS.batch_size,
+          sides=sides,
+        )
+      )
+    )
     return
   print('\n'.join(report(config, FLAGS.batch_size, FLAGS.steps, sides)))
 

@@ -49,24 +49,35 @@ def synchronize(device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
-def torch_window(config, batch_size: int, compile_model: bool,
-                 dtype: str) -> Callable[[int], float]:
+def torch_window(
+  config, batch_size: int, compile_model: bool, dtype: str
+) -> Callable[[int], float]:
   """A PyTorch training step; returns steps -> seconds those steps took."""
   info = dataset_info(config.dataset)
   torch.manual_seed(config.seed)
   device = torch_device()
   torch.backends.cuda.matmul.allow_tf32 = True
   torch.backends.cudnn.allow_tf32 = True
-  model = build_torch_model(config.model, num_classes=info['num_classes'],
-                            image_size=info['image_size'], channels=info['channels']).to(device)
+  model = build_torch_model(
+    config.model,
+    num_classes=info['num_classes'],
+    image_size=info['image_size'],
+    channels=info['channels'],
+  ).to(device)
   model.train()
   o = config.optimizer
-  optimizer = torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2),
-                                eps=o.eps, weight_decay=o.weight_decay)
+  optimizer = torch.optim.AdamW(
+    model.parameters(),
+    lr=o.learning_rate,
+    betas=(o.b1, o.b2),
+    eps=o.eps,
+    weight_decay=o.weight_decay,
+  )
   loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
   forward = torch.compile(model) if compile_model else model
-  images = torch.randn(batch_size, info['channels'], info['image_size'], info['image_size'],
-                       device=device)
+  images = torch.randn(
+    batch_size, info['channels'], info['image_size'], info['image_size'], device=device
+  )
   labels = torch.randint(0, info['num_classes'], (batch_size,), device=device)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
 
@@ -99,8 +110,7 @@ def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
   images, labels = random_dataset(config, num, mesh)
   tx = make_optimizer(config, steps_per_epoch=1000)
   graphdef, state = create_train_state(config, tx, sharding.replicated(mesh))
-  train_step = make_train_step(graphdef, tx, config, info,
-                               out_sharding=sharding.replicated(mesh))
+  train_step = make_train_step(graphdef, tx, config, info, out_sharding=sharding.replicated(mesh))
   sampler = EpochSampler(num, batch_size, 1, config.seed)
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   done = 0
@@ -108,16 +118,18 @@ def flax_window(config, batch_size: int, dtype: str) -> Callable[[int], float]:
   def window(steps: int) -> float:
     nonlocal state, metrics, done
     batches = [sampler.batch(done + i) for i in range(steps)]
-    state, metrics, seconds, _ = time_steps(train_step, state, metrics, images, labels,
-                                            batches, False, mesh)
+    state, metrics, seconds, _ = time_steps(
+      train_step, state, metrics, images, labels, batches, False, mesh
+    )
     done += steps
     return seconds
 
   return window
 
 
-def rates(windows: dict[str, Callable[[int], float]], batch_size: int, steps: int,
-          repeats: int) -> dict[str, float]:
+def rates(
+  windows: dict[str, Callable[[int], float]], batch_size: int, steps: int, repeats: int
+) -> dict[str, float]:
   """Images/s of each side: the median of `repeats` windows, the sides taking turns.
 
   Taking turns, rather than timing one side after the other, spreads any change in the
@@ -141,21 +153,28 @@ def main(argv):
   config = FLAGS.config
   cpu_runtime.apply(config)
   batch_size, dtype = FLAGS.batch_size, FLAGS.dtype
-  windows = {'jax (jit)': flax_window(config, batch_size, dtype),
-             'pytorch (eager)': torch_window(config, batch_size, False, dtype)}
+  windows = {
+    'jax (jit)': flax_window(config, batch_size, dtype),
+    'pytorch (eager)': torch_window(config, batch_size, False, dtype),
+  }
   if FLAGS.torch_compile:
     windows['pytorch (torch.compile)'] = torch_window(config, batch_size, True, dtype)
   rows = list(rates(windows, batch_size, FLAGS.steps, FLAGS.repeats).items())
   device = jax.devices()[0]
-  where = (torch.cuda.get_device_name() if torch_device().type == 'cuda'
-           else f'cpu, {torch.get_num_threads()} threads')
+  where = (
+    torch.cuda.get_device_name()
+    if torch_device().type == 'cuda'
+    else f'cpu, {torch.get_num_threads()} threads'
+  )
   if device.platform == 'cpu':
     print(f'CPU: {cpu_description()}')
-  print(f'{config.model.name} (mask {config.model.mask.kind}, attention core '
-        f'{config.model.attention.implementation}), batch {FLAGS.batch_size}, {FLAGS.dtype}; '
-        f'jax {jax.__version__} on {device.platform} ({device.device_kind}), '
-        f'torch {torch.__version__} on {where}')
-  print(f"{'':26s}{'train images/s':>16s}{'jax / this':>12s}")
+  print(
+    f'{config.model.name} (mask {config.model.mask.kind}, attention core '
+    f'{config.model.attention.implementation}), batch {FLAGS.batch_size}, {FLAGS.dtype}; '
+    f'jax {jax.__version__} on {device.platform} ({device.device_kind}), '
+    f'torch {torch.__version__} on {where}'
+  )
+  print(f'{"":26s}{"train images/s":>16s}{"jax / this":>12s}')
   for name, rate in rows:
     print(f'{name:26s}{rate:16,.1f}{rows[0][1] / rate:12.2f}')
 

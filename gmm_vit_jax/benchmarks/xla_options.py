@@ -33,12 +33,18 @@ def parse_options(text: str) -> dict:
   for pair in filter(None, text.split(',')):
     name, sep, value = pair.partition('=')
     if not sep:
-      raise errors.UserError(f'--options: {pair!r} is not name=value; write e.g. '
-                             '--options=xla_cpu_prefer_vector_width=512.')
+      raise errors.UserError(
+        f'--options: {pair!r} is not name=value; write e.g. '
+        '--options=xla_cpu_prefer_vector_width=512.'
+      )
     lowered = value.lower()
-    options[name.strip()] = ({'true': True, 'false': False}[lowered]
-                             if lowered in ('true', 'false')
-                             else int(value) if value.lstrip('-').isdigit() else value)
+    options[name.strip()] = (
+      {'true': True, 'false': False}[lowered]
+      if lowered in ('true', 'false')
+      else int(value)
+      if value.lstrip('-').isdigit()
+      else value
+    )
   return options
 
 
@@ -48,7 +54,7 @@ def take_turns(steps: dict, rounds: int) -> dict[str, list[float]]:
   seconds = {name: [] for name in steps}
   names = list(steps)
   for r in range(rounds):
-    for name in (names if r % 2 == 0 else names[::-1]):
+    for name in names if r % 2 == 0 else names[::-1]:
       start = time.perf_counter()
       steps[name]()
       seconds[name].append(time.perf_counter() - start)
@@ -59,8 +65,10 @@ def main(argv):
   del argv
   config = FLAGS.config
   from gmm_vit_jax import cpu_runtime
+
   cpu_runtime.apply(config)
   import jax
+
   from gmm_vit_jax import sharding
   from gmm_vit_jax.benchmarks.speed import NO_AUGMENTATION, random_dataset
   from gmm_vit_jax.data.info import dataset_info
@@ -78,38 +86,49 @@ def main(argv):
   tx = make_optimizer(config, steps_per_epoch=1000)
   graphdef, state = create_train_state(config, tx, sharding.replicated(mesh))
   train_step = make_train_step(graphdef, tx, config, info, out_sharding=sharding.replicated(mesh))
-  index = sharding.global_batch(EpochSampler(images.shape[0], FLAGS.batch_size, 1,
-                                             config.seed).batch(0), mesh)
+  index = sharding.global_batch(
+    EpochSampler(images.shape[0], FLAGS.batch_size, 1, config.seed).batch(0), mesh
+  )
   metrics = sharding.put_replicated(Metrics.zeros(), mesh)
   lowered = train_step.lower(state, metrics, images, labels, index, False)
   variants = {'default': {}, **{text: parse_options(text) for text in FLAGS.options}}
-  compiled = {name: lowered.compile(compiler_options=options or None)
-              for name, options in variants.items()}
+  compiled = {
+    name: lowered.compile(compiler_options=options or None) for name, options in variants.items()
+  }
   carried = [state, metrics]
 
   def runner(executable):
     def step():
       carried[:] = executable(*carried, images, labels, index)
       jax.block_until_ready(carried[1])
+
     return step
 
   steps = {name: runner(executable) for name, executable in compiled.items()}
   take_turns(steps, 1)
   seconds = take_turns(steps, FLAGS.rounds)
   base = statistics.median(seconds['default'])
-  rows = [dict(variant=name, images_per_s=FLAGS.batch_size / statistics.median(s),
-               vs_default=base / statistics.median(s)) for name, s in seconds.items()]
+  rows = [
+    dict(
+      variant=name,
+      images_per_s=FLAGS.batch_size / statistics.median(s),
+      vs_default=base / statistics.median(s),
+    )
+    for name, s in seconds.items()
+  ]
   if FLAGS.json:
     for row in rows:
       print(json.dumps(row))
     return
   print(f'CPU: {cpu_description()}; load average {os.getloadavg()[0]:.1f}')
-  print(f'{config.model.name} (mask {config.model.mask.kind}), batch {FLAGS.batch_size}, '
-        f'float32, {FLAGS.rounds} steps per variant taking turns; '
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
-  print(f"{'':52s}{'images/s':>10s}{'vs default':>12s}")
+  print(
+    f'{config.model.name} (mask {config.model.mask.kind}), batch {FLAGS.batch_size}, '
+    f'float32, {FLAGS.rounds} steps per variant taking turns; '
+    f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")}'
+  )
+  print(f'{"":52s}{"images/s":>10s}{"vs default":>12s}')
   for row in rows:
-    print(f"{row['variant'][:52]:52s}{row['images_per_s']:10,.1f}{row['vs_default']:12.2f}")
+    print(f'{row["variant"][:52]:52s}{row["images_per_s"]:10,.1f}{row["vs_default"]:12.2f}')
 
 
 if __name__ == '__main__':

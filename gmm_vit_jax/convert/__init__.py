@@ -18,22 +18,17 @@ import torch
 from flax import nnx
 
 from gmm_vit_jax import export, storage
-from gmm_vit_jax.convert import cait
-from gmm_vit_jax.convert import core
-from gmm_vit_jax.convert import pit
-from gmm_vit_jax.convert import swin
-from gmm_vit_jax.convert import t2t
-from gmm_vit_jax.convert import vit
+from gmm_vit_jax.convert import cait, core, pit, swin, t2t, vit
 from gmm_vit_jax.data.info import dataset_info
 from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models import build_model
 
 MAPPINGS = {
-    'vit': vit.mapping,
-    'swin': swin.mapping,
-    'cait': cait.mapping,
-    'pit': pit.mapping,
-    't2t': t2t.mapping,
+  'vit': vit.mapping,
+  'swin': swin.mapping,
+  'cait': cait.mapping,
+  'pit': pit.mapping,
+  't2t': t2t.mapping,
 }
 
 
@@ -43,40 +38,47 @@ def reference_mapping(config: ml_collections.ConfigDict) -> core.Mapping:
   return MAPPINGS[config.model.name](config.model, image_size=image_size)
 
 
-def model_from_torch(state_dict: dict[str, np.ndarray],
-                     config: ml_collections.ConfigDict) -> nnx.Module:
+def model_from_torch(
+  state_dict: dict[str, np.ndarray], config: ml_collections.ConfigDict
+) -> nnx.Module:
   """The Flax model of `config` carrying a reference state_dict's weights."""
   info = dataset_info(config.dataset)
-  model = build_model(config.model, num_classes=info['num_classes'],
-                      image_size=info['image_size'], channels=info['channels'],
-                      rngs=nnx.Rngs(0))
+  model = build_model(
+    config.model,
+    num_classes=info['num_classes'],
+    image_size=info['image_size'],
+    channels=info['channels'],
+    rngs=nnx.Rngs(0),
+  )
   shapes = {name: value.shape for name, value in export.flat_variables(model).items()}
   export.set_flat_variables(model, core.to_flax(reference_mapping(config), state_dict, shapes))
   return model
 
 
-def torch_from_variables(variables: dict[str, np.ndarray],
-                         config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def torch_from_variables(
+  variables: dict[str, np.ndarray], config: ml_collections.ConfigDict
+) -> dict[str, np.ndarray]:
   """Flat Flax variables (export.flat_variables, or a bundle's params) -> reference state_dict."""
   return core.to_torch(reference_mapping(config), variables)
 
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   """A .pth state_dict, or a reference training checkpoint holding one, as float32 NumPy."""
-  loaded = torch.load(io.BytesIO(storage.read_bytes(path)), map_location='cpu',
-                      weights_only=True)
+  loaded = torch.load(io.BytesIO(storage.read_bytes(path)), map_location='cpu', weights_only=True)
   if 'model_state_dict' in loaded:
     loaded = loaded['model_state_dict']
   return {key: value.detach().float().numpy() for key, value in loaded.items()}
 
 
 def write_torch_state_dict(state_dict: dict[str, np.ndarray], path: str) -> None:
-  torch.save({key: torch.from_numpy(np.ascontiguousarray(value))
-              for key, value in state_dict.items()}, path)
+  torch.save(
+    {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state_dict.items()}, path
+  )
 
 
-def reference_to_bundle(config: ml_collections.ConfigDict, state_dict_path: str,
-                        out_dir: str) -> None:
+def reference_to_bundle(
+  config: ml_collections.ConfigDict, state_dict_path: str, out_dir: str
+) -> None:
   """A reference .pth file -> an inference bundle of the model `config` describes."""
   model = model_from_torch(read_torch_state_dict(state_dict_path), config)
   export.save_bundle(model, config, out_dir)

@@ -1,7 +1,6 @@
 """Converter CLI: `torch-reference` (state_dict -> bundle) and `to-torch` (bundle -> state_dict)."""
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from gmm_vit_jax import cli, convert
@@ -9,7 +8,8 @@ from gmm_vit_jax import cli, convert
 COMMANDS = ('torch-reference', 'to-torch')
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config of the reference model (torch-reference).')
+  'config', None, 'Experiment config of the reference model (torch-reference).'
+)
 _STATE_DICT = flags.DEFINE_string('state_dict', None, 'Reference .pth file (torch-reference).')
 _EXPORT = flags.DEFINE_string('export', None, 'Bundle directory to convert (to-torch).')
 _OUT = flags.DEFINE_string('out', None, 'Bundle directory or .pth file to write.', required=True)

@@ -23,9 +23,11 @@ def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mappin
   check_reference_config(model, image_size)
   mask = base_mask(model.window_size).numpy()
   constants = {'mask': mask}
-  rules = [*core.conv2d('patch_embed', 'patch_embed.proj'),
-           *core.layer_norm('patch_norm', 'patch_embed.norm'),
-           core.expand('pos_embed', 'absolute_pos_embed', (0,))]
+  rules = [
+    *core.conv2d('patch_embed', 'patch_embed.proj'),
+    *core.layer_norm('patch_norm', 'patch_embed.norm'),
+    core.expand('pos_embed', 'absolute_pos_embed', (0,)),
+  ]
   grids = stage_grids(image_size, model.patch_size, len(model.depths))
   for s, (depth, side) in enumerate(zip(model.depths, grids)):
     window, shift = stage_window((side, side), model.window_size)
@@ -34,14 +36,19 @@ def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mappin
       ours, theirs = f'stages.{s}.blocks.{j}', f'layers.{s}.blocks.{j}'
       mha, attn = f'{ours}.attention.mha', f'{theirs}.attn'
       rules += core.layer_norm(f'{ours}.norm1', f'{theirs}.norm1')
-      rules.append(core.copy(f'{ours}.attention.relative_position_bias',
-                             f'{attn}.relative_position_bias_table'))
+      rules.append(
+        core.copy(
+          f'{ours}.attention.relative_position_bias', f'{attn}.relative_position_bias_table'
+        )
+      )
       constants[f'{attn}.relative_position_index'] = index
-      rules.append(core.fused_linear(tuple(f'{mha}.{p}.kernel' for p in PROJECTIONS),
-                                     f'{attn}.qkv.weight'))
+      rules.append(
+        core.fused_linear(tuple(f'{mha}.{p}.kernel' for p in PROJECTIONS), f'{attn}.qkv.weight')
+      )
       if model.attention.qkv_bias:
-        rules.append(core.fused_bias(tuple(f'{mha}.{p}.bias' for p in PROJECTIONS),
-                                     f'{attn}.qkv.bias'))
+        rules.append(
+          core.fused_bias(tuple(f'{mha}.{p}.bias' for p in PROJECTIONS), f'{attn}.qkv.bias')
+        )
       rules += core.linear(f'{mha}.out', f'{attn}.proj')
       rules += mask_rules(model.mask.kind, mha, attn, mask, constants)
       if shift and j % 2:
@@ -51,8 +58,9 @@ def mapping(model: ml_collections.ConfigDict, *, image_size: int) -> core.Mappin
       rules += core.linear(f'{ours}.mlp.fc2', f'{theirs}.mlp.fc2')
     if s < len(model.depths) - 1:
       rules += core.layer_norm(f'stages.{s}.downsample.norm', f'layers.{s}.downsample.norm')
-      rules += core.linear(f'stages.{s}.downsample.reduction', f'layers.{s}.downsample.reduction',
-                           bias=False)
+      rules += core.linear(
+        f'stages.{s}.downsample.reduction', f'layers.{s}.downsample.reduction', bias=False
+      )
   rules += core.layer_norm('norm', 'norm')
   rules += core.linear('head', 'head')
   return core.Mapping(tuple(rules), constants)

@@ -16,13 +16,17 @@ from gmm_vit_jax.torch_models.t2t import check_reference_config
 from gmm_vit_jax.torch_models.vit import base_mask
 
 
-def _layer_rules(kind: str, ours: str, theirs: str, base: np.ndarray,
-                 constants: dict[str, np.ndarray]) -> list[core.Rule]:
+def _layer_rules(
+  kind: str, ours: str, theirs: str, base: np.ndarray, constants: dict[str, np.ndarray]
+) -> list[core.Rule]:
   """A token transformer or encoder block: norm1, attn (qkv, proj, mask), norm2, mlp."""
   rules = core.layer_norm(f'{ours}.norm1', f'{theirs}.norm1')
-  rules.append(core.fused_linear(
+  rules.append(
+    core.fused_linear(
       tuple(f'{ours}.attention.{name}.kernel' for name in ('query', 'score.key', 'value')),
-      f'{theirs}.attn.qkv.weight'))
+      f'{theirs}.attn.qkv.weight',
+    )
+  )
   rules += core.linear(f'{ours}.attention.out', f'{theirs}.attn.proj')
   rules += mask_rules(kind, f'{ours}.attention', f'{theirs}.attn', base, constants)
   rules += core.layer_norm(f'{ours}.norm2', f'{theirs}.norm2')

@@ -44,30 +44,40 @@ def _statistics(sample: np.ndarray) -> dict:
   pixels = sample.astype(np.float64) / 255
   border = images.border_brightness(sample)
   background = 'dark' if border < DARK else 'light' if border > LIGHT else None
-  return dict(mean=tuple(round(float(m), 4) for m in pixels.mean(axis=(0, 1, 2))),
-              std=tuple(round(max(float(s), 1e-3), 4) for s in pixels.std(axis=(0, 1, 2))),
-              background=background)
+  return dict(
+    mean=tuple(round(float(m), 4) for m in pixels.mean(axis=(0, 1, 2))),
+    std=tuple(round(max(float(s), 1e-3), 4) for s in pixels.std(axis=(0, 1, 2))),
+    background=background,
+  )
 
 
 def _size(dataset: ml_collections.ConfigDict, own: int | None) -> int:
   size = dataset.get('image_size') or own
   if not size:
-    raise errors.ConfigError(f'dataset.name={dataset.name!r} has images of many sizes: set '
-                             '--config.dataset.image_size=S (they are resized to S x S).')
+    raise errors.ConfigError(
+      f'dataset.name={dataset.name!r} has images of many sizes: set '
+      '--config.dataset.image_size=S (they are resized to S x S).'
+    )
   return size
 
 
 def read(dataset: ml_collections.ConfigDict) -> dict:
   """The DATASET_INFO-style facts of an image folder or tfds:NAME dataset section."""
-  return _read(dataset.name, dataset.get('data_dir'), dataset.get('image_size'),
-               dataset.get('channels'), dataset.get('validation_split'),
-               dataset.get('download', False))
+  return _read(
+    dataset.name,
+    dataset.get('data_dir'),
+    dataset.get('image_size'),
+    dataset.get('channels'),
+    dataset.get('validation_split'),
+    dataset.get('download', False),
+  )
 
 
 @functools.lru_cache(maxsize=8)
 def _read(name, data_dir, image_size, channels, validation, download) -> dict:
-  dataset = ml_collections.ConfigDict(dict(name=name, data_dir=data_dir, image_size=image_size,
-                                           channels=channels))
+  dataset = ml_collections.ConfigDict(
+    dict(name=name, data_dir=data_dir, image_size=image_size, channels=channels)
+  )
   if name == IMAGE_FOLDER:
     folder = image_folder.scan(data_dir, validation or validation_split(dataset))
     size, channels = _size(dataset, None), channels or 3
@@ -80,9 +90,20 @@ def _read(name, data_dir, image_size, channels, validation, download) -> dict:
     height, width, own_channels = found.shape
     size = _size(dataset, height if height == width else None)
     channels = channels or own_channels or 3
-    sample, _ = tfds_named.load(tfds_named.tfds_name(name), 'train', data_dir=data_dir,
-                                download=download, size=size, channels=channels,
-                                limit=STATS_SAMPLE)
+    sample, _ = tfds_named.load(
+      tfds_named.tfds_name(name),
+      'train',
+      data_dir=data_dir,
+      download=download,
+      size=size,
+      channels=channels,
+      limit=STATS_SAMPLE,
+    )
     class_names = found.class_names
-  return dict(image_size=size, channels=channels, num_classes=len(class_names),
-              class_names=class_names, **_statistics(sample))
+  return dict(
+    image_size=size,
+    channels=channels,
+    num_classes=len(class_names),
+    class_names=class_names,
+    **_statistics(sample),
+  )

@@ -44,6 +44,7 @@ class ImageFolderError(errors.UserError):
 class Folder:
   """A scanned image folder: class_names in label order, and each split's (path, label)
   pairs in a fixed order."""
+
   root: str
   class_names: tuple[str, ...]
   files: dict
@@ -59,9 +60,11 @@ def _visible(names) -> list[str]:
 
 def _check_root(data_dir: str | None) -> epath.Path:
   if not data_dir:
-    raise ImageFolderError("dataset.name='image_folder' reads its images from "
-                           'dataset.data_dir: pass --config.dataset.data_dir=DIR, DIR holding '
-                           'train/<class>/ and test/<class>/ folders of images.')
+    raise ImageFolderError(
+      "dataset.name='image_folder' reads its images from "
+      'dataset.data_dir: pass --config.dataset.data_dir=DIR, DIR holding '
+      'train/<class>/ and test/<class>/ folders of images.'
+    )
   root = epath.Path(data_dir)
   if not root.is_dir():
     raise ImageFolderError(f'dataset.data_dir={data_dir} is not a folder.')
@@ -78,16 +81,19 @@ def _classes(split_dir: epath.Path) -> dict[str, list[str]]:
   """{class name: sorted image paths} of one split folder; skipped files are logged."""
   if not split_dir.is_dir():
     present = _visible(p.name + '/' for p in split_dir.parent.iterdir() if p.is_dir())
-    raise ImageFolderError(f'{split_dir} is missing: an image folder holds train/<class>/ and '
-                           f'test/<class>/ folders (found: {", ".join(present) or "none"}).')
+    raise ImageFolderError(
+      f'{split_dir} is missing: an image folder holds train/<class>/ and '
+      f'test/<class>/ folders (found: {", ".join(present) or "none"}).'
+    )
   classes, skipped = {}, []
   for entry in sorted(split_dir.iterdir()):
     if entry.name.startswith('.'):
       continue
     if not entry.is_dir():
       if _is_image(entry.name):
-        raise ImageFolderError(f'{entry} lies outside a class folder: move it into '
-                               f'{split_dir}/<class>/.')
+        raise ImageFolderError(
+          f'{entry} lies outside a class folder: move it into {split_dir}/<class>/.'
+        )
       skipped.append(str(entry))
       continue
     found = []
@@ -96,15 +102,22 @@ def _classes(split_dir: epath.Path) -> dict[str, list[str]]:
       for name in _visible(names):
         (found if _is_image(name) else skipped).append(str(folder / name))
     if not found:
-      raise ImageFolderError(f'{entry} holds no images (an empty class): add images with one '
-                             f'of the endings {", ".join(IMAGE_EXTENSIONS)}, or remove it.')
+      raise ImageFolderError(
+        f'{entry} holds no images (an empty class): add images with one '
+        f'of the endings {", ".join(IMAGE_EXTENSIONS)}, or remove it.'
+      )
     classes[entry.name] = sorted(found)
   if not classes:
-    raise ImageFolderError(f'{split_dir} holds no class folders: put each class\'s images in '
-                           f'{split_dir}/<class>/.')
+    raise ImageFolderError(
+      f"{split_dir} holds no class folders: put each class's images in {split_dir}/<class>/."
+    )
   if skipped:
-    logging.warning('%s: skipped %d files that are not images by their name, e.g. %s.',
-                    split_dir, len(skipped), skipped[0])
+    logging.warning(
+      '%s: skipped %d files that are not images by their name, e.g. %s.',
+      split_dir,
+      len(skipped),
+      skipped[0],
+    )
   return classes
 
 
@@ -122,13 +135,27 @@ def scan(data_dir: str, validation: str | None) -> Folder:
   for split, classes in listed.items():
     lacks, extra = sorted(set(class_names) - set(classes)), sorted(set(classes) - set(class_names))
     if lacks or extra:
-      what = '; '.join(part for part in (
-          f'it lacks {lacks[:5]}' * bool(lacks), f'train/ lacks {extra[:5]}' * bool(extra)) if part)
-      raise ImageFolderError(f'{root / folders[split]} and {root / TRAIN} have different '
-                             f'classes: {what}. Every split needs the same class folders.')
+      what = '; '.join(
+        part
+        for part in (
+          f'it lacks {lacks[:5]}' * bool(lacks),
+          f'train/ lacks {extra[:5]}' * bool(extra),
+        )
+        if part
+      )
+      raise ImageFolderError(
+        f'{root / folders[split]} and {root / TRAIN} have different '
+        f'classes: {what}. Every split needs the same class folders.'
+      )
   label = {name: k for k, name in enumerate(class_names)}
-  files = {split: tuple((path, label[name]) for name in class_names for path in classes[name])
-           for split, classes in listed.items()}
-  logging.info('Image folder %s: %d classes; %s.', data_dir, len(class_names),
-               ', '.join(f'{len(f)} {split} images' for split, f in files.items()))
+  files = {
+    split: tuple((path, label[name]) for name in class_names for path in classes[name])
+    for split, classes in listed.items()
+  }
+  logging.info(
+    'Image folder %s: %d classes; %s.',
+    data_dir,
+    len(class_names),
+    ', '.join(f'{len(f)} {split} images' for split, f in files.items()),
+  )
   return Folder(str(root), class_names, files)

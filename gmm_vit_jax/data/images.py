@@ -65,7 +65,7 @@ def to_unit(image: Image.Image) -> np.ndarray:
 
 def _grey_palette(image: Image.Image) -> bool:
   palette = image.getpalette() or []
-  rgb = np.reshape(palette[:len(palette) // 3 * 3], (-1, 3))
+  rgb = np.reshape(palette[: len(palette) // 3 * 3], (-1, 3))
   return bool(len(rgb)) and bool((rgb == rgb[:, :1]).all())
 
 
@@ -98,18 +98,28 @@ def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
   if (h, w) == (size, size):
     pass
   elif side >= size:
-    pixels = _area_resize(_area_resize(pixels, (h - side) / 2, side, size), (w - side) / 2,
-                          side, size, axis=1)
+    pixels = _area_resize(
+      _area_resize(pixels, (h - side) / 2, side, size), (w - side) / 2, side, size, axis=1
+    )
   else:
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    pixels = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c]), 'F')
-                                  .resize((size, size), Image.Resampling.BILINEAR, box=box))
-                       for c in range(channels)], axis=-1)
+    pixels = np.stack(
+      [
+        np.asarray(
+          Image.fromarray(np.ascontiguousarray(pixels[..., c]), 'F').resize(
+            (size, size), Image.Resampling.BILINEAR, box=box
+          )
+        )
+        for c in range(channels)
+      ],
+      axis=-1,
+    )
   return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
-def _area_resize(pixels: np.ndarray, start: float, length: float, size: int,
-                 axis: int = 0) -> np.ndarray:
+def _area_resize(
+  pixels: np.ndarray, start: float, length: float, size: int, axis: int = 0
+) -> np.ndarray:
   """Averages of `pixels` along `axis` over `size` equal intervals of [start, start + length),
   each input pixel j counted by its overlap with the interval: the integral of the
   piecewise-constant signal, from its cumulative sum, differenced at the interval edges."""
@@ -130,8 +140,11 @@ def read_image(path: str, size: int, channels: int) -> np.ndarray:
     with storage.open_file(path, 'rb') as f, Image.open(f) as image:
       frames = getattr(image, 'n_frames', 1)
       if frames > 1:
-        raise ImageError(path, f'it holds {frames} frames (an animation or a multi-page '
-                         'file); save the one frame you mean as a PNG')
+        raise ImageError(
+          path,
+          f'it holds {frames} frames (an animation or a multi-page '
+          'file); save the one frame you mean as a PNG',
+        )
       pixels = to_unit(ImageOps.exif_transpose(image))
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise ImageError(path, why_unreadable(e)) from e
@@ -155,6 +168,13 @@ def border_brightness(images: np.ndarray) -> float:
   """Mean of the outermost ring of pixels of uint8 (..., H, W, C) images, in [0, 1]: how
   light the background of centred subjects is."""
   images = np.asarray(images, np.float32) / 255
-  ring = np.concatenate([images[..., 0, :, :], images[..., -1, :, :],
-                         images[..., 1:-1, 0, :], images[..., 1:-1, -1, :]], axis=-2)
+  ring = np.concatenate(
+    [
+      images[..., 0, :, :],
+      images[..., -1, :, :],
+      images[..., 1:-1, 0, :],
+      images[..., 1:-1, -1, :],
+    ],
+    axis=-2,
+  )
   return float(ring.mean())

@@ -42,15 +42,20 @@ def _holdout(config: ml_collections.ConfigDict, labels: np.ndarray) -> dict:
   {'train': rows} too where the data has a validation split of its own."""
   fraction = validation.check_fraction(config.dataset.validation)
   if fraction is not None and config.dataset.get('validation_split'):
-    logging.warning('dataset.validation=%g is not used: the data has a validation split of its '
-                    'own (%s).', fraction, config.dataset.validation_split)
+    logging.warning(
+      'dataset.validation=%g is not used: the data has a validation split of its own (%s).',
+      fraction,
+      config.dataset.validation_split,
+    )
     fraction = None
   if fraction is None:
     return {'train': np.arange(len(labels))}
   train, held = validation.holdout(labels, fraction, config.seed)
   if not len(held):
-    raise ConfigError(f'dataset.validation={fraction} holds out no example: every class has '
-                      f'fewer than {0.5 / fraction:.0f} examples; raise it or set None.')
+    raise ConfigError(
+      f'dataset.validation={fraction} holds out no example: every class has '
+      f'fewer than {0.5 / fraction:.0f} examples; raise it or set None.'
+    )
   return {'train': train, 'validation': held}
 
 
@@ -60,8 +65,7 @@ class DevicePipeline:
   def __init__(self, config: ml_collections.ConfigDict, mesh):
     self.mesh, self.eval_batch_size = mesh, config.eval_batch_size
     d = config.dataset
-    host = {split: records.read_split(d, split, download=d.download)
-            for split in records.splits(d)}
+    host = {split: records.read_split(d, split, download=d.download) for split in records.splits(d)}
     images, labels = host.pop('train')
     for split, rows in _holdout(config, labels).items():
       host[split] = (images[rows], labels[rows])
@@ -69,10 +73,12 @@ class DevicePipeline:
     for split, (images, labels) in host.items():
       self.host_examples[split] = images[:64]
       self.splits[split] = sharding.put_replicated((images, labels), mesh)
-      logging.info('%s split: %d images of %s, resident on the devices.', split, len(labels),
-                   images.shape[1:])
-    self.sampler = EpochSampler(len(host['train'][1]), config.batch_size,
-                                config.passes_per_epoch, config.seed)
+      logging.info(
+        '%s split: %d images of %s, resident on the devices.', split, len(labels), images.shape[1:]
+      )
+    self.sampler = EpochSampler(
+      len(host['train'][1]), config.batch_size, config.passes_per_epoch, config.seed
+    )
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.eval_splits = tuple(s for s in ('test', 'validation') if s in self.splits)
 
@@ -87,8 +93,12 @@ class DevicePipeline:
   def eval_batches(self, split: str):
     images, labels = self.splits[split]
     for index, weight in eval_batches(labels.shape[0], self.eval_batch_size):
-      yield (images, labels, sharding.global_batch(index, self.mesh),
-             sharding.global_batch(weight, self.mesh))
+      yield (
+        images,
+        labels,
+        sharding.global_batch(index, self.mesh),
+        sharding.global_batch(weight, self.mesh),
+      )
 
 
 class _Rows:
@@ -103,12 +113,13 @@ class _Rows:
 
   def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     examples = [self.source[int(self.rows[r])] for r in rows]
-    return (np.stack([image for image, _ in examples]),
-            np.array([label for _, label in examples], np.int32))
+    return (
+      np.stack([image for image, _ in examples]),
+      np.array([label for _, label in examples], np.int32),
+    )
 
 
 class _TrainBatch(_Rows):
-
   def __init__(self, source, rows, shard, sampler: EpochSampler):
     super().__init__(source, rows, shard)
     self.sampler = sampler
@@ -118,7 +129,6 @@ class _TrainBatch(_Rows):
 
 
 class _EvalBatch(_Rows):
-
   def __init__(self, source, rows, shard, batches: list):
     super().__init__(source, rows, shard)
     self.batches = batches
@@ -139,20 +149,31 @@ class GrainPipeline:
     self.shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     for field in ('batch_size', 'eval_batch_size'):
       if config[field] % self.shard.shard_count:
-        raise ConfigError(f'{field}={config[field]} does not divide by the '
-                          f'{self.shard.shard_count} processes.')
+        raise ConfigError(
+          f'{field}={config[field]} does not divide by the {self.shard.shard_count} processes.'
+        )
     train_records = opened.pop('train')
-    self.sources = {split: (records_, np.arange(len(records_)))
-                    for split, records_ in opened.items()}
-    held = (_holdout(config, train_records.labels()) if d.validation
-            else {'train': np.arange(len(train_records))})
+    self.sources = {
+      split: (records_, np.arange(len(records_))) for split, records_ in opened.items()
+    }
+    held = (
+      _holdout(config, train_records.labels())
+      if d.validation
+      else {'train': np.arange(len(train_records))}
+    )
     for split, rows in held.items():
       self.sources[split] = (train_records, rows)
     for split, (_, rows) in self.sources.items():
-      logging.info('%s split: %d examples, streamed by grain (%d workers, %d threads).', split,
-                   len(rows), self.workers, self.threads)
-    self.sampler = EpochSampler(len(self.sources['train'][1]), config.batch_size,
-                                config.passes_per_epoch, config.seed)
+      logging.info(
+        '%s split: %d examples, streamed by grain (%d workers, %d threads).',
+        split,
+        len(rows),
+        self.workers,
+        self.threads,
+      )
+    self.sampler = EpochSampler(
+      len(self.sources['train'][1]), config.batch_size, config.passes_per_epoch, config.seed
+    )
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.eval_splits = tuple(s for s in ('test', 'validation') if s in self.sources)
 
@@ -162,11 +183,16 @@ class GrainPipeline:
 
   def _stream(self, dataset: grain.MapDataset):
     # grain reads at most as many examples in parallel as its buffer holds.
-    dataset = dataset.to_iter_dataset(grain.ReadOptions(
-        num_threads=self.threads, prefetch_buffer_size=max(self.threads, self.prefetch)))
+    dataset = dataset.to_iter_dataset(
+      grain.ReadOptions(
+        num_threads=self.threads, prefetch_buffer_size=max(self.threads, self.prefetch)
+      )
+    )
     if self.workers:
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers),
-                                    worker_init_fn=workers.worker_init_fn())
+      dataset = dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=self.workers),
+        worker_init_fn=workers.worker_init_fn(),
+      )
     return dataset
 
   def _to_devices(self, batches):
@@ -183,8 +209,9 @@ class GrainPipeline:
   def host_train_batches(self, start: int, stop: int):
     """This process's (images, labels) of training steps start..stop-1, on the host."""
     source, rows = self.sources['train']
-    return self._stream(grain.MapDataset.range(start, stop)
-                        .map(_TrainBatch(source, rows, self.shard, self.sampler)))
+    return self._stream(
+      grain.MapDataset.range(start, stop).map(_TrainBatch(source, rows, self.shard, self.sampler))
+    )
 
   def train_batches(self, start: int, stop: int):
     for images, labels in self._to_devices(self.host_train_batches(start, stop)):
@@ -194,7 +221,8 @@ class GrainPipeline:
     source, rows = self.sources[split]
     batches = list(eval_batches(len(rows), self.eval_batch_size))
     dataset = grain.MapDataset.range(len(batches)).map(
-        _EvalBatch(source, rows, self.shard, batches))
+      _EvalBatch(source, rows, self.shard, batches)
+    )
     for images, labels, weight in self._to_devices(self._stream(dataset)):
       yield images, labels, None, weight
 
@@ -218,13 +246,19 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh):
     needed = example * sum(records.num_examples(d, split) for split in records.splits(d))
     budget = d.resident_share * device_memory_bytes()
     choice = 'device' if needed <= budget else 'grain'
-    logging.info("Input pipeline: %r (dataset.pipeline='auto'): the splits take %.2f GB as "
-                 "uint8, %s dataset.resident_share=%g of one device's memory (%.2f GB).",
-                 choice, needed / 1e9, 'within' if choice == 'device' else 'beyond',
-                 d.resident_share, budget / 1e9)
+    logging.info(
+      "Input pipeline: %r (dataset.pipeline='auto'): the splits take %.2f GB as "
+      "uint8, %s dataset.resident_share=%g of one device's memory (%.2f GB).",
+      choice,
+      needed / 1e9,
+      'within' if choice == 'device' else 'beyond',
+      d.resident_share,
+      budget / 1e9,
+    )
   else:
     logging.info('Input pipeline: %r (dataset.pipeline=%r).', choice, d.pipeline)
   if choice == 'device':
     return DevicePipeline(config, mesh)
-  return GrainPipeline(config, mesh, {split: records.open_records(d, split)
-                                      for split in records.splits(d)})
+  return GrainPipeline(
+    config, mesh, {split: records.open_records(d, split) for split in records.splits(d)}
+  )

@@ -7,7 +7,6 @@ import concurrent.futures
 import ml_collections
 import numpy as np
 
-from gmm_vit_jax import storage
 from gmm_vit_jax.data import image_folder, sources, tfds_named, tiny_imagenet
 from gmm_vit_jax.data.images import fit_image, read_image
 from gmm_vit_jax.data.info import IMAGE_FOLDER, dataset_info, reads_facts_from_data
@@ -35,8 +34,16 @@ class ArrayRecords:
 class TfdsRecords:
   """A prepared tfds dataset through tfds.data_source (ArrayRecord files, random access)."""
 
-  def __init__(self, name: str, split: str, data_dir: str | None, size: int, channels: int,
-               image_key: str = 'image', label_key: str = 'label'):
+  def __init__(
+    self,
+    name: str,
+    split: str,
+    data_dir: str | None,
+    size: int,
+    channels: int,
+    image_key: str = 'image',
+    label_key: str = 'label',
+  ):
     self.name, self.split, self.data_dir = name, split, data_dir
     self.size, self.channels = size, channels
     self.image_key, self.label_key = image_key, label_key
@@ -44,15 +51,18 @@ class TfdsRecords:
 
   def _open(self, decode: bool = True):
     import tensorflow_datasets as tfds
+
     decoders = None if decode else {self.image_key: tfds.decode.SkipDecoding()}
     try:
-      return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
-                              download=False, decoders=decoders)
+      return tfds.data_source(
+        self.name, split=self.split, data_dir=self.data_dir, download=False, decoders=decoders
+      )
     except Exception as e:
-      raise RuntimeError(f'tfds.data_source({self.name!r}, split={self.split!r}) failed in '
-                         f'{self.data_dir}: {e}. The grain pipeline reads datasets prepared in '
-                         'the array_record file format (tfds build --file_format=array_record).'
-                         ) from e
+      raise RuntimeError(
+        f'tfds.data_source({self.name!r}, split={self.split!r}) failed in '
+        f'{self.data_dir}: {e}. The grain pipeline reads datasets prepared in '
+        'the array_record file format (tfds build --file_format=array_record).'
+      ) from e
 
   @property
   def source(self):
@@ -68,13 +78,14 @@ class TfdsRecords:
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
     record = self.source[int(i)]
-    return (fit_image(np.asarray(record[self.image_key]), self.size, self.channels),
-            int(record[self.label_key]))
+    return (
+      fit_image(np.asarray(record[self.image_key]), self.size, self.channels),
+      int(record[self.label_key]),
+    )
 
   def labels(self) -> np.ndarray:
     undecoded = self._open(decode=False)
-    return np.array([int(undecoded[i][self.label_key]) for i in range(len(undecoded))],
-                    np.int32)
+    return np.array([int(undecoded[i][self.label_key]) for i in range(len(undecoded))], np.int32)
 
 
 class FolderRecords:
@@ -105,8 +116,10 @@ def read_all(records) -> tuple[np.ndarray, np.ndarray]:
   """Every record as (N, S, S, C) uint8 images and (N,) int32 labels, read in threads."""
   with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
     examples = list(pool.map(records.__getitem__, range(len(records))))
-  return (np.stack([image for image, _ in examples]),
-          np.array([label for _, label in examples], np.int32))
+  return (
+    np.stack([image for image, _ in examples]),
+    np.array([label for _, label in examples], np.int32),
+  )
 
 
 def splits(dataset: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -126,27 +139,36 @@ def open_records(dataset: ml_collections.ConfigDict, split: str):
     folder = image_folder.scan(data_dir, dataset.get('validation_split'))
     if tuple(info['class_names']) != folder.class_names:
       raise image_folder.ImageFolderError(
-          f'{data_dir} holds the classes {list(folder.class_names)[:8]}, not the '
-          f'{list(info["class_names"])[:8]} of dataset.class_names (the run\'s).')
+        f'{data_dir} holds the classes {list(folder.class_names)[:8]}, not the '
+        f"{list(info['class_names'])[:8]} of dataset.class_names (the run's)."
+      )
     return FolderRecords(list(folder.files[split]), size, channels)
   if reads_facts_from_data(name):
     tfds_name = tfds_named.tfds_name(name)
     found = tfds_named.features(tfds_name, data_dir)
-    return TfdsRecords(tfds_name, tfds_named.split_name(found, split,
-                                                        dataset.get('validation_split')),
-                       data_dir, size, channels, found.image, found.label)
+    return TfdsRecords(
+      tfds_name,
+      tfds_named.split_name(found, split, dataset.get('validation_split')),
+      data_dir,
+      size,
+      channels,
+      found.image,
+      found.label,
+    )
   if name == 'digits':
     return ArrayRecords(*sources.load_split(name, split, data_dir=None, download=False))
   if name == 'tiny_imagenet':
     if data_dir is None:
       raise ConfigError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder.')
-    return FolderRecords(tiny_imagenet.files(data_dir, 'train' if split == 'train' else 'val'),
-                         size, channels)
+    return FolderRecords(
+      tiny_imagenet.files(data_dir, 'train' if split == 'train' else 'val'), size, channels
+    )
   return TfdsRecords(name, sources.tfds_split(name, split), data_dir, size, channels)
 
 
-def read_split(dataset: ml_collections.ConfigDict, split: str, *,
-               download: bool) -> tuple[np.ndarray, np.ndarray]:
+def read_split(
+  dataset: ml_collections.ConfigDict, split: str, *, download: bool
+) -> tuple[np.ndarray, np.ndarray]:
   """A whole split as uint8 (N, S, S, C) images and int32 (N,) labels, for the resident
   pipeline."""
   name = dataset.name
@@ -155,9 +177,15 @@ def read_split(dataset: ml_collections.ConfigDict, split: str, *,
   if reads_facts_from_data(name):
     info = dataset_info(dataset)
     tfds_name = tfds_named.tfds_name(name)
-    return tfds_named.load(tfds_name, split, data_dir=dataset.data_dir, download=download,
-                           size=info['image_size'], channels=info['channels'],
-                           validation_split=dataset.get('validation_split'))
+    return tfds_named.load(
+      tfds_name,
+      split,
+      data_dir=dataset.data_dir,
+      download=download,
+      size=info['image_size'],
+      channels=info['channels'],
+      validation_split=dataset.get('validation_split'),
+    )
   return sources.load_split(name, split, data_dir=dataset.data_dir, download=download)
 
 
@@ -167,10 +195,12 @@ def num_examples(dataset: ml_collections.ConfigDict, split: str) -> int:
   if name in ('digits', 'tiny_imagenet', IMAGE_FOLDER):
     return len(open_records(dataset, split))
   import tensorflow_datasets as tfds
+
   if reads_facts_from_data(name):
     name = tfds_named.tfds_name(name)
-    tfds_name = tfds_named.split_name(tfds_named.features(name, data_dir), split,
-                                      dataset.get('validation_split'))
+    tfds_name = tfds_named.split_name(
+      tfds_named.features(name, data_dir), split, dataset.get('validation_split')
+    )
   else:
     tfds_name = sources.tfds_split(name, split)
   splits_info = tfds.builder(name, data_dir=data_dir).info.splits

@@ -15,8 +15,10 @@ class EpochSampler:
 
   def __init__(self, num_examples: int, batch_size: int, passes: int, seed: int):
     if num_examples * passes < batch_size:
-      raise errors.ConfigError(f'batch_size={batch_size} is larger than an epoch '
-                               f'({num_examples} examples x {passes} passes).')
+      raise errors.ConfigError(
+        f'batch_size={batch_size} is larger than an epoch '
+        f'({num_examples} examples x {passes} passes).'
+      )
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.passes = passes
@@ -33,7 +35,7 @@ class EpochSampler:
     """(batch_size,) int32 row indices of training step `step` (0-based)."""
     epoch, i = divmod(step, self.steps_per_epoch)
     start = i * self.batch_size
-    return self._order(epoch)[start:start + self.batch_size].astype(np.int32)
+    return self._order(epoch)[start : start + self.batch_size].astype(np.int32)
 
 
 def eval_batches(num_examples: int, batch_size: int):
@@ -42,5 +44,5 @@ def eval_batches(num_examples: int, batch_size: int):
   for start in range(0, num_examples, batch_size):
     index = np.arange(start, min(start + batch_size, num_examples), dtype=np.int32)
     weight = np.ones(batch_size, np.float32)
-    weight[len(index):] = 0.0
+    weight[len(index) :] = 0.0
     yield np.pad(index, (0, batch_size - len(index))), weight

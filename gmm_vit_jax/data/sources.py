@@ -25,8 +25,9 @@ READ_CHUNK = 10_000
 PROBE_TIMEOUT_S = 10
 
 
-def load_split(name: str, split: str, *, data_dir: str | None,
-               download: bool) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+  name: str, split: str, *, data_dir: str | None, download: bool
+) -> tuple[np.ndarray, np.ndarray]:
   """Returns (images uint8 (N, H, W, C), labels int32 (N,)) of `split` ('train' or 'test').
 
   download: let tfds fetch and prepare a dataset that is not prepared yet.
@@ -38,8 +39,10 @@ def load_split(name: str, split: str, *, data_dir: str | None,
     return _digits(split)
   if name == 'tiny_imagenet':
     if data_dir is None:
-      raise ConfigError('dataset.data_dir must name the unzipped tiny-imagenet-200 folder '
-                        '(Tiny-ImageNet is not in the tfds catalogue).')
+      raise ConfigError(
+        'dataset.data_dir must name the unzipped tiny-imagenet-200 folder '
+        '(Tiny-ImageNet is not in the tfds catalogue).'
+      )
     # Its labelled test set is the 'val' folder.
     return tiny_imagenet.load(data_dir, 'train' if split == 'train' else 'val')
   return _tfds(name, split, data_dir, download)
@@ -59,17 +62,18 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
   images = digits_to_uint8(digits.images)[..., None]
   labels = digits.target.astype(np.int32)
   x_train, x_test, y_train, y_test = train_test_split(
-      images, labels, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED,
-      stratify=labels)
+    images, labels, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=labels
+  )
   return (x_train, y_train) if split == 'train' else (x_test, y_test)
 
 
 def _not_prepared(name: str, data_dir: str, why: str) -> errors.DatasetUnavailableError:
   return errors.DatasetUnavailableError(
-      f'The tfds dataset {name!r} is not prepared in {data_dir} ({why}). On a machine with '
-      f'internet access run `python -c "import tensorflow_datasets as tfds; '
-      f'tfds.builder({name!r}).download_and_prepare()"` and copy ~/tensorflow_datasets/{name} '
-      f'here, or pass --config.dataset.data_dir=DIR where DIR holds the prepared dataset.')
+    f'The tfds dataset {name!r} is not prepared in {data_dir} ({why}). On a machine with '
+    f'internet access run `python -c "import tensorflow_datasets as tfds; '
+    f'tfds.builder({name!r}).download_and_prepare()"` and copy ~/tensorflow_datasets/{name} '
+    f'here, or pass --config.dataset.data_dir=DIR where DIR holds the prepared dataset.'
+  )
 
 
 def download_urls(builder) -> list[str]:
@@ -133,18 +137,23 @@ def read_tfds(name: str, data_dir: str | None, download: bool, read):
       with _removed_on_failure(root, os.path.join(root, name), os.path.join(root, 'downloads')):
         builder.download_and_prepare()
     except Exception as e:  # pylint: disable=broad-except
-      raise _not_prepared(name, builder.data_dir,
-                          f'the download failed: {type(e).__name__}: {e}') from None
+      raise _not_prepared(
+        name, builder.data_dir, f'the download failed: {type(e).__name__}: {e}'
+      ) from None
     return read(builder)
 
 
-def _tfds(name: str, split: str, data_dir: str | None,
-          download: bool) -> tuple[np.ndarray, np.ndarray]:
+def _tfds(
+  name: str, split: str, data_dir: str | None, download: bool
+) -> tuple[np.ndarray, np.ndarray]:
   import tensorflow_datasets as tfds
 
   def read(builder):
-    return list(tfds.as_numpy(builder.as_dataset(split=tfds_split(name, split),
-                                                 as_supervised=True).batch(READ_CHUNK)))
+    return list(
+      tfds.as_numpy(
+        builder.as_dataset(split=tfds_split(name, split), as_supervised=True).batch(READ_CHUNK)
+      )
+    )
 
   images, labels = zip(*read_tfds(name, data_dir, download, read))
   return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)

@@ -22,6 +22,7 @@ from gmm_vit_jax.data.info import TFDS_PREFIX
 class Features:
   """What a tfds dataset's examples hold: the image and label keys, the image shape
   ((H, W, C), None where it varies), the class names and the splits it has."""
+
   image: str
   label: str
   shape: tuple
@@ -31,7 +32,7 @@ class Features:
 
 def tfds_name(name: str) -> str:
   """'tfds:NAME' -> 'NAME'."""
-  return name[len(TFDS_PREFIX):]
+  return name[len(TFDS_PREFIX) :]
 
 
 @functools.lru_cache(maxsize=8)
@@ -47,16 +48,24 @@ def features(name: str, data_dir: str | None) -> Features:
   found = info.features
   of_type = lambda kind: [k for k, v in found.items() if isinstance(v, kind)]
   keys = info.supervised_keys if isinstance(info.supervised_keys, tuple) else (None, None)
-  image = keys[0] if keys[0] in of_type(tfds.features.Image) else next(
-      iter(of_type(tfds.features.Image)), None)
-  label = keys[1] if keys[1] in of_type(tfds.features.ClassLabel) else next(
-      iter(of_type(tfds.features.ClassLabel)), None)
+  image = (
+    keys[0]
+    if keys[0] in of_type(tfds.features.Image)
+    else next(iter(of_type(tfds.features.Image)), None)
+  )
+  label = (
+    keys[1]
+    if keys[1] in of_type(tfds.features.ClassLabel)
+    else next(iter(of_type(tfds.features.ClassLabel)), None)
+  )
   if image is None or label is None:
     raise errors.ConfigError(
-        f"dataset.name='{TFDS_PREFIX}{name}': the dataset needs an Image feature and a "
-        f'ClassLabel feature to train a classifier; its features are {dict(found)}.')
-  return Features(image, label, tuple(found[image].shape), tuple(found[label].names),
-                  tuple(info.splits.keys()))
+      f"dataset.name='{TFDS_PREFIX}{name}': the dataset needs an Image feature and a "
+      f'ClassLabel feature to train a classifier; its features are {dict(found)}.'
+    )
+  return Features(
+    image, label, tuple(found[image].shape), tuple(found[label].names), tuple(info.splits.keys())
+  )
 
 
 def split_name(features_: Features, split: str, validation_split: str | None) -> str:
@@ -68,9 +77,17 @@ def split_name(features_: Features, split: str, validation_split: str | None) ->
   return split
 
 
-def load(name: str, split: str, *, data_dir: str | None, download: bool, size: int,
-         channels: int, validation_split: str | None = None,
-         limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load(
+  name: str,
+  split: str,
+  *,
+  data_dir: str | None,
+  download: bool,
+  size: int,
+  channels: int,
+  validation_split: str | None = None,
+  limit: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (N, size, size, channels), labels int32 (N,)) of a split, whole or its
   first `limit` examples, read through tf.data."""
   import tensorflow_datasets as tfds
@@ -81,9 +98,13 @@ def load(name: str, split: str, *, data_dir: str | None, download: bool, size: i
     dataset = builder.as_dataset(split=split_name(found, split, validation_split))
     if limit is not None:
       dataset = dataset.take(limit)
-    return [(fit_image(example[found.image], size, channels), example[found.label])
-            for example in tfds.as_numpy(dataset)]
+    return [
+      (fit_image(example[found.image], size, channels), example[found.label])
+      for example in tfds.as_numpy(dataset)
+    ]
 
   examples = sources.read_tfds(name, data_dir, download, read)
-  return (np.stack([image for image, _ in examples]).reshape(-1, size, size, channels),
-          np.array([label for _, label in examples], np.int32))
+  return (
+    np.stack([image for image, _ in examples]).reshape(-1, size, size, channels),
+    np.array([label for _, label in examples], np.int32),
+  )

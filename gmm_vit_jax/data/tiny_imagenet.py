@@ -25,10 +25,12 @@ MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2770, 0.2691, 0.2821)
 SPLITS = ('train', 'val')
 
-HOW_TO_GET = ('Tiny-ImageNet is not downloaded automatically: fetch '
-              'http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzip it, and point '
-              'config.dataset.data_dir at the tiny-imagenet-200 folder (the one holding '
-              'wnids.txt, train/ and val/).')
+HOW_TO_GET = (
+  'Tiny-ImageNet is not downloaded automatically: fetch '
+  'http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzip it, and point '
+  'config.dataset.data_dir at the tiny-imagenet-200 folder (the one holding '
+  'wnids.txt, train/ and val/).'
+)
 
 
 def _require(path: str) -> str:
@@ -49,8 +51,11 @@ def _class_folder_files(split_dir: str, wnids: list[str]) -> list[tuple[str, int
   for label, wnid in enumerate(wnids):
     class_dir = _require(storage.join(split_dir, wnid))
     for root, _, names in sorted(storage.walk(class_dir)):
-      files += [(storage.join(root, n), label) for n in sorted(names)
-                if n.lower().endswith(('.jpeg', '.jpg'))]
+      files += [
+        (storage.join(root, n), label)
+        for n in sorted(names)
+        if n.lower().endswith(('.jpeg', '.jpg'))
+      ]
   return files
 
 
@@ -64,13 +69,17 @@ def _annotated_files(val_dir: str, wnids: list[str]) -> list[tuple[str, int]]:
         continue
       fields = line.split('\t')
       if len(fields) < 2:
-        raise errors.DatasetError(f'Tiny-ImageNet: the line {line.strip()!r} of '
-                                  'val_annotations.txt is not "<file>\\t<wnid>\\t<box>"; '
-                                  'restore the file from tiny-imagenet-200.zip.')
+        raise errors.DatasetError(
+          f'Tiny-ImageNet: the line {line.strip()!r} of '
+          'val_annotations.txt is not "<file>\\t<wnid>\\t<box>"; '
+          'restore the file from tiny-imagenet-200.zip.'
+        )
       name, wnid = fields[:2]
       if wnid not in label_of:
-        raise errors.DatasetError(f'Tiny-ImageNet: val_annotations.txt gives {name} the class '
-                                  f'{wnid!r}, which wnids.txt does not list.')
+        raise errors.DatasetError(
+          f'Tiny-ImageNet: val_annotations.txt gives {name} the class '
+          f'{wnid!r}, which wnids.txt does not list.'
+        )
       files.append((_require(storage.join(val_dir, 'images', name)), label_of[wnid]))
   return files
 
@@ -80,11 +89,14 @@ def _decode(path: str) -> np.ndarray:
     with storage.open_file(path, 'rb') as f, Image.open(f) as image:
       array = np.asarray(image.convert('RGB'))  # A few images are greyscale.
   except (OSError, Image.DecompressionBombError) as e:
-    raise errors.DatasetError(f'Tiny-ImageNet: {path} cannot be read as an image ({e}); '
-                              'restore it from tiny-imagenet-200.zip or delete it.') from e
+    raise errors.DatasetError(
+      f'Tiny-ImageNet: {path} cannot be read as an image ({e}); '
+      'restore it from tiny-imagenet-200.zip or delete it.'
+    ) from e
   if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-    raise errors.DatasetError(f'Tiny-ImageNet: {path} is {array.shape[:2]}, not '
-                              f'{IMAGE_SIZE}x{IMAGE_SIZE}.')
+    raise errors.DatasetError(
+      f'Tiny-ImageNet: {path} is {array.shape[:2]}, not {IMAGE_SIZE}x{IMAGE_SIZE}.'
+    )
   return array
 
 
@@ -99,8 +111,9 @@ def files(data_dir: str, split: str) -> list[tuple[str, int]]:
   else:
     found = _class_folder_files(split_dir, wnids)
   if not found:
-    raise errors.DatasetUnavailableError(f'Tiny-ImageNet: no images under {split_dir}. '
-                                         f'{HOW_TO_GET}')
+    raise errors.DatasetUnavailableError(
+      f'Tiny-ImageNet: no images under {split_dir}. {HOW_TO_GET}'
+    )
   return found
 
 

@@ -11,8 +11,10 @@ def check_fraction(fraction) -> float | None:
   if not fraction:
     return None
   if not 0 < fraction < 1:
-    raise ConfigError(f'dataset.validation={fraction!r} must be a fraction in (0, 1), or None '
-                      'or 0 for no validation split.')
+    raise ConfigError(
+      f'dataset.validation={fraction!r} must be a fraction in (0, 1), or None '
+      'or 0 for no validation split.'
+    )
   return float(fraction)
 
 

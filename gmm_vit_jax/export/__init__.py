@@ -59,8 +59,9 @@ def _name(path: tuple) -> str:
 
 def flat_variables(model: nnx.Module) -> dict[str, np.ndarray]:
   """The model's saved variables as {flat name: numpy array}."""
-  return {_name(path): np.asarray(var[...])
-          for path, var in nnx.to_flat_state(nnx.state(model, SAVED))}
+  return {
+    _name(path): np.asarray(var[...]) for path, var in nnx.to_flat_state(nnx.state(model, SAVED))
+  }
 
 
 def check_names(what: str, given, expected) -> None:
@@ -68,13 +69,15 @@ def check_names(what: str, given, expected) -> None:
   missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
   if missing or unexpected:
     more = ' (and more)' * (len(missing) > 8 or len(unexpected) > 8)
-    raise ConfigError(f'{what} do not fit: missing {missing[:8]}, unexpected '
-                      f'{unexpected[:8]}{more}.')
+    raise ConfigError(
+      f'{what} do not fit: missing {missing[:8]}, unexpected {unexpected[:8]}{more}.'
+    )
 
 
 def _state_from_flat(flat_state, values: dict) -> nnx.State:
-  return nnx.from_flat_state([(path, var.replace(jnp.asarray(values[_name(path)], var.dtype)))
-                              for path, var in flat_state])
+  return nnx.from_flat_state(
+    [(path, var.replace(jnp.asarray(values[_name(path)], var.dtype))) for path, var in flat_state]
+  )
 
 
 def set_flat_variables(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
@@ -84,22 +87,29 @@ def set_flat_variables(model: nnx.Module, values: dict[str, np.ndarray]) -> None
   for path, var in flat_state:
     shape = np.shape(values[_name(path)])
     if shape != var.shape:
-      raise ConfigError(f'variable {_name(path)!r} has shape {shape}, the model expects '
-                        f'{var.shape}.')
+      raise ConfigError(
+        f'variable {_name(path)!r} has shape {shape}, the model expects {var.shape}.'
+      )
   nnx.update(model, _state_from_flat(flat_state, values))
 
 
 def _preprocess_facts(config: ml_collections.ConfigDict) -> dict:
   info = dataset_info(config.dataset)
   names = info['class_names'] or [str(i) for i in range(info['num_classes'])]
-  return dict(dataset=config.dataset.name, image_size=info['image_size'],
-              channels=info['channels'], num_classes=info['num_classes'],
-              mean=list(info['mean']), std=list(info['std']), class_names=list(names),
-              background=info['background'], preprocessing=PREPROCESSING)
+  return dict(
+    dataset=config.dataset.name,
+    image_size=info['image_size'],
+    channels=info['channels'],
+    num_classes=info['num_classes'],
+    mean=list(info['mean']),
+    std=list(info['std']),
+    class_names=list(names),
+    background=info['background'],
+    preprocessing=PREPROCESSING,
+  )
 
 
-def export_forward(model: nnx.Module, preprocess: dict,
-                   platforms=PLATFORMS) -> jax.export.Exported:
+def export_forward(model: nnx.Module, preprocess: dict, platforms=PLATFORMS) -> jax.export.Exported:
   """forward(params, uint8 images (B, H, W, C)) -> float32 logits, exported for `platforms`."""
   graphdef, variables, rest = nnx.split(model, SAVED, ...)
   flat_state = nnx.to_flat_state(variables)
@@ -110,14 +120,19 @@ def export_forward(model: nnx.Module, preprocess: dict,
     return net(normalize(images, mean, std), deterministic=True).astype(jnp.float32)
 
   params = {_name(path): jax.ShapeDtypeStruct(var.shape, var.dtype) for path, var in flat_state}
-  batch, = jax.export.symbolic_shape('batch')
+  (batch,) = jax.export.symbolic_shape('batch')
   size, channels = preprocess['image_size'], preprocess['channels']
   images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.uint8)
   return jax.export.export(jax.jit(forward), platforms=platforms)(params, images)
 
 
-def save_bundle(model: nnx.Module, config: ml_collections.ConfigDict, out_dir: str,
-                platforms=PLATFORMS, source: dict | None = None) -> None:
+def save_bundle(
+  model: nnx.Module,
+  config: ml_collections.ConfigDict,
+  out_dir: str,
+  platforms=PLATFORMS,
+  source: dict | None = None,
+) -> None:
   """Writes the inference bundle of `model`, built from `config`, to out_dir.
 
   source: where the weights came from (SOURCE_FILE), if known.
@@ -127,8 +142,10 @@ def save_bundle(model: nnx.Module, config: ml_collections.ConfigDict, out_dir: s
   storage.check_reachable(out_dir)
   storage.makedirs(out_dir)
   write = lambda name, data: storage.write_atomically(storage.join(out_dir, name), data)
-  write(PARAMS_FILE, save_safetensors({k: np.ascontiguousarray(v)
-                                       for k, v in flat_variables(model).items()}))
+  write(
+    PARAMS_FILE,
+    save_safetensors({k: np.ascontiguousarray(v) for k, v in flat_variables(model).items()}),
+  )
   write(CONFIG_FILE, config.to_json(indent=2))
   write(PREPROCESS_FILE, json.dumps(preprocess, indent=2))
   write(FORWARD_FILE, bytes(exported.serialize()))
@@ -141,12 +158,16 @@ class Bundle:
 
   def __init__(self, directory: str):
     storage.check_reachable(directory)
-    missing = [f for f in (CONFIG_FILE, PREPROCESS_FILE, FORWARD_FILE, PARAMS_FILE)
-               if not storage.isfile(storage.join(directory, f))]
+    missing = [
+      f
+      for f in (CONFIG_FILE, PREPROCESS_FILE, FORWARD_FILE, PARAMS_FILE)
+      if not storage.isfile(storage.join(directory, f))
+    ]
     if missing:
       raise errors.UserError(
-          f'{directory} is not an inference bundle (it lacks {", ".join(missing)}); write one '
-          'with python -m gmm_vit_jax.export --workdir=RUN --out=DIR.')
+        f'{directory} is not an inference bundle (it lacks {", ".join(missing)}); write one '
+        'with python -m gmm_vit_jax.export --workdir=RUN --out=DIR.'
+      )
     read = lambda name: storage.read_bytes(storage.join(directory, name))
     self.config = ml_collections.ConfigDict(json.loads(read(CONFIG_FILE)))
     self.preprocess = json.loads(read(PREPROCESS_FILE))
@@ -165,17 +186,23 @@ class Bundle:
     images = np.asarray(images)
     expected = f'uint8 images of shape (B, {", ".join(map(str, self.image_shape))})'
     if images.dtype != np.uint8:
-      raise ValueError(f'predict takes {expected}; got dtype {images.dtype}. Pass raw '
-                       'pixel values 0..255; normalisation is part of the bundle.')
+      raise ValueError(
+        f'predict takes {expected}; got dtype {images.dtype}. Pass raw '
+        'pixel values 0..255; normalisation is part of the bundle.'
+      )
     if images.ndim != 4 or images.shape[1:] != self.image_shape:
       raise ValueError(f'predict takes {expected}; got shape {images.shape}.')
     return np.asarray(self._forward(self.params, images))
 
   def build_model(self) -> nnx.Module:
     """The nnx model rebuilt from the config, with the bundle's parameters."""
-    model = build_model(self.config.model, num_classes=self.preprocess['num_classes'],
-                        image_size=self.preprocess['image_size'],
-                        channels=self.preprocess['channels'], rngs=nnx.Rngs(0))
+    model = build_model(
+      self.config.model,
+      num_classes=self.preprocess['num_classes'],
+      image_size=self.preprocess['image_size'],
+      channels=self.preprocess['channels'],
+      rngs=nnx.Rngs(0),
+    )
     set_flat_variables(model, self.params)
     return model
 
@@ -189,17 +216,22 @@ def check_out(out: str, overwrite: bool) -> None:
   and a new or empty directory, or one holding only a bundle's files when `overwrite`."""
   if storage.is_url(out):
     names = sorted(storage.listdir(out)) if storage.isdir(out) else []
-  elif errors.is_directory('--out', out, 'choose a directory that does not exist yet (it is '
-                           'created).'):
+  elif errors.is_directory(
+    '--out', out, 'choose a directory that does not exist yet (it is created).'
+  ):
     names = sorted(os.listdir(out))
   else:
     return
   foreign = [n for n in names if n not in BUNDLE_FILES]
   if foreign:
     more = f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''
-    raise errors.UserError(f'--out {out} holds files that are not part of a bundle '
-                           f'({", ".join(foreign[:5])}{more}): choose an empty or new --out; '
-                           'nothing was written.')
+    raise errors.UserError(
+      f'--out {out} holds files that are not part of a bundle '
+      f'({", ".join(foreign[:5])}{more}): choose an empty or new --out; '
+      'nothing was written.'
+    )
   if names and not overwrite:
-    raise errors.UserError(f'--out {out} holds a bundle already: pass --overwrite to replace '
-                           'it, or choose an empty or new --out.')
+    raise errors.UserError(
+      f'--out {out} holds a bundle already: pass --overwrite to replace '
+      'it, or choose an empty or new --out.'
+    )

@@ -1,8 +1,8 @@
 """Backbones, built by name from a config's `model` section."""
 
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
+from flax import nnx
 
 from gmm_vit_jax import platforms
 from gmm_vit_jax.data.info import dataset_info
@@ -15,12 +15,12 @@ from gmm_vit_jax.models.t2t import T2T
 from gmm_vit_jax.models.vit import ViT
 
 BACKBONES = {
-    'vit': ViT,
-    'swin': Swin,
-    'cait': CaiT,
-    'pit': PiT,
-    't2t': T2T,
-    'hatnet': HATNet,
+  'vit': ViT,
+  'swin': Swin,
+  'cait': CaiT,
+  'pit': PiT,
+  't2t': T2T,
+  'hatnet': HATNet,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Accelerators run bfloat16 matrix units at many times their float32 rate; a CPU does not.
@@ -40,8 +40,14 @@ def compute_dtype(name: str) -> str:
   return name
 
 
-def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
-                channels: int, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(
+  model: ml_collections.ConfigDict,
+  *,
+  num_classes: int,
+  image_size: int,
+  channels: int,
+  rngs: nnx.Rngs,
+) -> nnx.Module:
   """The backbone `model.name` with the config's fields as its keyword arguments.
 
   The dataset supplies num_classes, image_size and channels.
@@ -50,8 +56,9 @@ def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_siz
   kwargs = {k: v for k, v in model.items() if k != 'name'}
   kwargs['dtype'] = DTYPES[compute_dtype(model.dtype)]
   try:
-    return BACKBONES[model.name](num_classes=num_classes, image_size=image_size,
-                                 channels=channels, rngs=rngs, **kwargs)
+    return BACKBONES[model.name](
+      num_classes=num_classes, image_size=image_size, channels=channels, rngs=rngs, **kwargs
+    )
   except TypeError as e:
     raise ValueError(f'model config does not fit backbone {model.name!r}: {e}') from e
 
@@ -59,6 +66,10 @@ def build_model(model: ml_collections.ConfigDict, *, num_classes: int, image_siz
 def build_from_config(config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
   """The model of an experiment config, sized for its dataset."""
   info = dataset_info(config.dataset)
-  return build_model(config.model, num_classes=info['num_classes'],
-                     image_size=info['image_size'], channels=info['channels'],
-                     rngs=nnx.Rngs(seed))
+  return build_model(
+    config.model,
+    num_classes=info['num_classes'],
+    image_size=info['image_size'],
+    channels=info['channels'],
+    rngs=nnx.Rngs(seed),
+  )

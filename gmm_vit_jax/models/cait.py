@@ -13,8 +13,8 @@ only (not CLS) and without a LayerNorm; stochastic depth is the same in every la
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
+from flax import nnx
 
 from gmm_vit_jax.attention import Attention, grid, make_attention, make_score
 from gmm_vit_jax.initializers import dense_init, embedding_init, fused_dense_init
@@ -49,8 +49,17 @@ class LayerScaleBlock(nnx.Module):
   class attention, used as they are (not normalised); None for self-attention.
   """
 
-  def __init__(self, dim: int, attention: Attention, mlp: Mlp, *, layer_scale: float,
-               drop_path_rate: float, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    attention: Attention,
+    mlp: Mlp,
+    *,
+    layer_scale: float,
+    drop_path_rate: float,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attention = attention
     self.attention_scale = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
@@ -59,9 +68,15 @@ class LayerScaleBlock(nnx.Module):
     self.mlp_scale = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
     self.drop_path_rate = drop_path_rate
 
-  def __call__(self, x: jax.Array, coords: jax.Array | None, *,
-               context: jax.Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    coords: jax.Array | None,
+    *,
+    context: jax.Array | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     kw = dict(deterministic=deterministic, rngs=rngs)
     y = self.attention(self.norm1(x), coords, context=context, **kw)
     x = x + drop_path(y * self.attention_scale[...].astype(y.dtype), self.drop_path_rate, **kw)
@@ -73,16 +88,33 @@ class CaiT(nnx.Module):
   # Patch selection may drop its tokens: nothing after the embedding needs the full grid.
   can_drop_tokens = True
 
-  def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
-               dim: int, depth: int, class_depth: int, num_heads: int, head_dim: int,
-               mlp_dim: int, dropout: float, emb_dropout: float, stochastic_depth: float,
-               attention: ml_collections.ConfigDict, mask: ml_collections.ConfigDict,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    patch_size: int,
+    channels: int,
+    num_classes: int,
+    dim: int,
+    depth: int,
+    class_depth: int,
+    num_heads: int,
+    head_dim: int,
+    mlp_dim: int,
+    dropout: float,
+    emb_dropout: float,
+    stochastic_depth: float,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     side = check_patch_size(image_size, patch_size)
     self.patch_size = patch_size
     self.coords = grid.grid_coords(side, side)
-    self.patch_embed = Linear(patch_size * patch_size * channels, dim, dtype=dtype,
-                              kernel_init=dense_init, rngs=rngs)
+    self.patch_embed = Linear(
+      patch_size * patch_size * channels, dim, dtype=dtype, kernel_init=dense_init, rngs=rngs
+    )
     self.pos_embed = nnx.Param(embedding_init(rngs.params(), (side * side, dim)))
     self.cls_token = nnx.Param(embedding_init(rngs.params(), (dim,)))
     self.emb_dropout = nnx.Dropout(emb_dropout)
@@ -92,34 +124,77 @@ class CaiT(nnx.Module):
     kv_init = fused_dense_init(2)
 
     def talking_heads():
-      return dict(pre_softmax=TalkingHeads(num_heads, rngs=rngs),
-                  post_softmax=TalkingHeads(num_heads, rngs=rngs))
+      return dict(
+        pre_softmax=TalkingHeads(num_heads, rngs=rngs),
+        post_softmax=TalkingHeads(num_heads, rngs=rngs),
+      )
 
     def block(layer, attn):
-      return LayerScaleBlock(dim, attn, Mlp(dim, mlp_dim, dropout=dropout, dtype=dtype,
-                                            rngs=rngs),
-                             layer_scale=layer_scale_init(layer),
-                             drop_path_rate=stochastic_depth, dtype=dtype, rngs=rngs)
+      return LayerScaleBlock(
+        dim,
+        attn,
+        Mlp(dim, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs),
+        layer_scale=layer_scale_init(layer),
+        drop_path_rate=stochastic_depth,
+        dtype=dtype,
+        rngs=rngs,
+      )
 
-    self.patch_layers = nnx.List([
-        block(i + 1, make_attention(attention, mask, dim=dim, grid_shape=(side, side),
-                                    dropout=dropout, dtype=dtype, rngs=rngs,
-                                    key_value_init=kv_init, **heads, **talking_heads()))
-        for i in range(depth)])
+    self.patch_layers = nnx.List(
+      [
+        block(
+          i + 1,
+          make_attention(
+            attention,
+            mask,
+            dim=dim,
+            grid_shape=(side, side),
+            dropout=dropout,
+            dtype=dtype,
+            rngs=rngs,
+            key_value_init=kv_init,
+            **heads,
+            **talking_heads(),
+          ),
+        )
+        for i in range(depth)
+      ]
+    )
     # Class attention is cross-attention from CLS to the patches: the configured score,
     # never a grid mask.
-    self.class_layers = nnx.List([
-        block(i + 1, Attention(dim, score=make_score(attention, dim=dim, dtype=dtype,
-                                                     rngs=rngs, kernel_init=kv_init, **heads),
-                               qkv_bias=attention.qkv_bias, dropout=dropout, dtype=dtype,
-                               value_init=kv_init, rngs=rngs, **heads, **talking_heads()))
-        for i in range(class_depth)])
+    self.class_layers = nnx.List(
+      [
+        block(
+          i + 1,
+          Attention(
+            dim,
+            score=make_score(
+              attention, dim=dim, dtype=dtype, rngs=rngs, kernel_init=kv_init, **heads
+            ),
+            qkv_bias=attention.qkv_bias,
+            dropout=dropout,
+            dtype=dtype,
+            value_init=kv_init,
+            rngs=rngs,
+            **heads,
+            **talking_heads(),
+          ),
+        )
+        for i in range(class_depth)
+      ]
+    )
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dtype = dtype
 
-  def __call__(self, images: jax.Array, *, token_index: jax.Array | None = None,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    images: jax.Array,
+    *,
+    token_index: jax.Array | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """(B, H, W, C) float images -> (B, num_classes) logits.
 
     token_index: (B, K) indices of the patches to keep (row-major grid order); the

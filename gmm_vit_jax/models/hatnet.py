@@ -38,13 +38,13 @@ The reference's attn.proj_norm is built but never used in its forward pass; it h
 counterpart here (a converter drops it).
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import reinit_kernels, small_normal_init
@@ -92,18 +92,37 @@ def group_norm(dim: int, *, dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
 class HierarchicalAttention(nnx.Module):
   """H-MHSA on a (B, S, S, C) map; see the module docstring."""
 
-  def __init__(self, dim: int, *, head_dim: int, side: int, grid_size: int, ds_ratio: int,
-               dropout: float, attention: ml_collections.ConfigDict,
-               mask: ml_collections.ConfigDict, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    head_dim: int,
+    side: int,
+    grid_size: int,
+    ds_ratio: int,
+    dropout: float,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     self.num_heads = dim // head_dim
     self.grid_size = grid_size
     self.ds_ratio = ds_ratio
     self.window = grid_size if grid_size > 1 else side
     self.norm = group_norm(dim, dtype=dtype, rngs=rngs)
     self.attention = make_attention(
-        attention, mask, dim=dim, num_heads=self.num_heads, head_dim=head_dim,
-        grid_shape=(self.window, self.window), dropout=dropout, dtype=dtype, rngs=rngs,
-        project_out=False)
+      attention,
+      mask,
+      dim=dim,
+      num_heads=self.num_heads,
+      head_dim=head_dim,
+      grid_shape=(self.window, self.window),
+      dropout=dropout,
+      dtype=dtype,
+      rngs=rngs,
+      project_out=False,
+    )
     hierarchical = grid_size > 1
     linear = lambda: Linear(dim, dim, dtype=dtype, rngs=rngs)
     self.grid_norm = group_norm(dim, dtype=dtype, rngs=rngs) if hierarchical else None
@@ -115,8 +134,9 @@ class HierarchicalAttention(nnx.Module):
     # Dropout2d: whole channels of an example.
     self.dropout = nnx.Dropout(dropout, broadcast_dims=(1, 2))
 
-  def __call__(self, x: jax.Array, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+  ) -> jax.Array:
     """(B, S, S, C) -> (B, S, S, C)."""
     b, h, w, c = x.shape
     kw = dict(deterministic=deterministic, rngs=rngs)
@@ -128,8 +148,10 @@ class HierarchicalAttention(nnx.Module):
       pooled = self.pool_norm(avg_pool(local, self.ds_ratio)).reshape(b, -1, c)
       heads = lambda t: t.reshape(b, -1, self.num_heads, c // self.num_heads)
       out = jax.nn.dot_product_attention(
-          heads(self.global_query(local.reshape(b, h * w, c))),
-          heads(self.global_key(pooled)), heads(self.global_value(pooled)))
+        heads(self.global_query(local.reshape(b, h * w, c))),
+        heads(self.global_key(pooled)),
+        heads(self.global_value(pooled)),
+      )
       out = out.reshape(b, h, w, c) + local
     return self.dropout(self.proj(out), **kw)
 
@@ -137,14 +159,21 @@ class HierarchicalAttention(nnx.Module):
 class InvertedResidual(nnx.Module):
   """GroupNorm, 1x1 expand, SiLU, depthwise kxk, SiLU, 1x1 reduce, GroupNorm; NHWC."""
 
-  def __init__(self, dim: int, hidden: int, *, kernel_size: int, dropout: float, dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, dim: int, hidden: int, *, kernel_size: int, dropout: float, dtype, rngs: nnx.Rngs
+  ):
     pad = (kernel_size - 1) // 2
     self.norm_in = group_norm(dim, dtype=dtype, rngs=rngs)
     self.expand = Linear(dim, hidden, use_bias=False, dtype=dtype, rngs=rngs)
-    self.depthwise = DepthwiseConv(hidden, hidden, (kernel_size, kernel_size),
-                                   padding=((pad, pad), (pad, pad)), use_bias=False,
-                                   dtype=dtype, rngs=rngs)
+    self.depthwise = DepthwiseConv(
+      hidden,
+      hidden,
+      (kernel_size, kernel_size),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.reduce = Linear(hidden, dim, use_bias=False, dtype=dtype, rngs=rngs)
     self.norm_out = group_norm(dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout, broadcast_dims=(1, 2))
@@ -157,9 +186,9 @@ class InvertedResidual(nnx.Module):
 
 
 class HATBlock(nnx.Module):
-
-  def __init__(self, attention: HierarchicalAttention, mlp: InvertedResidual, *,
-               drop_path_rate: float):
+  def __init__(
+    self, attention: HierarchicalAttention, mlp: InvertedResidual, *, drop_path_rate: float
+  ):
     self.attention = attention
     self.mlp = mlp
     self.drop_path_rate = drop_path_rate
@@ -174,8 +203,9 @@ class Downsample(nnx.Module):
   """3x3 stride-2 convolution and GroupNorm: (B, S, S, C) -> (B, S', S', C_out)."""
 
   def __init__(self, dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(dim, out_dim, (3, 3), strides=2, padding=((1, 1), (1, 1)),
-                         dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(
+      dim, out_dim, (3, 3), strides=2, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs
+    )
     self.norm = group_norm(out_dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
@@ -184,8 +214,9 @@ class Downsample(nnx.Module):
 
 def _per_stage(field: str, values: Sequence, count: int) -> tuple:
   if len(values) != count:
-    raise ValueError(f'model.{field}={tuple(values)} needs one entry per stage '
-                     f'({count}, as model.dims).')
+    raise ValueError(
+      f'model.{field}={tuple(values)} needs one entry per stage ({count}, as model.dims).'
+    )
   return tuple(values)
 
 
@@ -193,66 +224,134 @@ class HATNet(nnx.Module):
   # Patch selection may only zero its pixels: its layers need the full token grid.
   can_drop_tokens = False
 
-  def __init__(self, *, image_size: int, channels: int, num_classes: int,
-               stem_strides: tuple[int, int], dims: tuple[int, ...], head_dim: int,
-               depths: tuple[int, ...], expansions: tuple[int, ...],
-               kernel_sizes: tuple[int, ...], grid_sizes: tuple[int, ...],
-               ds_ratios: tuple[int, ...], dropout: float, head_dropout: float,
-               stochastic_depth: float, attention: ml_collections.ConfigDict,
-               mask: ml_collections.ConfigDict, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    channels: int,
+    num_classes: int,
+    stem_strides: tuple[int, int],
+    dims: tuple[int, ...],
+    head_dim: int,
+    depths: tuple[int, ...],
+    expansions: tuple[int, ...],
+    kernel_sizes: tuple[int, ...],
+    grid_sizes: tuple[int, ...],
+    ds_ratios: tuple[int, ...],
+    dropout: float,
+    head_dropout: float,
+    stochastic_depth: float,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     """Per-stage settings are sequences with one entry per stage.
 
     Stochastic depth rises linearly from 0 to `stochastic_depth` over all blocks.
     """
     n = len(dims)
     depths, expansions, kernel_sizes, grid_sizes, ds_ratios = (
-        _per_stage(f, v, n) for f, v in (('depths', depths), ('expansions', expansions),
-                                         ('kernel_sizes', kernel_sizes),
-                                         ('grid_sizes', grid_sizes), ('ds_ratios', ds_ratios)))
+      _per_stage(f, v, n)
+      for f, v in (
+        ('depths', depths),
+        ('expansions', expansions),
+        ('kernel_sizes', kernel_sizes),
+        ('grid_sizes', grid_sizes),
+        ('ds_ratios', ds_ratios),
+      )
+    )
     for dim in dims:
       if dim % head_dim:
         raise ValueError(f'model.head_dim={head_dim} does not divide model.dims={tuple(dims)}.')
     if len(stem_strides) != 2:
-      raise ValueError(f'model.stem_strides={tuple(stem_strides)} needs two entries, one per '
-                       'stem convolution.')
+      raise ValueError(
+        f'model.stem_strides={tuple(stem_strides)} needs two entries, one per stem convolution.'
+      )
     sides = [conv_side(conv_side(image_size, stem_strides[0]), stem_strides[1])]
     for _ in range(n - 1):
       sides.append(conv_side(sides[-1], 2))
     for s, (side, g, r) in enumerate(zip(sides, grid_sizes, ds_ratios)):
       if g > 1 and (side % g or side % r):
-        raise ValueError(f'stage {s} has a {side}x{side} map: model.grid_sizes[{s}]={g} and '
-                         f'model.ds_ratios[{s}]={r} must divide {side}.')
-    self.stem_conv1 = nnx.Conv(channels, STEM_WIDTH, (3, 3), strides=stem_strides[0],
-                               padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
+        raise ValueError(
+          f'stage {s} has a {side}x{side} map: model.grid_sizes[{s}]={g} and '
+          f'model.ds_ratios[{s}]={r} must divide {side}.'
+        )
+    self.stem_conv1 = nnx.Conv(
+      channels,
+      STEM_WIDTH,
+      (3, 3),
+      strides=stem_strides[0],
+      padding=((1, 1), (1, 1)),
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.stem_norm = group_norm(STEM_WIDTH, dtype=dtype, rngs=rngs)
-    self.stem_conv2 = nnx.Conv(STEM_WIDTH, dims[0], (3, 3), strides=stem_strides[1],
-                               padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
+    self.stem_conv2 = nnx.Conv(
+      STEM_WIDTH,
+      dims[0],
+      (3, 3),
+      strides=stem_strides[1],
+      padding=((1, 1), (1, 1)),
+      dtype=dtype,
+      rngs=rngs,
+    )
     rates = iter(np.linspace(0.0, stochastic_depth, sum(depths)))
-    self.stages = nnx.List([
-        nnx.List([
+    self.stages = nnx.List(
+      [
+        nnx.List(
+          [
             HATBlock(
-                HierarchicalAttention(
-                    dims[s], head_dim=head_dim, side=sides[s], grid_size=grid_sizes[s],
-                    ds_ratio=ds_ratios[s], dropout=dropout, attention=attention, mask=mask,
-                    dtype=dtype, rngs=rngs),
-                InvertedResidual(dims[s], dims[s] * expansions[s], kernel_size=kernel_sizes[s],
-                                 dropout=dropout, dtype=dtype, rngs=rngs),
-                drop_path_rate=float(next(rates)))
-            for _ in range(depths[s])])
-        for s in range(n)])
-    self.downsamples = nnx.List([Downsample(dims[s], dims[s + 1], dtype=dtype, rngs=rngs)
-                                 for s in range(n - 1)])
+              HierarchicalAttention(
+                dims[s],
+                head_dim=head_dim,
+                side=sides[s],
+                grid_size=grid_sizes[s],
+                ds_ratio=ds_ratios[s],
+                dropout=dropout,
+                attention=attention,
+                mask=mask,
+                dtype=dtype,
+                rngs=rngs,
+              ),
+              InvertedResidual(
+                dims[s],
+                dims[s] * expansions[s],
+                kernel_size=kernel_sizes[s],
+                dropout=dropout,
+                dtype=dtype,
+                rngs=rngs,
+              ),
+              drop_path_rate=float(next(rates)),
+            )
+            for _ in range(depths[s])
+          ]
+        )
+        for s in range(n)
+      ]
+    )
+    self.downsamples = nnx.List(
+      [Downsample(dims[s], dims[s + 1], dtype=dtype, rngs=rngs) for s in range(n - 1)]
+    )
     self.head_dropout = nnx.Dropout(head_dropout)
     self.head = Linear(dims[-1], num_classes, dtype=dtype, rngs=rngs)
     self.dtype = dtype
     reinit_kernels(self, small_normal_init, rngs)
 
-  def __call__(self, images: jax.Array, *, token_index: jax.Array | None = None,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    images: jax.Array,
+    *,
+    token_index: jax.Array | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """(B, H, W, C) float images -> (B, num_classes) logits."""
     if token_index is not None:
-      raise ValueError('HAT-Net cannot drop tokens: its convolutions and windows need the '
-                       'full map. Turn patch selection off for model.name=hatnet.')
+      raise ValueError(
+        'HAT-Net cannot drop tokens: its convolutions and windows need the '
+        'full map. Turn patch selection off for model.name=hatnet.'
+      )
     kw = dict(deterministic=deterministic, rngs=rngs)
     x = self.stem_conv1(images.astype(self.dtype))
     x = self.stem_conv2(jax.nn.silu(self.stem_norm(x)))

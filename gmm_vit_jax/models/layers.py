@@ -19,14 +19,22 @@ def gelu(x: jax.Array) -> jax.Array:
   """
   if not platforms.on_cpu():
     return jax.nn.gelu(x, approximate=False)
-  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2.0 ** -0.5, x.dtype)))
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2.0**-0.5, x.dtype)))
 
 
 class Mlp(nnx.Module):
   """Linear -> GELU -> Dropout -> Linear -> Dropout, (B, N, C) -> (B, N, C_out)."""
 
-  def __init__(self, dim: int, hidden: int, *, out_dim: int | None = None, dropout: float = 0.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    hidden: int,
+    *,
+    out_dim: int | None = None,
+    dropout: float = 0.0,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.fc1 = Linear(dim, hidden, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.fc2 = Linear(hidden, out_dim or dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
@@ -37,8 +45,12 @@ class Mlp(nnx.Module):
     return self.dropout(self.fc2(x), deterministic=deterministic, rngs=rngs)
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                   padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def depthwise_conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: tuple[int, int],
+  padding: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
   """Depthwise 2-D convolution as a sum of shifted, strided slices; no bias.
 
   x: (B, H, W, C); kernel: (kh, kw, 1, C * m), m output channels per input channel;
@@ -52,10 +64,17 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   (sh, sw), (_, h, w, _) = strides, x.shape
   out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-  taps = [jax.lax.slice(x, (0, i, j, 0),
-                        (x.shape[0], i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1,
-                         out_channels), (1, sh, sw, 1)) * kernel[i, j, 0]
-          for i in range(kh) for j in range(kw)]
+  taps = [
+    jax.lax.slice(
+      x,
+      (0, i, j, 0),
+      (x.shape[0], i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, out_channels),
+      (1, sh, sw, 1),
+    )
+    * kernel[i, j, 0]
+    for i in range(kh)
+    for j in range(kw)
+  ]
   return sum(taps[1:], taps[0])
 
 
@@ -69,15 +88,36 @@ class DepthwiseConv(nnx.Conv):
   kernels, and kh * kw full-size slices would cost them memory traffic instead.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int], *,
-               strides: int = 1, padding: tuple[tuple[int, int], tuple[int, int]],
-               use_bias: bool = True, dtype=jnp.float32, rngs: nnx.Rngs, **kwargs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: tuple[int, int],
+    *,
+    strides: int = 1,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    use_bias: bool = True,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
     if out_features % in_features:
-      raise ValueError(f'a depthwise convolution needs out_features ({out_features}) to be a '
-                       f'multiple of in_features ({in_features}).')
-    super().__init__(in_features, out_features, kernel_size, strides=strides,
-                     padding=padding, feature_group_count=in_features, use_bias=use_bias,
-                     dtype=dtype, rngs=rngs, **kwargs)
+      raise ValueError(
+        f'a depthwise convolution needs out_features ({out_features}) to be a '
+        f'multiple of in_features ({in_features}).'
+      )
+    super().__init__(
+      in_features,
+      out_features,
+      kernel_size,
+      strides=strides,
+      padding=padding,
+      feature_group_count=in_features,
+      use_bias=use_bias,
+      dtype=dtype,
+      rngs=rngs,
+      **kwargs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, H', W', out_features)."""
@@ -91,8 +131,9 @@ class DepthwiseConv(nnx.Conv):
     return y if bias is None else y + bias
 
 
-def drop_path(x: jax.Array, rate: float, *, deterministic: bool,
-              rngs: nnx.Rngs | None) -> jax.Array:
+def drop_path(
+  x: jax.Array, rate: float, *, deterministic: bool, rngs: nnx.Rngs | None
+) -> jax.Array:
   """Stochastic depth: zeroes whole residual branches per example, scaling the rest by 1/keep."""
   if deterministic or rate == 0.0:
     return x
@@ -104,8 +145,16 @@ def drop_path(x: jax.Array, rate: float, *, deterministic: bool,
 class EncoderBlock(nnx.Module):
   """Pre-norm transformer block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x)))."""
 
-  def __init__(self, dim: int, attention: nnx.Module, mlp: nnx.Module, *, drop_path_rate: float,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    attention: nnx.Module,
+    mlp: nnx.Module,
+    *,
+    drop_path_rate: float,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attention = attention
     self.norm2 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)

@@ -34,8 +34,8 @@ the masks here are computed from token coordinates.
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
+from flax import nnx
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import dense_init, embedding_init, fused_dense_init
@@ -53,8 +53,16 @@ class Pool(nnx.Module):
   """(B, 1 + S*S, C) CLS and patch tokens -> (B, 1 + S'*S', 2C), S' = ceil(S / 2)."""
 
   def __init__(self, dim: int, *, dtype, rngs: nnx.Rngs):
-    self.depthwise = DepthwiseConv(dim, 2 * dim, (3, 3), strides=2, padding=((1, 1), (1, 1)),
-                                   dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.depthwise = DepthwiseConv(
+      dim,
+      2 * dim,
+      (3, 3),
+      strides=2,
+      padding=((1, 1), (1, 1)),
+      dtype=dtype,
+      kernel_init=dense_init,
+      rngs=rngs,
+    )
     self.pointwise = Linear(2 * dim, 2 * dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.cls = Linear(dim, 2 * dim, dtype=dtype, kernel_init=dense_init, rngs=rngs)
 
@@ -69,22 +77,47 @@ class PiT(nnx.Module):
   # Patch selection may only zero its pixels: its layers need the full token grid.
   can_drop_tokens = False
 
-  def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
-               dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...], head_dim: int,
-               mlp_ratio: float, dropout: float, emb_dropout: float, stochastic_depth: float,
-               attention: ml_collections.ConfigDict, mask: ml_collections.ConfigDict,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    patch_size: int,
+    channels: int,
+    num_classes: int,
+    dim: int,
+    depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    head_dim: int,
+    mlp_ratio: float,
+    dropout: float,
+    emb_dropout: float,
+    stochastic_depth: float,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     """`dim` is the first stage's width; every pooling doubles it.
 
     Stochastic depth is the same rate in every block, as the reference's one DropPath
     per stage.
     """
     if len(num_heads) != len(depths):
-      raise ValueError(f'model.num_heads={tuple(num_heads)} needs one entry per stage of '
-                       f'model.depths={tuple(depths)}.')
+      raise ValueError(
+        f'model.num_heads={tuple(num_heads)} needs one entry per stage of '
+        f'model.depths={tuple(depths)}.'
+      )
     side = check_patch_size(image_size, patch_size)
-    self.patch_embed = nnx.Conv(channels, dim, (patch_size, patch_size), strides=patch_size,
-                                padding='VALID', dtype=dtype, kernel_init=dense_init, rngs=rngs)
+    self.patch_embed = nnx.Conv(
+      channels,
+      dim,
+      (patch_size, patch_size),
+      strides=patch_size,
+      padding='VALID',
+      dtype=dtype,
+      kernel_init=dense_init,
+      rngs=rngs,
+    )
     self.pos_embed = nnx.Param(embedding_init(rngs.params(), (side * side + 1, dim)))
     self.cls_token = nnx.Param(embedding_init(rngs.params(), (dim,)))
     self.emb_dropout = nnx.Dropout(emb_dropout)
@@ -96,15 +129,33 @@ class PiT(nnx.Module):
         pools.append(Pool(dim, dtype=dtype, rngs=rngs))
         side, dim = pooled_side(side), 2 * dim
       sides.append(side)
-      stages.append(nnx.List([
-          EncoderBlock(
+      stages.append(
+        nnx.List(
+          [
+            EncoderBlock(
               dim,
-              make_attention(attention, mask, dim=dim, num_heads=heads, head_dim=head_dim,
-                             grid_shape=(side, side), dropout=dropout, dtype=dtype, rngs=rngs,
-                             query_init=qkv_init, key_value_init=qkv_init),
+              make_attention(
+                attention,
+                mask,
+                dim=dim,
+                num_heads=heads,
+                head_dim=head_dim,
+                grid_shape=(side, side),
+                dropout=dropout,
+                dtype=dtype,
+                rngs=rngs,
+                query_init=qkv_init,
+                key_value_init=qkv_init,
+              ),
               Mlp(dim, int(dim * mlp_ratio), dropout=dropout, dtype=dtype, rngs=rngs),
-              drop_path_rate=stochastic_depth, dtype=dtype, rngs=rngs)
-          for _ in range(depth)]))
+              drop_path_rate=stochastic_depth,
+              dtype=dtype,
+              rngs=rngs,
+            )
+            for _ in range(depth)
+          ]
+        )
+      )
     self.sides = tuple(sides)
     self.stages = nnx.List(stages)
     self.pools = nnx.List(pools)
@@ -117,12 +168,20 @@ class PiT(nnx.Module):
     side = self.sides[stage]
     return grid.with_leading_tokens(jnp.asarray(grid.grid_coords(side, side)))
 
-  def __call__(self, images: jax.Array, *, token_index: jax.Array | None = None,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    images: jax.Array,
+    *,
+    token_index: jax.Array | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """(B, H, W, C) float images -> (B, num_classes) logits."""
     if token_index is not None:
-      raise ValueError('PiT cannot drop tokens: its pooling convolutions need the full grid. '
-                       'Turn patch selection off for model.name=pit.')
+      raise ValueError(
+        'PiT cannot drop tokens: its pooling convolutions need the full grid. '
+        'Turn patch selection off for model.name=pit.'
+      )
     x = self.patch_embed(images.astype(self.dtype))
     b, c = x.shape[0], x.shape[-1]
     x = x.reshape(b, -1, c)

@@ -16,9 +16,9 @@ N = ws*ws tokens per window, H heads. Windows of one image are consecutive, row-
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from gmm_vit_jax.attention import Attention, grid, make_attention
 from gmm_vit_jax.initializers import torch_default_init
@@ -62,10 +62,11 @@ def shift_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
   from the opposite border; the image is cut into 3 x 3 regions at -window and -shift
   and only pairs from the same region attend.
   """
+
   def bands(size):
     band = np.zeros(size, np.int32)
-    band[size - window:] = 1
-    band[size - shift:] = 2
+    band[size - window :] = 1
+    band[size - shift :] = 2
     return band
 
   region = bands(height)[:, None] * 3 + bands(width)[None, :]
@@ -78,9 +79,11 @@ def stage_grids(image_size: int, patch_size: int, num_stages: int) -> list[int]:
   """Token grid side of each stage: the patch grid, halved by every patch merging."""
   side = check_patch_size(image_size, patch_size)
   if side % 2 ** (num_stages - 1):
-    raise ValueError(f'the {side}x{side} token grid cannot be halved {num_stages - 1} '
-                     'times; change model.patch_size or model.depths.')
-  return [side // 2 ** s for s in range(num_stages)]
+    raise ValueError(
+      f'the {side}x{side} token grid cannot be halved {num_stages - 1} '
+      'times; change model.patch_size or model.depths.'
+    )
+  return [side // 2**s for s in range(num_stages)]
 
 
 def stage_window(grid_shape: tuple[int, int], window_size: int) -> tuple[int, int]:
@@ -91,8 +94,10 @@ def stage_window(grid_shape: tuple[int, int], window_size: int) -> tuple[int, in
   h, w = grid_shape
   window = min(h, w) if min(h, w) <= window_size else window_size
   if h % window or w % window:
-    raise ValueError(f'model.window_size={window_size} does not tile the {h}x{w} token '
-                     'grid of a stage; choose a divisor of the grid side.')
+    raise ValueError(
+      f'model.window_size={window_size} does not tile the {h}x{w} token '
+      'grid of a stage; choose a divisor of the grid side.'
+    )
   return window, window // 2 if min(h, w) > window_size else 0
 
 
@@ -103,11 +108,20 @@ class WindowAttention(nnx.Module):
   position bias table, the cyclic shift and its mask.
   """
 
-  def __init__(self, mha: Attention, *, grid_shape: tuple[int, int], window: int, shift: int,
-               num_heads: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    mha: Attention,
+    *,
+    grid_shape: tuple[int, int],
+    window: int,
+    shift: int,
+    num_heads: int,
+    rngs: nnx.Rngs,
+  ):
     self.mha = mha
     self.relative_position_bias = nnx.Param(
-        position_init(rngs.params(), ((2 * window - 1) ** 2, num_heads)))
+      position_init(rngs.params(), ((2 * window - 1) ** 2, num_heads))
+    )
     self.grid_shape = grid_shape
     self.window = window
     self.shift = shift
@@ -142,11 +156,22 @@ class WindowAttention(nnx.Module):
     """(B, h*w, C) tokens, (N, 2) window coords -> (B*nW, H, N, N) weights."""
     return self.mha.attention_weights(self.to_windows(x), coords, self.logit_bias(x.shape[0]))
 
-  def __call__(self, x: jax.Array, coords: jax.Array, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    coords: jax.Array,
+    *,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """(B, h*w, C) tokens, (N, 2) coordinates inside a window -> (B, h*w, C)."""
-    out = self.mha(self.to_windows(x), coords, bias=self.logit_bias(x.shape[0]),
-                   deterministic=deterministic, rngs=rngs)
+    out = self.mha(
+      self.to_windows(x),
+      coords,
+      bias=self.logit_bias(x.shape[0]),
+      deterministic=deterministic,
+      rngs=rngs,
+    )
     return self.from_windows(out)
 
 
@@ -165,39 +190,73 @@ class PatchMerging(nnx.Module):
     h, w = self.grid_shape
     b, _, c = x.shape
     x = x.reshape(b, h, w, c)
-    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
-                         x[:, 1::2, 1::2]], axis=-1)
+    x = jnp.concatenate(
+      [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1
+    )
     return self.reduction(self.norm(x.reshape(b, (h // 2) * (w // 2), 4 * c)))
 
 
 class SwinStage(nnx.Module):
   """Window-attention blocks at one resolution (shift on odd blocks), then patch merging."""
 
-  def __init__(self, dim: int, *, grid_shape: tuple[int, int], depth: int, num_heads: int,
-               window_size: int, mlp_ratio: float, dropout: float, drop_path_rates: list[float],
-               downsample: bool, attention: ml_collections.ConfigDict,
-               mask: ml_collections.ConfigDict, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    grid_shape: tuple[int, int],
+    depth: int,
+    num_heads: int,
+    window_size: int,
+    mlp_ratio: float,
+    dropout: float,
+    drop_path_rates: list[float],
+    downsample: bool,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     window, shift = stage_window(grid_shape, window_size)
     if dim % num_heads:
       raise ValueError(f'model.num_heads={num_heads} does not divide the stage width {dim}.')
     self.coords = grid.grid_coords(window, window)
-    self.blocks = nnx.List([
+    self.blocks = nnx.List(
+      [
         EncoderBlock(
-            dim,
-            WindowAttention(
-                make_attention(attention, mask, dim=dim, num_heads=num_heads,
-                               head_dim=dim // num_heads, grid_shape=(window, window),
-                               dropout=dropout, dtype=dtype, rngs=rngs),
-                grid_shape=grid_shape, window=window, shift=shift if i % 2 else 0,
-                num_heads=num_heads, rngs=rngs),
-            Mlp(dim, int(dim * mlp_ratio), dropout=dropout, dtype=dtype, rngs=rngs),
-            drop_path_rate=drop_path_rates[i], dtype=dtype, rngs=rngs)
-        for i in range(depth)])
-    self.downsample = (PatchMerging(dim, grid_shape=grid_shape, dtype=dtype, rngs=rngs)
-                       if downsample else None)
+          dim,
+          WindowAttention(
+            make_attention(
+              attention,
+              mask,
+              dim=dim,
+              num_heads=num_heads,
+              head_dim=dim // num_heads,
+              grid_shape=(window, window),
+              dropout=dropout,
+              dtype=dtype,
+              rngs=rngs,
+            ),
+            grid_shape=grid_shape,
+            window=window,
+            shift=shift if i % 2 else 0,
+            num_heads=num_heads,
+            rngs=rngs,
+          ),
+          Mlp(dim, int(dim * mlp_ratio), dropout=dropout, dtype=dtype, rngs=rngs),
+          drop_path_rate=drop_path_rates[i],
+          dtype=dtype,
+          rngs=rngs,
+        )
+        for i in range(depth)
+      ]
+    )
+    self.downsample = (
+      PatchMerging(dim, grid_shape=grid_shape, dtype=dtype, rngs=rngs) if downsample else None
+    )
 
-  def __call__(self, x: jax.Array, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+  ) -> jax.Array:
     coords = jnp.asarray(self.coords)
     for block in self.blocks:
       x = block(x, coords, deterministic=deterministic, rngs=rngs)
@@ -206,21 +265,44 @@ class SwinStage(nnx.Module):
 
 class Swin(nnx.Module):
   """Swin with absolute position embedding; stage s has width embed_dim * 2^s."""
+
   # Patch selection may only zero its pixels: its layers need the full token grid.
   can_drop_tokens = False
 
-  def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
-               embed_dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...],
-               window_size: int, mlp_ratio: float, dropout: float, stochastic_depth: float,
-               attention: ml_collections.ConfigDict, mask: ml_collections.ConfigDict,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    patch_size: int,
+    channels: int,
+    num_classes: int,
+    embed_dim: int,
+    depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    window_size: int,
+    mlp_ratio: float,
+    dropout: float,
+    stochastic_depth: float,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if len(depths) != len(num_heads):
-      raise ValueError(f'model.depths={tuple(depths)} and model.num_heads={tuple(num_heads)} '
-                       'must name the same number of stages.')
+      raise ValueError(
+        f'model.depths={tuple(depths)} and model.num_heads={tuple(num_heads)} '
+        'must name the same number of stages.'
+      )
     grids = stage_grids(image_size, patch_size, len(depths))
-    self.patch_embed = nnx.Conv(channels, embed_dim, (patch_size, patch_size),
-                                strides=(patch_size, patch_size), padding='VALID', dtype=dtype,
-                                rngs=rngs)
+    self.patch_embed = nnx.Conv(
+      channels,
+      embed_dim,
+      (patch_size, patch_size),
+      strides=(patch_size, patch_size),
+      padding='VALID',
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.patch_norm = nnx.LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.pos_embed = nnx.Param(position_init(rngs.params(), (grids[0] ** 2, embed_dim)))
     self.dropout = nnx.Dropout(dropout)
@@ -229,11 +311,23 @@ class Swin(nnx.Module):
     stages = []
     for s, (depth, heads) in enumerate(zip(depths, num_heads)):
       first = sum(depths[:s])
-      stages.append(SwinStage(
-          embed_dim * 2 ** s, grid_shape=(grids[s],) * 2, depth=depth, num_heads=heads,
-          window_size=window_size, mlp_ratio=mlp_ratio, dropout=dropout,
-          drop_path_rates=rates[first:first + depth], downsample=s < len(depths) - 1,
-          attention=attention, mask=mask, dtype=dtype, rngs=rngs))
+      stages.append(
+        SwinStage(
+          embed_dim * 2**s,
+          grid_shape=(grids[s],) * 2,
+          depth=depth,
+          num_heads=heads,
+          window_size=window_size,
+          mlp_ratio=mlp_ratio,
+          dropout=dropout,
+          drop_path_rates=rates[first : first + depth],
+          downsample=s < len(depths) - 1,
+          attention=attention,
+          mask=mask,
+          dtype=dtype,
+          rngs=rngs,
+        )
+      )
     self.stages = nnx.List(stages)
     num_features = embed_dim * 2 ** (len(depths) - 1)
     self.norm = nnx.LayerNorm(num_features, epsilon=1e-5, dtype=dtype, rngs=rngs)
@@ -242,19 +336,28 @@ class Swin(nnx.Module):
     torch_default_init(self, rngs)
     self.dtype = dtype
 
-  def __call__(self, images: jax.Array, *, token_index: jax.Array | None = None,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    images: jax.Array,
+    *,
+    token_index: jax.Array | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """(B, H, W, C) float images -> (B, num_classes) logits.
 
     token_index: not supported: shifted windows and patch merging need the full grid.
     """
     if token_index is not None:
-      raise ValueError('Swin attends inside windows of the full token grid and cannot drop '
-                       'patches; turn patch selection off for model.name=swin.')
+      raise ValueError(
+        'Swin attends inside windows of the full token grid and cannot drop '
+        'patches; turn patch selection off for model.name=swin.'
+      )
     x = self.patch_embed(images.astype(self.dtype))
     x = self.patch_norm(x.reshape(x.shape[0], -1, x.shape[-1]))
-    x = self.dropout(x + self.pos_embed[...].astype(x.dtype), deterministic=deterministic,
-                     rngs=rngs)
+    x = self.dropout(
+      x + self.pos_embed[...].astype(x.dtype), deterministic=deterministic, rngs=rngs
+    )
     for stage in self.stages:
       x = stage(x, deterministic=deterministic, rngs=rngs)
     return self.head(jnp.mean(self.norm(x), axis=1)).astype(jnp.float32)

@@ -45,9 +45,9 @@ The fixed buffers (pos_embed, the base masks) are not parameters here.
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import reinit_kernels, small_normal_init
@@ -76,8 +76,11 @@ def unfold(x: jax.Array) -> jax.Array:
   k, s, p = UNFOLD_KERNEL, UNFOLD_STRIDE, UNFOLD_PADDING
   oh, ow = unfolded_side(h), unfolded_side(w)
   padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  taps = [padded[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
-          for i in range(k) for j in range(k)]
+  taps = [
+    padded[:, i : i + s * (oh - 1) + 1 : s, j : j + s * (ow - 1) + 1 : s]
+    for i in range(k)
+    for j in range(k)
+  ]
   patches = jnp.stack(taps, axis=-1)  # (B, H', W', C, k*k), taps in (ki, kj) order.
   return patches.reshape(b, oh * ow, c * k * k)
 
@@ -93,14 +96,32 @@ def sinusoid_position_embedding(num_positions: int, dim: int) -> np.ndarray:
 class TokenTransformer(nnx.Module):
   """(B, N, C_in) -> (B, N, token_dim): x = attn(norm(x)) + V, then x + mlp(norm(x))."""
 
-  def __init__(self, in_dim: int, token_dim: int, *, side: int,
-               attention: ml_collections.ConfigDict, mask: ml_collections.ConfigDict,
-               dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_dim: int,
+    token_dim: int,
+    *,
+    side: int,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     self.norm1 = nnx.LayerNorm(in_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attention = make_attention(
-        attention, mask, dim=in_dim, num_heads=TOKEN_HEADS, head_dim=token_dim,
-        grid_shape=(side, side), dropout=0.0, dtype=dtype, rngs=rngs,
-        scale=in_dim ** -0.5, out_dim=token_dim, skip='values')
+      attention,
+      mask,
+      dim=in_dim,
+      num_heads=TOKEN_HEADS,
+      head_dim=token_dim,
+      grid_shape=(side, side),
+      dropout=0.0,
+      dtype=dtype,
+      rngs=rngs,
+      scale=in_dim**-0.5,
+      out_dim=token_dim,
+      skip='values',
+    )
     self.norm2 = nnx.LayerNorm(token_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(token_dim, int(token_dim * TOKEN_MLP_RATIO), dtype=dtype, rngs=rngs)
 
@@ -113,16 +134,29 @@ class TokenTransformer(nnx.Module):
 class TokensToToken(nnx.Module):
   """(B, H, W, C) images -> (B, S*S, embed_dim) tokens, S = H / 2^(num_layers + 1)."""
 
-  def __init__(self, *, image_size: int, channels: int, num_layers: int, token_dim: int,
-               embed_dim: int, attention: ml_collections.ConfigDict,
-               mask: ml_collections.ConfigDict, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    channels: int,
+    num_layers: int,
+    token_dim: int,
+    embed_dim: int,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     taps = UNFOLD_KERNEL * UNFOLD_KERNEL
     sides = [unfolded_side(image_size)]
     layers = []
     for layer in range(num_layers):
       in_dim = (channels if layer == 0 else token_dim) * taps
-      layers.append(TokenTransformer(in_dim, token_dim, side=sides[-1], attention=attention,
-                                     mask=mask, dtype=dtype, rngs=rngs))
+      layers.append(
+        TokenTransformer(
+          in_dim, token_dim, side=sides[-1], attention=attention, mask=mask, dtype=dtype, rngs=rngs
+        )
+      )
       sides.append(unfolded_side(sides[-1]))
     self.sides = tuple(sides)
     self.layers = nnx.List(layers)
@@ -143,21 +177,41 @@ class T2T(nnx.Module):
   # Patch selection may only zero its pixels: its layers need the full token grid.
   can_drop_tokens = False
 
-  def __init__(self, *, image_size: int, channels: int, num_classes: int,
-               num_token_layers: int, token_dim: int, embed_dim: int, depth: int,
-               num_heads: int, mlp_ratio: float, dropout: float, stochastic_depth: float,
-               attention: ml_collections.ConfigDict, mask: ml_collections.ConfigDict,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    channels: int,
+    num_classes: int,
+    num_token_layers: int,
+    token_dim: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float,
+    dropout: float,
+    stochastic_depth: float,
+    attention: ml_collections.ConfigDict,
+    mask: ml_collections.ConfigDict,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     """Stochastic depth rises linearly from 0 to `stochastic_depth` over the encoder."""
     if num_token_layers < 1:
       raise ValueError(f'model.num_token_layers must be >= 1, got {num_token_layers}.')
     if embed_dim % num_heads:
-      raise ValueError(f'model.num_heads={num_heads} does not divide '
-                       f'model.embed_dim={embed_dim}.')
+      raise ValueError(f'model.num_heads={num_heads} does not divide model.embed_dim={embed_dim}.')
     self.tokens_to_token = TokensToToken(
-        image_size=image_size, channels=channels, num_layers=num_token_layers,
-        token_dim=token_dim, embed_dim=embed_dim, attention=attention, mask=mask,
-        dtype=dtype, rngs=rngs)
+      image_size=image_size,
+      channels=channels,
+      num_layers=num_token_layers,
+      token_dim=token_dim,
+      embed_dim=embed_dim,
+      attention=attention,
+      mask=mask,
+      dtype=dtype,
+      rngs=rngs,
+    )
     side = self.tokens_to_token.sides[-1]
     self.side = side
     # Unused by the forward pass, as in the reference; kept for its state_dict and count.
@@ -165,26 +219,49 @@ class T2T(nnx.Module):
     self.pos_embed = sinusoid_position_embedding(side * side, embed_dim)
     self.pos_dropout = nnx.Dropout(dropout)
     rates = np.linspace(0.0, stochastic_depth, depth)
-    self.blocks = nnx.List([
+    self.blocks = nnx.List(
+      [
         EncoderBlock(
-            embed_dim,
-            make_attention(attention, mask, dim=embed_dim, num_heads=num_heads,
-                           head_dim=embed_dim // num_heads, grid_shape=(side, side),
-                           dropout=dropout, dtype=dtype, rngs=rngs, skip='input'),
-            Mlp(embed_dim, int(embed_dim * mlp_ratio), dropout=dropout, dtype=dtype, rngs=rngs),
-            drop_path_rate=float(rate), dtype=dtype, rngs=rngs)
-        for rate in rates])
+          embed_dim,
+          make_attention(
+            attention,
+            mask,
+            dim=embed_dim,
+            num_heads=num_heads,
+            head_dim=embed_dim // num_heads,
+            grid_shape=(side, side),
+            dropout=dropout,
+            dtype=dtype,
+            rngs=rngs,
+            skip='input',
+          ),
+          Mlp(embed_dim, int(embed_dim * mlp_ratio), dropout=dropout, dtype=dtype, rngs=rngs),
+          drop_path_rate=float(rate),
+          dtype=dtype,
+          rngs=rngs,
+        )
+        for rate in rates
+      ]
+    )
     self.norm = nnx.LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = Linear(embed_dim, num_classes, dtype=dtype, rngs=rngs)
     self.dtype = dtype
     reinit_kernels(self, small_normal_init, rngs)
 
-  def __call__(self, images: jax.Array, *, token_index: jax.Array | None = None,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    images: jax.Array,
+    *,
+    token_index: jax.Array | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """(B, H, W, C) float images -> (B, num_classes) logits."""
     if token_index is not None:
-      raise ValueError('T2T cannot drop tokens: its unfold steps need the full grid. '
-                       'Turn patch selection off for model.name=t2t.')
+      raise ValueError(
+        'T2T cannot drop tokens: its unfold steps need the full grid. '
+        'Turn patch selection off for model.name=t2t.'
+      )
     kw = dict(deterministic=deterministic, rngs=rngs)
     x = self.tokens_to_token(images.astype(self.dtype), **kw)
     x = self.pos_dropout(x + jnp.asarray(self.pos_embed, x.dtype), **kw)

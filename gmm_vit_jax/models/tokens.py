@@ -11,8 +11,10 @@ import jax.numpy as jnp
 def check_patch_size(image_size: int, patch_size: int, field: str = 'model.patch_size') -> int:
   """Returns the grid side; a clear error when the patch does not tile the image."""
   if patch_size <= 0 or image_size % patch_size:
-    raise ValueError(f'{field}={patch_size} does not divide the image size {image_size}; '
-                     f'choose a divisor of {image_size}.')
+    raise ValueError(
+      f'{field}={patch_size} does not divide the image size {image_size}; '
+      f'choose a divisor of {image_size}.'
+    )
   return image_size // patch_size
 
 

@@ -60,8 +60,9 @@ def variance(pixels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.var(pixels, axis=-2), axis=-1)
 
 
-def patch_scores(images: jax.Array, kind: str, patch_size: int,
-                 key: jax.Array | None = None, *, entropy_bins: int) -> jax.Array:
+def patch_scores(
+  images: jax.Array, kind: str, patch_size: int, key: jax.Array | None = None, *, entropy_bins: int
+) -> jax.Array:
   """(B, H, W, C) images in [0, 1] -> (B, N) scores, higher is kept first.
 
   'random' (the PatchDropout baseline) draws uniform scores from `key`; 'entropy'
@@ -78,5 +79,6 @@ def patch_scores(images: jax.Array, kind: str, patch_size: int,
     if key is None:
       raise ValueError("patch_selection.kind='random' needs a PRNG key.")
     return jax.random.uniform(key, pixels.shape[:2])
-  raise ConfigError(f'patch_selection.kind={kind!r} is not a patch score; choose one of '
-                    f'{SCORE_KINDS}.')
+  raise ConfigError(
+    f'patch_selection.kind={kind!r} is not a patch score; choose one of {SCORE_KINDS}.'
+  )

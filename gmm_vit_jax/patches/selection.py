@@ -54,8 +54,9 @@ def sample_index(scores: jax.Array, k: int, key: jax.Array) -> jax.Array:
   """
   p = sampling_probabilities(scores)
   noise = jax.random.gumbel(key, scores.shape, jnp.float32)
-  perturbed = jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)) + noise,
-                        ZERO_PROBABILITY_OFFSET + noise)
+  perturbed = jnp.where(
+    p > 0, jnp.log(jnp.where(p > 0, p, 1.0)) + noise, ZERO_PROBABILITY_OFFSET + noise
+  )
   return top_k_index(perturbed, k)
 
 
@@ -65,12 +66,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   check_choice('patch_selection.mode', cfg.mode, MODES)
   num_kept(1, cfg.keep)
   if not isinstance(cfg.entropy_bins, int) or cfg.entropy_bins < 1:
-    raise ConfigError(f'patch_selection.entropy_bins must be a positive integer, got '
-                      f'{cfg.entropy_bins!r}.')
+    raise ConfigError(
+      f'patch_selection.entropy_bins must be a positive integer, got {cfg.entropy_bins!r}.'
+    )
 
 
-def select_tokens(images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict, *,
-                  patch_size: int) -> jax.Array:
+def select_tokens(
+  images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict, *, patch_size: int
+) -> jax.Array:
   """(B, H, W, C) float images in [0, 1] -> (B, K) int32 kept token indices, ascending.
 
   cfg: the `patch_selection` config section. Normalised images must be brought back
@@ -82,8 +85,7 @@ def select_tokens(images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigD
   if cfg.kind == 'none':
     return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
   score_key, sample_key = jax.random.split(key)
-  scores = patch_scores(images, cfg.kind, patch_size, score_key,
-                        entropy_bins=cfg.entropy_bins)
+  scores = patch_scores(images, cfg.kind, patch_size, score_key, entropy_bins=cfg.entropy_bins)
   k = num_kept(n, cfg.keep)
   if cfg.selection == 'topk':
     return top_k_index(scores, k)
@@ -95,8 +97,9 @@ def kept_mask(token_index: jax.Array, num_tokens: int) -> jax.Array:
   return jnp.any(token_index[:, :, None] == jnp.arange(num_tokens)[None, None, :], axis=1)
 
 
-def zero_dropped_patches(images: jax.Array, token_index: jax.Array, *,
-                         patch_size: int) -> jax.Array:
+def zero_dropped_patches(
+  images: jax.Array, token_index: jax.Array, *, patch_size: int
+) -> jax.Array:
   """Mode 'zero': the pixels of patches not in token_index set to 0, shape kept.
 
   What the reference did; the model still sees every token, so nothing is saved.

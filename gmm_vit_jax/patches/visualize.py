@@ -6,10 +6,18 @@ HATCH_COLOUR = np.array([255, 64, 64], np.uint8)
 BACKGROUND = 255
 
 
-def draw_kept_patches(images: np.ndarray, token_index: np.ndarray, *, patch_size: int,
-                      max_images: int = 8, columns: int = 8, scale: int = 4,
-                      dim: float = 0.35, hatch_period: int = 4,
-                      border: int = 2) -> np.ndarray:
+def draw_kept_patches(
+  images: np.ndarray,
+  token_index: np.ndarray,
+  *,
+  patch_size: int,
+  max_images: int = 8,
+  columns: int = 8,
+  scale: int = 4,
+  dim: float = 0.35,
+  hatch_period: int = 4,
+  border: int = 2,
+) -> np.ndarray:
   """(B, H, W, C) images, (B, K) kept indices -> (rows, cols, 3) uint8 RGB grid.
 
   Images are uint8, or floats in [0, 1]; one channel is drawn grey. Each image is
@@ -29,8 +37,9 @@ def draw_kept_patches(images: np.ndarray, token_index: np.ndarray, *, patch_size
   gh, gw = h // patch_size, w // patch_size
   kept = np.zeros((b, gh * gw), bool)
   np.put_along_axis(kept, token_index, True, axis=1)
-  dropped = np.repeat(np.repeat(~kept.reshape(b, gh, gw), patch_size * scale, axis=1),
-                      patch_size * scale, axis=2)
+  dropped = np.repeat(
+    np.repeat(~kept.reshape(b, gh, gw), patch_size * scale, axis=1), patch_size * scale, axis=2
+  )
   big = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
   rows, cols = np.indices(big.shape[1:3])
   hatch = dropped & ((rows + cols) % hatch_period == 0)[None]
@@ -39,9 +48,12 @@ def draw_kept_patches(images: np.ndarray, token_index: np.ndarray, *, patch_size
   columns = min(columns, b)
   grid_rows = -(-b // columns)
   tile_h, tile_w = h * scale + border, w * scale + border
-  canvas = np.full((grid_rows * tile_h + border, columns * tile_w + border, 3), BACKGROUND,
-                   np.uint8)
+  canvas = np.full(
+    (grid_rows * tile_h + border, columns * tile_w + border, 3), BACKGROUND, np.uint8
+  )
   for i, tile in enumerate(out):
     r, col = divmod(i, columns)
-    canvas[border + r * tile_h:(r + 1) * tile_h, border + col * tile_w:(col + 1) * tile_w] = tile
+    canvas[border + r * tile_h : (r + 1) * tile_h, border + col * tile_w : (col + 1) * tile_w] = (
+      tile
+    )
   return canvas

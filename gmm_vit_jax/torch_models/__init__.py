@@ -15,17 +15,19 @@ from gmm_vit_jax.torch_models.t2t import T2T
 from gmm_vit_jax.torch_models.vit import ViT
 
 TORCH_BACKBONES = {
-    'vit': ViT,
-    'swin': Swin,
-    'cait': CaiT,
-    'pit': PiT,
-    't2t': T2T,
+  'vit': ViT,
+  'swin': Swin,
+  'cait': CaiT,
+  'pit': PiT,
+  't2t': T2T,
 }
 
 
-def build_torch_model(model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
-                      channels: int) -> nn.Module:
+def build_torch_model(
+  model: ml_collections.ConfigDict, *, num_classes: int, image_size: int, channels: int
+) -> nn.Module:
   """The twin of backbone `model.name`; a ValueError when the config has no reference twin."""
   check_choice('model.name', model.name, tuple(TORCH_BACKBONES))
-  return TORCH_BACKBONES[model.name].from_config(model, num_classes=num_classes,
-                                                 image_size=image_size, channels=channels)
+  return TORCH_BACKBONES[model.name].from_config(
+    model, num_classes=num_classes, image_size=image_size, channels=channels
+  )

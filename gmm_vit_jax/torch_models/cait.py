@@ -30,28 +30,38 @@ from torch import nn
 
 from gmm_vit_jax.models.cait import layer_scale_init
 from gmm_vit_jax.models.tokens import check_patch_size
-from gmm_vit_jax.torch_models.vit import (ElementwiseMask, FeedForward, GaussianMixtureMask,
-                                          Patchify, PreNorm, Transformer, base_mask,
-                                          check_reference_mask)
+from gmm_vit_jax.torch_models.vit import (
+  ElementwiseMask,
+  FeedForward,
+  GaussianMixtureMask,
+  Patchify,
+  PreNorm,
+  Transformer,
+  base_mask,
+  check_reference_mask,
+)
 
 
 def check_reference_config(model: ml_collections.ConfigDict) -> None:
   """Raises ValueError when `model` (a CaiT config) describes no reference CaiT."""
   check_reference_mask(model.mask)
   if model.attention.score != 'dot_product' or model.attention.qkv_bias:
-    raise ValueError(f'model.attention={model.attention.to_dict()}: the reference CaiT has '
-                     "score='dot_product' and qkv_bias=False.")
+    raise ValueError(
+      f'model.attention={model.attention.to_dict()}: the reference CaiT has '
+      "score='dot_product' and qkv_bias=False."
+    )
 
 
 class TalkingHeadsAttention(nn.Module):
   """Attention whose logits and weights are mixed across heads; keys from a context."""
 
-  def __init__(self, dim: int, num_heads: int, head_dim: int, dropout: float,
-               mask: nn.Module | None):
+  def __init__(
+    self, dim: int, num_heads: int, head_dim: int, dropout: float, mask: nn.Module | None
+  ):
     super().__init__()
     inner = num_heads * head_dim
     self.num_heads = num_heads
-    self.scale = head_dim ** -0.5
+    self.scale = head_dim**-0.5
     self.to_q = nn.Linear(dim, inner, bias=False)
     self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
     self.mix_heads_pre_attn = nn.Parameter(torch.randn(num_heads, num_heads))
@@ -91,10 +101,25 @@ class LayerScale(nn.Module):
 class CaiT(nn.Module):
   """(B, C, H, W) float images -> (B, num_classes) logits."""
 
-  def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
-               dim: int, depth: int, class_depth: int, num_heads: int, head_dim: int,
-               mlp_dim: int, mask_kind: str, num_kernels: int, dropout: float,
-               emb_dropout: float, stochastic_depth: float):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    patch_size: int,
+    channels: int,
+    num_classes: int,
+    dim: int,
+    depth: int,
+    class_depth: int,
+    num_heads: int,
+    head_dim: int,
+    mlp_dim: int,
+    mask_kind: str,
+    num_kernels: int,
+    dropout: float,
+    emb_dropout: float,
+    stochastic_depth: float,
+  ):
     super().__init__()
     side = check_patch_size(image_size, patch_size)
     num_tokens = side * side
@@ -102,8 +127,9 @@ class CaiT(nn.Module):
     self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
     # Stored in every checkpoint, and shared by the GMM layers as their base.
     self.register_buffer('mask', base_mask(side))
-    self.to_patch_embedding = nn.Sequential(Patchify(patch_size),
-                                            nn.Linear(patch_size * patch_size * channels, dim))
+    self.to_patch_embedding = nn.Sequential(
+      Patchify(patch_size), nn.Linear(patch_size * patch_size * channels, dim)
+    )
     self.dropout = nn.Dropout(emb_dropout)
 
     def layer_mask():
@@ -116,11 +142,24 @@ class CaiT(nn.Module):
     def layers(count, masked):
       # LayerScale starts from the 1-based index inside each transformer.
       return Transformer(
-          [(LayerScale(dim, PreNorm(dim, TalkingHeadsAttention(
-              dim, num_heads, head_dim, dropout, layer_mask() if masked else None)), i + 1),
-            LayerScale(dim, PreNorm(dim, FeedForward(dim, mlp_dim, dropout)), i + 1))
-           for i in range(count)],
-          stochastic_depth)
+        [
+          (
+            LayerScale(
+              dim,
+              PreNorm(
+                dim,
+                TalkingHeadsAttention(
+                  dim, num_heads, head_dim, dropout, layer_mask() if masked else None
+                ),
+              ),
+              i + 1,
+            ),
+            LayerScale(dim, PreNorm(dim, FeedForward(dim, mlp_dim, dropout)), i + 1),
+          )
+          for i in range(count)
+        ],
+        stochastic_depth,
+      )
 
     self.patch_transformer = layers(depth, masked=True)
     self.cls_transformer = layers(class_depth, masked=False)
@@ -138,13 +177,25 @@ class CaiT(nn.Module):
     return self.mlp_head(cls[:, 0])
 
   @classmethod
-  def from_config(cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
-                  channels: int) -> 'CaiT':
+  def from_config(
+    cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int, channels: int
+  ) -> 'CaiT':
     """The twin of `gmm_vit_jax.models.CaiT` built from the same config section."""
     check_reference_config(model)
-    return cls(image_size=image_size, patch_size=model.patch_size, channels=channels,
-               num_classes=num_classes, dim=model.dim, depth=model.depth,
-               class_depth=model.class_depth, num_heads=model.num_heads,
-               head_dim=model.head_dim, mlp_dim=model.mlp_dim, mask_kind=model.mask.kind,
-               num_kernels=model.mask.num_kernels, dropout=model.dropout,
-               emb_dropout=model.emb_dropout, stochastic_depth=model.stochastic_depth)
+    return cls(
+      image_size=image_size,
+      patch_size=model.patch_size,
+      channels=channels,
+      num_classes=num_classes,
+      dim=model.dim,
+      depth=model.depth,
+      class_depth=model.class_depth,
+      num_heads=model.num_heads,
+      head_dim=model.head_dim,
+      mlp_dim=model.mlp_dim,
+      mask_kind=model.mask.kind,
+      num_kernels=model.mask.num_kernels,
+      dropout=model.dropout,
+      emb_dropout=model.emb_dropout,
+      stochastic_depth=model.stochastic_depth,
+    )

@@ -32,24 +32,37 @@ from gmm_vit_jax.attention.masks import MASK_KINDS
 from gmm_vit_jax.errors import check_choice
 from gmm_vit_jax.models.pit import pooled_side
 from gmm_vit_jax.models.tokens import check_patch_size
-from gmm_vit_jax.torch_models.vit import (Attention, ElementwiseMask, FeedForward,
-                                          GaussianMixtureMask, PreNorm, Transformer, base_mask,
-                                          check_reference_mask)
+from gmm_vit_jax.torch_models.vit import (
+  Attention,
+  ElementwiseMask,
+  FeedForward,
+  GaussianMixtureMask,
+  PreNorm,
+  Transformer,
+  base_mask,
+  check_reference_mask,
+)
 
 
 def check_reference_config(model: ml_collections.ConfigDict) -> None:
   """Raises ValueError when `model` (a PiT config) describes no reference PiT."""
   check_reference_mask(model.mask)
   if model.attention.score != 'dot_product' or model.attention.qkv_bias:
-    raise ValueError(f'model.attention={model.attention.to_dict()}: the reference PiT has '
-                     "score='dot_product' and qkv_bias=False.")
+    raise ValueError(
+      f'model.attention={model.attention.to_dict()}: the reference PiT has '
+      "score='dot_product' and qkv_bias=False."
+    )
   if len(model.num_heads) != len(model.depths):
-    raise ValueError(f'model.num_heads={tuple(model.num_heads)} needs one entry per stage of '
-                     f'model.depths={tuple(model.depths)}.')
+    raise ValueError(
+      f'model.num_heads={tuple(model.num_heads)} needs one entry per stage of '
+      f'model.depths={tuple(model.depths)}.'
+    )
   for s, heads in enumerate(model.num_heads):
-    if heads == 1 and model.head_dim == model.dim * 2 ** s:
-      raise ValueError(f'model.num_heads[{s}]=1 with head_dim equal to the stage width: the '
-                       'reference then has no output projection, which the PiT here has.')
+    if heads == 1 and model.head_dim == model.dim * 2**s:
+      raise ValueError(
+        f'model.num_heads[{s}]=1 with head_dim equal to the stage width: the '
+        'reference then has no output projection, which the PiT here has.'
+      )
 
 
 def _on_patch_block(mask_fn, logits: torch.Tensor) -> torch.Tensor:
@@ -76,9 +89,20 @@ class PatchElementwiseMask(ElementwiseMask):
 class Stage(Transformer):
   """The blocks of one grid size, which own that grid's base mask."""
 
-  def __init__(self, *, side: int, dim: int, depth: int, num_heads: int, head_dim: int,
-               mlp_ratio: float, mask_kind: str, num_kernels: int, dropout: float,
-               stochastic_depth: float):
+  def __init__(
+    self,
+    *,
+    side: int,
+    dim: int,
+    depth: int,
+    num_heads: int,
+    head_dim: int,
+    mlp_ratio: float,
+    mask_kind: str,
+    num_kernels: int,
+    dropout: float,
+    stochastic_depth: float,
+  ):
     mask = base_mask(side)
 
     def layer_mask():
@@ -89,10 +113,15 @@ class Stage(Transformer):
       return None
 
     super().__init__(
-        [(PreNorm(dim, Attention(dim, num_heads, head_dim, dropout, layer_mask())),
-          PreNorm(dim, FeedForward(dim, int(dim * mlp_ratio), dropout)))
-         for _ in range(depth)],
-        stochastic_depth)
+      [
+        (
+          PreNorm(dim, Attention(dim, num_heads, head_dim, dropout, layer_mask())),
+          PreNorm(dim, FeedForward(dim, int(dim * mlp_ratio), dropout)),
+        )
+        for _ in range(depth)
+      ],
+      stochastic_depth,
+    )
     self.register_buffer('mask', mask)
 
 
@@ -102,8 +131,9 @@ class DepthwiseSeparable(nn.Module):
   def __init__(self, dim: int):
     super().__init__()
     self.net = nn.Sequential(
-        nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, groups=dim),
-        nn.Conv2d(2 * dim, 2 * dim, kernel_size=1))
+      nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, groups=dim),
+      nn.Conv2d(2 * dim, 2 * dim, kernel_size=1),
+    )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.net(x)
@@ -134,15 +164,30 @@ class Tokens(nn.Module):
 class PiT(nn.Module):
   """(B, C, H, W) float images -> (B, num_classes) logits."""
 
-  def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
-               dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...], head_dim: int,
-               mlp_ratio: float, mask_kind: str, num_kernels: int, dropout: float,
-               emb_dropout: float, stochastic_depth: float):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    patch_size: int,
+    channels: int,
+    num_classes: int,
+    dim: int,
+    depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    head_dim: int,
+    mlp_ratio: float,
+    mask_kind: str,
+    num_kernels: int,
+    dropout: float,
+    emb_dropout: float,
+    stochastic_depth: float,
+  ):
     super().__init__()
     check_choice('mask_kind', mask_kind, MASK_KINDS)
     side = check_patch_size(image_size, patch_size)
     self.to_patch_embedding = nn.Sequential(
-        nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size), Tokens())
+      nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size), Tokens()
+    )
     self.pos_embedding = nn.Parameter(torch.randn(1, side * side + 1, dim))
     self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
     self.dropout = nn.Dropout(emb_dropout)
@@ -154,10 +199,20 @@ class PiT(nn.Module):
         self.layers.append(Pool(dim))
         side, dim = pooled_side(side), 2 * dim
       self.sides.append(side)
-      self.layers.append(Stage(side=side, dim=dim, depth=depth, num_heads=heads,
-                               head_dim=head_dim, mlp_ratio=mlp_ratio, mask_kind=mask_kind,
-                               num_kernels=num_kernels, dropout=dropout,
-                               stochastic_depth=stochastic_depth))
+      self.layers.append(
+        Stage(
+          side=side,
+          dim=dim,
+          depth=depth,
+          num_heads=heads,
+          head_dim=head_dim,
+          mlp_ratio=mlp_ratio,
+          mask_kind=mask_kind,
+          num_kernels=num_kernels,
+          dropout=dropout,
+          stochastic_depth=stochastic_depth,
+        )
+      )
     self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
     for module in self.modules():
       if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -174,13 +229,24 @@ class PiT(nn.Module):
     return self.mlp_head(x[:, 0])
 
   @classmethod
-  def from_config(cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
-                  channels: int) -> 'PiT':
+  def from_config(
+    cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int, channels: int
+  ) -> 'PiT':
     """The twin of `gmm_vit_jax.models.PiT` built from the same config section."""
     check_reference_config(model)
-    return cls(image_size=image_size, patch_size=model.patch_size, channels=channels,
-               num_classes=num_classes, dim=model.dim, depths=tuple(model.depths),
-               num_heads=tuple(model.num_heads), head_dim=model.head_dim,
-               mlp_ratio=model.mlp_ratio, mask_kind=model.mask.kind,
-               num_kernels=model.mask.num_kernels, dropout=model.dropout,
-               emb_dropout=model.emb_dropout, stochastic_depth=model.stochastic_depth)
+    return cls(
+      image_size=image_size,
+      patch_size=model.patch_size,
+      channels=channels,
+      num_classes=num_classes,
+      dim=model.dim,
+      depths=tuple(model.depths),
+      num_heads=tuple(model.num_heads),
+      head_dim=model.head_dim,
+      mlp_ratio=model.mlp_ratio,
+      mask_kind=model.mask.kind,
+      num_kernels=model.mask.num_kernels,
+      dropout=model.dropout,
+      emb_dropout=model.emb_dropout,
+      stochastic_depth=model.stochastic_depth,
+    )

@@ -29,33 +29,44 @@ import ml_collections
 import torch
 from torch import nn
 
-from gmm_vit_jax.models.swin import (relative_position_index, shift_mask, stage_grids,
-                                     stage_window)
-from gmm_vit_jax.torch_models.vit import (GaussianMixtureMask, base_mask, check_reference_mask,
-                                          drop_path)
+from gmm_vit_jax.models.swin import relative_position_index, shift_mask, stage_grids, stage_window
+from gmm_vit_jax.torch_models.vit import (
+  GaussianMixtureMask,
+  base_mask,
+  check_reference_mask,
+  drop_path,
+)
 
 
 def check_reference_config(model: ml_collections.ConfigDict, image_size: int) -> None:
   """Raises ValueError when `model` (a Swin config) describes no reference Swin."""
   if model.mask.kind == 'elm':
-    raise ValueError("model.mask.kind='elm': the reference Swin's ELM does not build (it "
-                     "squares its window tuple); only 'none' and 'gmm' have reference weights.")
+    raise ValueError(
+      "model.mask.kind='elm': the reference Swin's ELM does not build (it "
+      "squares its window tuple); only 'none' and 'gmm' have reference weights."
+    )
   check_reference_mask(model.mask, ('none', 'gmm'))
   if model.attention.score != 'dot_product':
-    raise ValueError(f'model.attention.score={model.attention.score!r}: the reference Swin '
-                     "has 'dot_product'.")
+    raise ValueError(
+      f"model.attention.score={model.attention.score!r}: the reference Swin has 'dot_product'."
+    )
   if len(model.depths) != len(model.num_heads):
-    raise ValueError(f'model.depths={tuple(model.depths)} and model.num_heads='
-                     f'{tuple(model.num_heads)} must name the same number of stages.')
+    raise ValueError(
+      f'model.depths={tuple(model.depths)} and model.num_heads='
+      f'{tuple(model.num_heads)} must name the same number of stages.'
+    )
   grids = stage_grids(image_size, model.patch_size, len(model.depths))
   for s, heads in enumerate(model.num_heads):
-    if (model.embed_dim * 2 ** s) % heads:
-      raise ValueError(f'model.num_heads={heads} does not divide the stage width '
-                       f'{model.embed_dim * 2 ** s}.')
+    if (model.embed_dim * 2**s) % heads:
+      raise ValueError(
+        f'model.num_heads={heads} does not divide the stage width {model.embed_dim * 2**s}.'
+      )
   if model.mask.kind == 'gmm' and min(grids) < model.window_size:
-    raise ValueError(f'model.window_size={model.window_size} is larger than the '
-                     f'{min(grids)}x{min(grids)} grid of the last stage: the reference GMM '
-                     'shares one window_size^2 base mask, which does not fit that window.')
+    raise ValueError(
+      f'model.window_size={model.window_size} is larger than the '
+      f'{min(grids)}x{min(grids)} grid of the last stage: the reference GMM '
+      'shares one window_size^2 base mask, which does not fit that window.'
+    )
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -89,16 +100,26 @@ class Mlp(nn.Module):
 class WindowAttention(nn.Module):
   """Multi-head self-attention inside each window, with the relative position bias."""
 
-  def __init__(self, dim: int, *, num_heads: int, window: int, qkv_bias: bool, dropout: float,
-               mask: nn.Module | None):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    num_heads: int,
+    window: int,
+    qkv_bias: bool,
+    dropout: float,
+    mask: nn.Module | None,
+  ):
     super().__init__()
     self.num_heads = num_heads
     self.scale = (dim // num_heads) ** -0.5
     self.mask = mask
     self.relative_position_bias_table = nn.Parameter(
-        nn.init.trunc_normal_(torch.empty((2 * window - 1) ** 2, num_heads), std=0.02))
-    self.register_buffer('relative_position_index',
-                         torch.from_numpy(relative_position_index(window)).long())
+      nn.init.trunc_normal_(torch.empty((2 * window - 1) ** 2, num_heads), std=0.02)
+    )
+    self.register_buffer(
+      'relative_position_index', torch.from_numpy(relative_position_index(window)).long()
+    )
     self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
     self.proj = nn.Linear(dim, dim)
     self.proj_drop = nn.Dropout(dropout)
@@ -123,21 +144,35 @@ class WindowAttention(nn.Module):
 class SwinBlock(nn.Module):
   """Pre-norm block: window attention on the (cyclically shifted) grid, then the MLP."""
 
-  def __init__(self, dim: int, *, grid_side: int, num_heads: int, window: int, shift: int,
-               mlp_ratio: float, qkv_bias: bool, dropout: float, drop_path_rate: float,
-               mask: nn.Module | None):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    grid_side: int,
+    num_heads: int,
+    window: int,
+    shift: int,
+    mlp_ratio: float,
+    qkv_bias: bool,
+    dropout: float,
+    drop_path_rate: float,
+    mask: nn.Module | None,
+  ):
     super().__init__()
     self.grid_side = grid_side
     self.window = window
     self.shift = shift
     self.drop_path_rate = drop_path_rate
     self.norm1 = nn.LayerNorm(dim)
-    self.attn = WindowAttention(dim, num_heads=num_heads, window=window, qkv_bias=qkv_bias,
-                                dropout=dropout, mask=mask)
+    self.attn = WindowAttention(
+      dim, num_heads=num_heads, window=window, qkv_bias=qkv_bias, dropout=dropout, mask=mask
+    )
     self.norm2 = nn.LayerNorm(dim)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
-    self.register_buffer('attn_mask', torch.from_numpy(
-        shift_mask(grid_side, grid_side, window, shift)) if shift else None)
+    self.register_buffer(
+      'attn_mask',
+      torch.from_numpy(shift_mask(grid_side, grid_side, window, shift)) if shift else None,
+    )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     """(B, L, C) -> (B, L, C), L = grid_side^2."""
@@ -171,7 +206,6 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-
   def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None):
     super().__init__()
     self.blocks = nn.ModuleList(blocks)
@@ -198,30 +232,54 @@ class PatchEmbed(nn.Module):
 class Swin(nn.Module):
   """(B, C, H, W) float images -> (B, num_classes) logits; stage s has width embed_dim * 2^s."""
 
-  def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
-               embed_dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...],
-               window_size: int, mlp_ratio: float, qkv_bias: bool, mask_kind: str,
-               num_kernels: int, dropout: float, stochastic_depth: float):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    patch_size: int,
+    channels: int,
+    num_classes: int,
+    embed_dim: int,
+    depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    window_size: int,
+    mlp_ratio: float,
+    qkv_bias: bool,
+    mask_kind: str,
+    num_kernels: int,
+    dropout: float,
+    stochastic_depth: float,
+  ):
     super().__init__()
     grids = stage_grids(image_size, patch_size, len(depths))
     # Stored in every checkpoint, and shared by the GMM layers as their base.
     self.register_buffer('mask', base_mask(window_size))
     self.patch_embed = PatchEmbed(patch_size, channels, embed_dim)
     self.absolute_pos_embed = nn.Parameter(
-        nn.init.trunc_normal_(torch.empty(1, grids[0] ** 2, embed_dim), std=0.02))
+      nn.init.trunc_normal_(torch.empty(1, grids[0] ** 2, embed_dim), std=0.02)
+    )
     self.pos_drop = nn.Dropout(dropout)
     # Stochastic depth grows linearly from 0 at the first block to the rate at the last.
     rates = torch.linspace(0, stochastic_depth, sum(depths)).tolist()
     stages = []
     for s, (depth, heads, side) in enumerate(zip(depths, num_heads, grids)):
-      dim = embed_dim * 2 ** s
+      dim = embed_dim * 2**s
       window, shift = stage_window((side, side), window_size)
-      blocks = [SwinBlock(dim, grid_side=side, num_heads=heads, window=window,
-                          shift=shift if j % 2 else 0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                          dropout=dropout, drop_path_rate=rates[sum(depths[:s]) + j],
-                          mask=(GaussianMixtureMask(heads, num_kernels, self.mask)
-                                if mask_kind == 'gmm' else None))
-                for j in range(depth)]
+      blocks = [
+        SwinBlock(
+          dim,
+          grid_side=side,
+          num_heads=heads,
+          window=window,
+          shift=shift if j % 2 else 0,
+          mlp_ratio=mlp_ratio,
+          qkv_bias=qkv_bias,
+          dropout=dropout,
+          drop_path_rate=rates[sum(depths[:s]) + j],
+          mask=(GaussianMixtureMask(heads, num_kernels, self.mask) if mask_kind == 'gmm' else None),
+        )
+        for j in range(depth)
+      ]
       stages.append(SwinStage(blocks, PatchMerging(dim, side) if s < len(depths) - 1 else None))
     self.layers = nn.ModuleList(stages)
     num_features = embed_dim * 2 ** (len(depths) - 1)
@@ -235,13 +293,24 @@ class Swin(nn.Module):
     return self.head(self.norm(x).mean(dim=1))
 
   @classmethod
-  def from_config(cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
-                  channels: int) -> 'Swin':
+  def from_config(
+    cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int, channels: int
+  ) -> 'Swin':
     """The twin of `gmm_vit_jax.models.Swin` built from the same config section."""
     check_reference_config(model, image_size)
-    return cls(image_size=image_size, patch_size=model.patch_size, channels=channels,
-               num_classes=num_classes, embed_dim=model.embed_dim, depths=tuple(model.depths),
-               num_heads=tuple(model.num_heads), window_size=model.window_size,
-               mlp_ratio=model.mlp_ratio, qkv_bias=model.attention.qkv_bias,
-               mask_kind=model.mask.kind, num_kernels=model.mask.num_kernels,
-               dropout=model.dropout, stochastic_depth=model.stochastic_depth)
+    return cls(
+      image_size=image_size,
+      patch_size=model.patch_size,
+      channels=channels,
+      num_classes=num_classes,
+      embed_dim=model.embed_dim,
+      depths=tuple(model.depths),
+      num_heads=tuple(model.num_heads),
+      window_size=model.window_size,
+      mlp_ratio=model.mlp_ratio,
+      qkv_bias=model.attention.qkv_bias,
+      mask_kind=model.mask.kind,
+      num_kernels=model.mask.num_kernels,
+      dropout=model.dropout,
+      stochastic_depth=model.stochastic_depth,
+    )

@@ -27,16 +27,20 @@ from gmm_vit_jax.attention.masks import MASK_KINDS, SIGMA_EPS
 from gmm_vit_jax.errors import check_choice
 
 
-def check_reference_mask(mask: ml_collections.ConfigDict,
-                         kinds: tuple[str, ...] = MASK_KINDS) -> None:
+def check_reference_mask(
+  mask: ml_collections.ConfigDict, kinds: tuple[str, ...] = MASK_KINDS
+) -> None:
   """Raises ValueError when `model.mask` is no mask of the reference code."""
   check_choice('model.mask.kind', mask.kind, kinds)
   if mask.kind != 'none' and mask.mode != 'multiply':
-    raise ValueError(f'model.mask.mode={mask.mode!r}: the reference multiplies its '
-                     "mask into the logits; use 'multiply'.")
+    raise ValueError(
+      f'model.mask.mode={mask.mode!r}: the reference multiplies its '
+      "mask into the logits; use 'multiply'."
+    )
   if mask.kind == 'gmm' and not mask.cutoff:
-    raise ValueError('model.mask.cutoff=False: the float32 reference zeroes pairs with '
-                     'd2 >= 104; use True.')
+    raise ValueError(
+      'model.mask.cutoff=False: the float32 reference zeroes pairs with d2 >= 104; use True.'
+    )
 
 
 def check_reference_config(model: ml_collections.ConfigDict) -> None:
@@ -44,14 +48,20 @@ def check_reference_config(model: ml_collections.ConfigDict) -> None:
   check_reference_mask(model.mask)
   pool = 'cls' if model.mask.kind == 'none' else 'mean'
   if model.pool != pool:
-    raise ValueError(f'model.pool={model.pool!r}: the reference ViT with mask.kind='
-                     f'{model.mask.kind!r} pools {pool!r}.')
+    raise ValueError(
+      f'model.pool={model.pool!r}: the reference ViT with mask.kind='
+      f'{model.mask.kind!r} pools {pool!r}.'
+    )
   if model.attention.score != 'dot_product' or model.attention.qkv_bias:
-    raise ValueError(f'model.attention={model.attention.to_dict()}: the reference ViT has '
-                     "score='dot_product' and qkv_bias=False.")
+    raise ValueError(
+      f'model.attention={model.attention.to_dict()}: the reference ViT has '
+      "score='dot_product' and qkv_bias=False."
+    )
   if model.num_heads == 1 and model.head_dim == model.dim:
-    raise ValueError('model.num_heads=1 with head_dim == dim: the reference then has no '
-                     'output projection, which the ViT here always has.')
+    raise ValueError(
+      'model.num_heads=1 with head_dim == dim: the reference then has no '
+      'output projection, which the ViT here always has.'
+    )
 
 
 def base_mask(side: int) -> torch.Tensor:
@@ -120,12 +130,13 @@ class ElementwiseMask(nn.Module):
 class Attention(nn.Module):
   """Multi-head self-attention from one fused qkv Linear, with an optional logit mask."""
 
-  def __init__(self, dim: int, num_heads: int, head_dim: int, dropout: float,
-               mask: nn.Module | None):
+  def __init__(
+    self, dim: int, num_heads: int, head_dim: int, dropout: float, mask: nn.Module | None
+  ):
     super().__init__()
     self.num_heads = num_heads
     self.head_dim = head_dim
-    self.scale = head_dim ** -0.5
+    self.scale = head_dim**-0.5
     self.to_qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=False)
     self.to_out = nn.Sequential(nn.Linear(num_heads * head_dim, dim), nn.Dropout(dropout))
     self.mask = mask
@@ -143,11 +154,15 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-
   def __init__(self, dim: int, hidden: int, dropout: float):
     super().__init__()
-    self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                             nn.Linear(hidden, dim), nn.Dropout(dropout))
+    self.net = nn.Sequential(
+      nn.Linear(dim, hidden),
+      nn.GELU(),
+      nn.Dropout(dropout),
+      nn.Linear(hidden, dim),
+      nn.Dropout(dropout),
+    )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.net(x)
@@ -174,7 +189,8 @@ class Transformer(nn.Module):
   def __init__(self, blocks: list[tuple[nn.Module, nn.Module]], stochastic_depth: float):
     super().__init__()
     self.layers = nn.ModuleList(
-        nn.ModuleList([attention, feed_forward]) for attention, feed_forward in blocks)
+      nn.ModuleList([attention, feed_forward]) for attention, feed_forward in blocks
+    )
     self.stochastic_depth = stochastic_depth
 
   def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -187,10 +203,24 @@ class Transformer(nn.Module):
 class ViT(nn.Module):
   """(B, C, H, W) float images -> (B, num_classes) logits."""
 
-  def __init__(self, *, image_size: int, patch_size: int, channels: int, num_classes: int,
-               dim: int, depth: int, num_heads: int, head_dim: int, mlp_ratio: float,
-               mask_kind: str, num_kernels: int, dropout: float, emb_dropout: float,
-               stochastic_depth: float):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    patch_size: int,
+    channels: int,
+    num_classes: int,
+    dim: int,
+    depth: int,
+    num_heads: int,
+    head_dim: int,
+    mlp_ratio: float,
+    mask_kind: str,
+    num_kernels: int,
+    dropout: float,
+    emb_dropout: float,
+    stochastic_depth: float,
+  ):
     super().__init__()
     check_choice('mask_kind', mask_kind, MASK_KINDS)
     side = image_size // patch_size
@@ -198,8 +228,9 @@ class ViT(nn.Module):
     self.pool = 'cls' if mask_kind == 'none' else 'mean'
     # Stored in every checkpoint, and shared by the GMM layers as their base.
     self.register_buffer('mask', base_mask(side))
-    self.to_patch_embedding = nn.Sequential(Patchify(patch_size),
-                                            nn.Linear(patch_size * patch_size * channels, dim))
+    self.to_patch_embedding = nn.Sequential(
+      Patchify(patch_size), nn.Linear(patch_size * patch_size * channels, dim)
+    )
     self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens + (self.pool == 'cls'), dim))
     if self.pool == 'cls':
       self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
@@ -213,10 +244,15 @@ class ViT(nn.Module):
       return None
 
     self.transformer = Transformer(
-        [(PreNorm(dim, Attention(dim, num_heads, head_dim, dropout, layer_mask())),
-          PreNorm(dim, FeedForward(dim, int(dim * mlp_ratio), dropout)))
-         for _ in range(depth)],
-        stochastic_depth)
+      [
+        (
+          PreNorm(dim, Attention(dim, num_heads, head_dim, dropout, layer_mask())),
+          PreNorm(dim, FeedForward(dim, int(dim * mlp_ratio), dropout)),
+        )
+        for _ in range(depth)
+      ],
+      stochastic_depth,
+    )
     self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
     for module in self.modules():
       if isinstance(module, nn.Linear):
@@ -234,13 +270,24 @@ class ViT(nn.Module):
     return self.mlp_head(x)
 
   @classmethod
-  def from_config(cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
-                  channels: int) -> 'ViT':
+  def from_config(
+    cls, model: ml_collections.ConfigDict, *, num_classes: int, image_size: int, channels: int
+  ) -> 'ViT':
     """The twin of `gmm_vit_jax.models.ViT` built from the same config section."""
     check_reference_config(model)
-    return cls(image_size=image_size, patch_size=model.patch_size, channels=channels,
-               num_classes=num_classes, dim=model.dim, depth=model.depth,
-               num_heads=model.num_heads, head_dim=model.head_dim, mlp_ratio=model.mlp_ratio,
-               mask_kind=model.mask.kind, num_kernels=model.mask.num_kernels,
-               dropout=model.dropout, emb_dropout=model.emb_dropout,
-               stochastic_depth=model.stochastic_depth)
+    return cls(
+      image_size=image_size,
+      patch_size=model.patch_size,
+      channels=channels,
+      num_classes=num_classes,
+      dim=model.dim,
+      depth=model.depth,
+      num_heads=model.num_heads,
+      head_dim=model.head_dim,
+      mlp_ratio=model.mlp_ratio,
+      mask_kind=model.mask.kind,
+      num_kernels=model.mask.num_kernels,
+      dropout=model.dropout,
+      emb_dropout=model.emb_dropout,
+      stochastic_depth=model.stochastic_depth,
+    )

@@ -59,6 +59,7 @@ def _closed_loop(value: BaseException | None) -> bool:
 def _quiet_closed_loop_callbacks(excepthook, unraisablehook):
   """sys.excepthook and sys.unraisablehook that drop those errors (Python reports them
   through either, depending on the thread that runs the callback)."""
+
   def quiet_excepthook(kind, value, traceback):
     if not _closed_loop(value):
       excepthook(kind, value, traceback)
@@ -100,16 +101,18 @@ def _value_of(metric: str):
 
 
 def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(storage.join(storage.absolute(workdir), CHECKPOINTS),
-                               options=options)
+  return ocp.CheckpointManager(
+    storage.join(storage.absolute(workdir), CHECKPOINTS), options=options
+  )
 
 
 def _policy(config: ml_collections.ConfigDict, best_metric: str) -> policies.PreservationPolicy:
   latest = policies.LatestN(n=config.keep_last)
   if not config.keep_best:
     return latest
-  best = policies.BestN(get_metric_fn=_value_of(best_metric), n=1,
-                        keep_checkpoints_without_metrics=False)
+  best = policies.BestN(
+    get_metric_fn=_value_of(best_metric), n=1, keep_checkpoints_without_metrics=False
+  )
   return policies.AnyPreservationPolicy([latest, best])
 
 
@@ -123,18 +126,26 @@ def nonfinite_count(tree) -> jax.Array:
 class Checkpointer:
   """Saves and restores TrainState under WORKDIR/checkpoints."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict,
-               best_metric: str = BEST_METRIC):
+  def __init__(
+    self, workdir: str, config: ml_collections.ConfigDict, best_metric: str = BEST_METRIC
+  ):
     """best_metric: the saved metric whose highest value marks the best checkpoint."""
     self.workdir = workdir
     self.best_metric = best_metric
     logging.getLogger('absl').addFilter(_QUIET_ORBAX)
     if not getattr(sys.unraisablehook, 'quiet_closed_loops', False):
-      sys.excepthook, sys.unraisablehook = _quiet_closed_loop_callbacks(sys.excepthook,
-                                                                        sys.unraisablehook)
-    self.manager = _manager(workdir, ocp.CheckpointManagerOptions(
-        preservation_policy=_policy(config, best_metric), best_fn=_value_of(best_metric),
-        create=False, enable_async_checkpointing=True))
+      sys.excepthook, sys.unraisablehook = _quiet_closed_loop_callbacks(
+        sys.excepthook, sys.unraisablehook
+      )
+    self.manager = _manager(
+      workdir,
+      ocp.CheckpointManagerOptions(
+        preservation_policy=_policy(config, best_metric),
+        best_fn=_value_of(best_metric),
+        create=False,
+        enable_async_checkpointing=True,
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -167,17 +178,20 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as e:  # pylint: disable=broad-except
         reason = f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}'
-        logging.warning('The checkpoint at step %d cannot be restored (%s); trying an older '
-                        'one.', step, reason)
+        logging.warning(
+          'The checkpoint at step %d cannot be restored (%s); trying an older one.', step, reason
+        )
         failed.append((step, reason))
         continue
       self._set_aside([s for s, _ in failed])
       return state
     if failed:
       raise errors.CheckpointError(
-          f'None of the checkpoints in {self.manager.directory} restores (steps '
-          f'{", ".join(str(s) for s, _ in failed)}); the newest fails with {failed[0][1]}. If the code or '
-          'config changed since they were written, go back to it, or choose a new --workdir.')
+        f'None of the checkpoints in {self.manager.directory} restores (steps '
+        f'{", ".join(str(s) for s, _ in failed)}); the newest fails with {failed[0][1]}. '
+        'If the code or config changed since they were written, go back to it, or choose a '
+        'new --workdir.'
+      )
     return None
 
   def _set_aside(self, steps: list[int]) -> None:
@@ -210,18 +224,23 @@ class Checkpointer:
     bad = int(nonfinite_count((state.params, state.opt_state)))
     if bad:
       raise self.nonfinite_error(
-          f'The train state holds {bad:,} NaN or infinite values at step {step}')
+        f'The train state holds {bad:,} NaN or infinite values at step {step}'
+      )
     with _storage_errors(storage.join(str(self.manager.directory), str(step))):
       self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
 
   def nonfinite_error(self, what: str) -> errors.NonFiniteError:
     """The error that stops a run gone NaN or infinite: `what` happened, nothing was saved."""
     latest = self.manager.latest_step()
-    kept = ('no checkpoint was saved before it' if latest is None else
-            f'the last good checkpoint (step {latest}) is intact')
+    kept = (
+      'no checkpoint was saved before it'
+      if latest is None
+      else f'the last good checkpoint (step {latest}) is intact'
+    )
     return errors.NonFiniteError(
-        f'{what}. The run stopped without saving, and {kept}. Lower optimizer.learning_rate '
-        'or set optimizer.grad_clip_norm, then rerun to resume.')
+      f'{what}. The run stopped without saving, and {kept}. Lower optimizer.learning_rate '
+      'or set optimizer.grad_clip_norm, then rerun to resume.'
+    )
 
   def commit(self, step: int) -> None:
     """Blocks until every asynchronous save has landed, then makes sure the checkpoint of
@@ -234,8 +253,9 @@ class Checkpointer:
       if step in self.manager.all_steps():
         return
     raise errors.CheckpointError(
-        f'The checkpoint of step {step} was not committed to {where}; the run is not saved '
-        'there. Check that the workdir is writable and has room, then rerun the same command.')
+      f'The checkpoint of step {step} was not committed to {where}; the run is not saved '
+      'there. Check that the workdir is writable and has room, then rerun the same command.'
+    )
 
   def close(self) -> None:
     """Blocks until every asynchronous save has landed on disk."""
@@ -247,6 +267,7 @@ class Checkpointer:
 @dataclasses.dataclass
 class RestoredRun:
   """The weights of one checkpoint of a run, with what is known about them."""
+
   model: nnx.Module
   config: ml_collections.ConfigDict
   step: int
@@ -262,20 +283,21 @@ def restore_run(workdir: str, which: str | int = 'best', weights: str = 'raw') -
   if which not in ('best', 'latest') and not isinstance(which, int):
     raise errors.UserError(f"the step {which!r} is not one of 'best', 'latest' or a number.")
   if weights not in WEIGHTS:
-    raise errors.UserError(f'weights={weights!r} is not supported; choose one of '
-                           f'{tuple(WEIGHTS)}.')
+    raise errors.UserError(f'weights={weights!r} is not supported; choose one of {tuple(WEIGHTS)}.')
   storage.check_reachable(workdir)
   stored = RunDirectory(workdir).stored_config()
   if stored is None:
     raise errors.UserError(f'{workdir} holds no config.json: it is not a training run directory.')
   config = ml_collections.ConfigDict(stored)
   if weights == 'ema' and not config.get('ema_decay'):
-    raise errors.UserError(f'weights=ema: the run in {workdir} kept no moving average (its '
-                           'ema_decay is off).')
+    raise errors.UserError(
+      f'weights=ema: the run in {workdir} kept no moving average (its ema_decay is off).'
+    )
   model = nnx.eval_shape(lambda: build_from_config(config))
   graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
-  manager = _manager(workdir, ocp.CheckpointManagerOptions(
-      best_fn=_value_of(selection_metric(config)), create=False))
+  manager = _manager(
+    workdir, ocp.CheckpointManagerOptions(best_fn=_value_of(selection_metric(config)), create=False)
+  )
   steps = manager.all_steps()
   if not steps:
     raise errors.CheckpointError(f'{workdir}/{CHECKPOINTS} holds no checkpoint yet.')
@@ -287,25 +309,37 @@ def restore_run(workdir: str, which: str | int = 'best', weights: str = 'raw') -
   elif which in steps:
     step = which
   else:
-    raise errors.CheckpointError(f'{workdir} has no checkpoint of step {which}; it has '
-                                 f'{", ".join(map(str, steps))}.')
+    raise errors.CheckpointError(
+      f'{workdir} has no checkpoint of step {which}; it has {", ".join(map(str, steps))}.'
+    )
   # Onto this process's first device, whatever devices and processes wrote the checkpoint.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        {WEIGHTS[weights]: nnx.to_pure_dict(params),
-                         'buffers': nnx.to_pure_dict(buffers)})
-  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    {WEIGHTS[weights]: nnx.to_pure_dict(params), 'buffers': nnx.to_pure_dict(buffers)},
+  )
+  restored = manager.restore(
+    step,
+    args=ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True,
+    ),
+  )
   metrics = manager.metrics(step)
   manager.close()
   logging.info('Restored the step %d %s weights from %s.', step, weights, workdir)
-  return RestoredRun(model=nnx.merge(graphdef, restored[WEIGHTS[weights]], restored['buffers']),
-                     config=config, step=step, metrics=None if metrics is None else dict(metrics))
+  return RestoredRun(
+    model=nnx.merge(graphdef, restored[WEIGHTS[weights]], restored['buffers']),
+    config=config,
+    step=step,
+    metrics=None if metrics is None else dict(metrics),
+  )
 
 
-def restore_model(workdir: str, which: str | int = 'best',
-                  weights: str = 'raw') -> tuple[nnx.Module, ml_collections.ConfigDict]:
+def restore_model(
+  workdir: str, which: str | int = 'best', weights: str = 'raw'
+) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """The trained model of a run and its resolved config (see restore_run)."""
   run = restore_run(workdir, which, weights)
   return run.model, run.config

@@ -67,10 +67,13 @@ def read_source(path: str, config: ml_collections.ConfigDict) -> dict[str, np.nd
     return export.flat_variables(model)
   if storage.isfile(path) and path.endswith(('.pth', '.pt')):
     from gmm_vit_jax import convert  # Imports torch, which only this source needs.
+
     state_dict = convert.read_torch_state_dict(path)
     return convert.core.to_flax(convert.reference_mapping(config), state_dict, None)
-  raise ConfigError(f'init_from={path!r} is neither a run workdir (with checkpoints/), an export '
-                    f'bundle (with {export.PARAMS_FILE}) nor a .pth/.pt state_dict.')
+  raise ConfigError(
+    f'init_from={path!r} is neither a run workdir (with checkpoints/), an export '
+    f'bundle (with {export.PARAMS_FILE}) nor a .pth/.pt state_dict.'
+  )
 
 
 def _grid_side(tokens: int) -> int | None:
@@ -94,15 +97,18 @@ def _token_table(source: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarra
     old, new = _grid_side(source.shape[0] - lead), _grid_side(target_shape[0] - lead)
     if old and new:
       grid = source[lead:].reshape(old, old, -1)
-      return np.concatenate([source[:lead],
-                             resize_grid(grid, new, (0, 1)).reshape(new * new, -1)])
+      return np.concatenate([source[:lead], resize_grid(grid, new, (0, 1)).reshape(new * new, -1)])
   return None
 
 
 def _pairwise_table(source: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray | None:
   """(g*g, g*g) -> (G*G, G*G): a value for every pair of grid cells."""
-  if (source.ndim != 2 or len(target_shape) != 2 or source.shape[0] != source.shape[1]
-      or target_shape[0] != target_shape[1]):
+  if (
+    source.ndim != 2
+    or len(target_shape) != 2
+    or source.shape[0] != source.shape[1]
+    or target_shape[0] != target_shape[1]
+  ):
     return None
   old, new = _grid_side(source.shape[0]), _grid_side(target_shape[0])
   if not (old and new):
@@ -111,9 +117,9 @@ def _pairwise_table(source: np.ndarray, target_shape: tuple[int, ...]) -> np.nda
   return resize_grid(grid, new, (0, 1, 2, 3)).reshape(new * new, new * new)
 
 
-def adapt(source: dict[str, np.ndarray], target: dict[str, np.ndarray],
-          dont_load: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray],
-                                                   list[tuple[str, str, str]]]:
+def adapt(
+  source: dict[str, np.ndarray], target: dict[str, np.ndarray], dont_load: tuple[str, ...] = ()
+) -> tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]:
   """Source variables fitted to the target's names and shapes.
 
   dont_load: regular expressions; target names that fully match one keep their own values.
@@ -123,8 +129,13 @@ def adapt(source: dict[str, np.ndarray], target: dict[str, np.ndarray],
   values, table = {}, []
   for name, fresh in target.items():
     fresh = np.asarray(fresh)
-    why_not = ('not in the source' if name not in source else
-               DONT_LOAD if any(re.fullmatch(p, name) for p in dont_load) else None)
+    why_not = (
+      'not in the source'
+      if name not in source
+      else DONT_LOAD
+      if any(re.fullmatch(p, name) for p in dont_load)
+      else None
+    )
     if why_not:
       values[name] = fresh
       table.append((name, REINITIALISED, why_not))
@@ -152,16 +163,21 @@ def adapt(source: dict[str, np.ndarray], target: dict[str, np.ndarray],
 def summary(table: list[tuple[str, str, str]], unused: list[str]) -> str:
   """'L loaded, R resized, I re-initialised, U source variables unused'."""
   counts = {a: sum(row[1] == a for row in table) for a in (LOADED, RESIZED, REINITIALISED)}
-  return (', '.join(f'{n} {a}' for a, n in counts.items()) +
-          f', {len(unused)} source variables unused')
+  return (
+    ', '.join(f'{n} {a}' for a, n in counts.items()) + f', {len(unused)} source variables unused'
+  )
 
 
 def format_table(table: list[tuple[str, str, str]], unused: list[str]) -> str:
   width = max([len(name) for name, _, _ in table] + [8])
   lines = [f'{"variable":<{width}}  {"action":<14}  shape']
   lines += [f'{name:<{width}}  {action:<14}  {detail}' for name, action, detail in table]
-  lines.append(summary(table, unused) + (': ' if unused else '') + ', '.join(unused[:8])
-               + (' ...' if len(unused) > 8 else ''))
+  lines.append(
+    summary(table, unused)
+    + (': ' if unused else '')
+    + ', '.join(unused[:8])
+    + (' ...' if len(unused) > 8 else '')
+  )
   return '\n'.join(lines)
 
 
@@ -197,14 +213,17 @@ def _read(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     return read_source(path, config)
   except Exception as e:  # pylint: disable=broad-except  # Any damage, any reader.
     if not storage.exists(path):
-      raise errors.ConfigError(f'init_from={path!r} does not exist: give a run workdir, an '
-                               'export bundle or a .pth state_dict, or leave init_from None.'
-                               ) from e
+      raise errors.ConfigError(
+        f'init_from={path!r} does not exist: give a run workdir, an '
+        'export bundle or a .pth state_dict, or leave init_from None.'
+      ) from e
     why = ' '.join(str(e).split())
     why = why if len(why) < 300 else why[:300] + ' ...'
-    raise errors.ConfigError(f'init_from={path!r} cannot be read ({type(e).__name__}: '
-                             f'{why.rstrip(".")}); give a run workdir, an export bundle or a '
-                             '.pth state_dict in good order.') from e
+    raise errors.ConfigError(
+      f'init_from={path!r} cannot be read ({type(e).__name__}: '
+      f'{why.rstrip(".")}); give a run workdir, an export bundle or a '
+      '.pth state_dict in good order.'
+    ) from e
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -220,15 +239,17 @@ def check(config: ml_collections.ConfigDict) -> None:
   backbone = _source_backbone(config.init_from)
   holds = f'holds a {backbone!r} model and ' if backbone else ''
   raise errors.ConfigError(
-      f'init_from={config.init_from!r} {holds}would fill {share:.0%} of the parameter values '
-      f'of this {config.model.name!r} model ({summary(table, sorted(set(source) - set(target)))}'
-      f'), below the {MIN_FILLED_SHARE:.0%} a fine-tuning needs: give a source of the same '
-      'backbone and widths, or --config.init_from_partial=True to load only what fits.')
+    f'init_from={config.init_from!r} {holds}would fill {share:.0%} of the parameter values '
+    f'of this {config.model.name!r} model ({summary(table, sorted(set(source) - set(target)))}'
+    f'), below the {MIN_FILLED_SHARE:.0%} a fine-tuning needs: give a source of the same '
+    'backbone and widths, or --config.init_from_partial=True to load only what fits.'
+  )
 
 
 def _flat(tree: dict) -> dict[str, np.ndarray]:
-  return {'.'.join(map(str, path)): value
-          for path, value in traverse_util.flatten_dict(tree).items()}
+  return {
+    '.'.join(map(str, path)): value for path, value in traverse_util.flatten_dict(tree).items()
+  }
 
 
 def _nested(like: dict, flat: dict[str, np.ndarray]) -> dict:
@@ -236,16 +257,18 @@ def _nested(like: dict, flat: dict[str, np.ndarray]) -> dict:
   return traverse_util.unflatten_dict({path: flat['.'.join(map(str, path))] for path in paths})
 
 
-def initialise(state: TrainState, config: ml_collections.ConfigDict, mesh,
-               workdir: str | None = None) -> TrainState:
+def initialise(
+  state: TrainState, config: ml_collections.ConfigDict, mesh, workdir: str | None = None
+) -> TrainState:
   """`state` with its params taken from config.init_from (and the moving average restarted
   from them); the optimizer state stays fresh.
 
   workdir: where TABLE_FILE, the table of every variable, goes (process 0 writes it).
   """
   source = _read(config)
-  values, table = adapt(source, jax.device_get(_flat(state.params)),
-                        tuple(config.init_from_dont_load))
+  values, table = adapt(
+    source, jax.device_get(_flat(state.params)), tuple(config.init_from_dont_load)
+  )
   unused = sorted(set(source) - set(values))
   where = ''
   if workdir is not None:

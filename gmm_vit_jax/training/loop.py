@@ -18,8 +18,12 @@ from gmm_vit_jax.data.pipeline import make_pipeline
 from gmm_vit_jax.training import config_checks, init_from
 from gmm_vit_jax.training.checkpoint import Checkpointer, selection_metric
 from gmm_vit_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from gmm_vit_jax.training.pictures import (augmentation_picture, gmm_masks_picture,
-                                           kept_patches_picture, write_picture)
+from gmm_vit_jax.training.pictures import (
+  augmentation_picture,
+  gmm_masks_picture,
+  kept_patches_picture,
+  write_picture,
+)
 from gmm_vit_jax.training.progress import Progress, closing_line
 from gmm_vit_jax.training.run_directory import RunDirectory
 from gmm_vit_jax.training.state import Metrics, TrainState, create_train_state, state_layout
@@ -48,15 +52,20 @@ class _StopRequest:
     self._multiprocess = jax.process_count() > 1
     handled = (signal.SIGINT,) if self._multiprocess else tuple(self.SIGNALS)
     # A signal ignored from the start (nohup, a background job) stays ignored.
-    self._previous = {signum: signal.signal(signum, self._handle) for signum in handled
-                      if signal.getsignal(signum) is not signal.SIG_IGN}
+    self._previous = {
+      signum: signal.signal(signum, self._handle)
+      for signum in handled
+      if signal.getsignal(signum) is not signal.SIG_IGN
+    }
 
   def _handle(self, signum, frame):
     if self._multiprocess:
       os.kill(os.getpid(), signal.SIGTERM)
     elif self.requested:
-      logging.warning('%s received again: still saving the checkpoint; the run stops once it '
-                      'is committed.', self.SIGNALS[signum])
+      logging.warning(
+        '%s received again: still saving the checkpoint; the run stops once it is committed.',
+        self.SIGNALS[signum],
+      )
     else:
       logging.warning('%s received: saving a checkpoint and stopping.', self.SIGNALS[signum])
       self.requested = True
@@ -84,8 +93,9 @@ def _selects_patches(config: ml_collections.ConfigDict, step: int, steps_per_epo
 
 def _check_finite(metrics: Metrics, step: int, checkpointer: Checkpointer) -> None:
   if float(metrics.nonfinite):
-    raise checkpointer.nonfinite_error(f'The training loss became NaN or infinite before step '
-                                       f'{step}')
+    raise checkpointer.nonfinite_error(
+      f'The training loss became NaN or infinite before step {step}'
+    )
 
 
 def evaluate(eval_step, state: TrainState, batches, mesh, prefix: str = 'eval') -> dict:
@@ -115,11 +125,13 @@ def _changes_structure(config: ml_collections.ConfigDict):
     except (ValueError, TypeError, KeyError, AttributeError):  # Not even buildable any more.
       return True
     return old_layout != layout(config)
+
   return changes_structure
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       allow_config_change: tuple[str, ...] = ()) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: tuple[str, ...] = ()
+) -> dict:
   """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the summary.
 
   allow_config_change: fields whose change against the workdir's stored config the user
@@ -135,16 +147,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   info = dataset_info(config.dataset)
   run = RunDirectory(workdir)
   with run.locked():
-    checkpointer = Checkpointer(workdir, config.checkpoint,
-                                best_metric=selection_metric(config))
+    checkpointer = Checkpointer(workdir, config.checkpoint, best_metric=selection_metric(config))
     try:
-      changes = run.check_config(config, has_checkpoint=checkpointer.latest_step() is not None,
-                                 allowed=tuple(allow_config_change),
-                                 changes_structure=_changes_structure(config))
+      changes = run.check_config(
+        config,
+        has_checkpoint=checkpointer.latest_step() is not None,
+        allowed=tuple(allow_config_change),
+        changes_structure=_changes_structure(config),
+      )
       finished = run.finished_summary(config, checkpointer.latest_step())
       if finished:
-        logging.info('Already complete, nothing to train. %s', closing_line(
-            finished, run.path('summary.json'), checkpointer.best_metric))
+        logging.info(
+          'Already complete, nothing to train. %s',
+          closing_line(finished, run.path('summary.json'), checkpointer.best_metric),
+        )
         return finished
       return _train(config, run, checkpointer, changes, mesh, info, started)
     finally:
@@ -155,8 +171,9 @@ class _Training:
   """One run past its checks, in named steps: set_up (data, state, steps, writers),
   step_loop (training, with log_train and evaluate_and_save at their steps), summary."""
 
-  def __init__(self, config, run: RunDirectory, checkpointer: Checkpointer, mesh, info: dict,
-               started: float):
+  def __init__(
+    self, config, run: RunDirectory, checkpointer: Checkpointer, mesh, info: dict, started: float
+  ):
     self.config, self.run, self.checkpointer = config, run, checkpointer
     self.mesh, self.info, self.started = mesh, info, started
     self.selection = checkpointer.best_metric
@@ -166,8 +183,13 @@ class _Training:
     jitted steps, the writers and, for a new run, its first pictures."""
     config, run, checkpointer, mesh = self.config, self.run, self.checkpointer, self.mesh
     replicated = sharding.replicated(mesh)
-    logging.info('Mesh: %s over %d devices (%s), %d process(es).', dict(mesh.shape),
-                 jax.device_count(), jax.devices()[0].platform, jax.process_count())
+    logging.info(
+      'Mesh: %s over %d devices (%s), %d process(es).',
+      dict(mesh.shape),
+      jax.device_count(),
+      jax.devices()[0].platform,
+      jax.process_count(),
+    )
     if config.init_from and checkpointer.latest_step() is None:
       init_from.check(config)  # Before the data loads; a resumed run restores its own weights.
     self.pipeline = make_pipeline(config, mesh)
@@ -180,8 +202,9 @@ class _Training:
     restored = checkpointer.restore(state)
     if restored is not None:
       state = restored
-      logging.info('Resumed from the checkpoint at step %d of %d.', int(state.step),
-                   self.total_steps)
+      logging.info(
+        'Resumed from the checkpoint at step %d of %d.', int(state.step), self.total_steps
+      )
     elif config.init_from:
       state = init_from.initialise(state, config, mesh, run.workdir)
     self.state, self.start_step = state, int(state.step)
@@ -189,19 +212,24 @@ class _Training:
       logging.warning('Config change accepted: %s %r -> %r.', field, old, new)
     run.write_config(config, changes, self.start_step)
 
-    self.train_step = make_train_step(self.graphdef, tx, config, self.info,
-                                      out_sharding=replicated)
-    self.eval_step = make_eval_step(self.graphdef, self.info, out_sharding=replicated,
-                                    model_dtype=config.model.dtype)
+    self.train_step = make_train_step(self.graphdef, tx, config, self.info, out_sharding=replicated)
+    self.eval_step = make_eval_step(
+      self.graphdef, self.info, out_sharding=replicated, model_dtype=config.model.dtype
+    )
     self.learning_rate = learning_rate_schedule(config, self.steps_per_epoch)
     self.writer = create_writer(run.workdir, log_metrics=console.verbose())
-    write_parameter_overview(self.writer, run.workdir, config.model.name, state.params,
-                             log_table=console.verbose())
+    write_parameter_overview(
+      self.writer, run.workdir, config.model.name, state.params, log_table=console.verbose()
+    )
     if self.start_step == 0:
       self._first_pictures()
-    self.progress = Progress(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
-                             batch_size=config.batch_size, every_s=config.progress_every_s,
-                             max_lines=config.progress_max_lines)
+    self.progress = Progress(
+      total_steps=self.total_steps,
+      steps_per_epoch=self.steps_per_epoch,
+      batch_size=config.batch_size,
+      every_s=config.progress_every_s,
+      max_lines=config.progress_max_lines,
+    )
     self.throughput = Throughput(config.batch_size)
     self.metrics = sharding.put_replicated(Metrics.zeros(), mesh)
     self.best = checkpointer.best()  # (step, eval metrics), kept with the checkpoints.
@@ -214,11 +242,17 @@ class _Training:
     config, workdir = self.config, self.run.workdir
     self.writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     examples = self.pipeline.examples('train', PICTURE_EXAMPLES)
-    write_picture(self.writer, workdir, 'augmentation', augmentation_picture(
-        examples, jax.random.key(config.seed), config, self.info), step=0)
+    write_picture(
+      self.writer,
+      workdir,
+      'augmentation',
+      augmentation_picture(examples, jax.random.key(config.seed), config, self.info),
+      step=0,
+    )
     if config.patch_selection.kind != 'none':
-      write_picture(self.writer, workdir, 'kept_patches',
-                    kept_patches_picture(config, examples), step=0)
+      write_picture(
+        self.writer, workdir, 'kept_patches', kept_patches_picture(config, examples), step=0
+      )
 
   def step_loop(self) -> int:
     """Trains from start_step until the last step or a stop request; returns the step
@@ -232,8 +266,11 @@ class _Training:
           self._profile(step, starting=True)
           with jax.profiler.StepTraceAnnotation('train', step_num=step):
             self.state, self.metrics = self.train_step(
-                self.state, self.metrics, *next(train_batches),
-                _selects_patches(config, step, self.steps_per_epoch))
+              self.state,
+              self.metrics,
+              *next(train_batches),
+              _selects_patches(config, step, self.steps_per_epoch),
+            )
           step += 1
           self._profile(step, starting=False)
           if self.timed_from is None:
@@ -255,8 +292,9 @@ class _Training:
       # Nothing says done or stopped before the checkpoint of `step` is committed on disk.
       self.checkpointer.commit(step)
       if step < self.total_steps:
-        logging.warning('Stopped at step %d of %d; rerun the same command to resume.', step,
-                        self.total_steps)
+        logging.warning(
+          'Stopped at step %d of %d; rerun the same command to resume.', step, self.total_steps
+        )
     finally:
       stop.restore()
     return step
@@ -272,8 +310,12 @@ class _Training:
     elif not starting and step == config.profile_start_step + config.profile_steps:
       jax.block_until_ready(self.state)
       jax.profiler.stop_trace()
-      logging.info('Wrote a profile of steps %d-%d to %s/profile.', config.profile_start_step,
-                   step - 1, self.run.workdir)
+      logging.info(
+        'Wrote a profile of steps %d-%d to %s/profile.',
+        config.profile_start_step,
+        step - 1,
+        self.run.workdir,
+      )
 
   def log_train(self, step: int) -> None:
     """The training metrics since the last log to TensorBoard, after the NaN check."""
@@ -291,14 +333,26 @@ class _Training:
     started = time.perf_counter()
     results = {}
     for split in self.pipeline.eval_splits:
-      results.update(evaluate(self.eval_step, state,
-                              lambda split=split: self.pipeline.eval_batches(split),
-                              self.mesh, prefix=EVAL_PREFIXES[split]))
+      results.update(
+        evaluate(
+          self.eval_step,
+          state,
+          lambda split=split: self.pipeline.eval_batches(split),
+          self.mesh,
+          prefix=EVAL_PREFIXES[split],
+        )
+      )
     self.writer.write_scalars(step, {**results, 'epoch': epoch})
     if config.model.mask.kind == 'gmm':
-      write_picture(self.writer, self.run.workdir, 'gmm_masks', gmm_masks_picture(
-          self.graphdef, state.params, state.buffers, step=step, mode=config.model.mask.mode),
-          step=step)
+      write_picture(
+        self.writer,
+        self.run.workdir,
+        'gmm_masks',
+        gmm_masks_picture(
+          self.graphdef, state.params, state.buffers, step=step, mode=config.model.mask.mode
+        ),
+        step=step,
+      )
     seconds = time.perf_counter() - started
     self.eval_time += seconds
     self.progress.eval_done(step, results, seconds)
@@ -312,19 +366,27 @@ class _Training:
     """The run's summary, written to WORKDIR/summary.json; the closing line if complete."""
     config, best, last_eval = self.config, self.best, self.last_eval
     timed_steps = step - self.timed_from[1] if self.timed_from else 0
-    train_time = (time.perf_counter() - self.timed_from[0] - self.eval_time if timed_steps
-                  else 0.0)
+    train_time = time.perf_counter() - self.timed_from[0] - self.eval_time if timed_steps else 0.0
     summary = dict(
-        step=step, total_steps=self.total_steps, completed=step == self.total_steps,
-        **(last_eval[1] if last_eval else {}), eval_step=last_eval and last_eval[0],
-        best_eval_accuracy=best and best[1]['eval_accuracy'], best_step=best and best[0],
-        **({'best_val_accuracy': best and best[1]['val_accuracy']}
-           if 'validation' in self.pipeline.eval_splits else {}),
-        **self.last_train,
-        train_wall_time_s=time.time() - self.started,
-        train_steps_per_s=timed_steps / train_time if train_time else None,
-        train_images_per_s=timed_steps * config.batch_size / train_time if train_time else None,
-        devices=jax.device_count(), platform=jax.devices()[0].platform)
+      step=step,
+      total_steps=self.total_steps,
+      completed=step == self.total_steps,
+      **(last_eval[1] if last_eval else {}),
+      eval_step=last_eval and last_eval[0],
+      best_eval_accuracy=best and best[1]['eval_accuracy'],
+      best_step=best and best[0],
+      **(
+        {'best_val_accuracy': best and best[1]['val_accuracy']}
+        if 'validation' in self.pipeline.eval_splits
+        else {}
+      ),
+      **self.last_train,
+      train_wall_time_s=time.time() - self.started,
+      train_steps_per_s=timed_steps / train_time if train_time else None,
+      train_images_per_s=timed_steps * config.batch_size / train_time if train_time else None,
+      devices=jax.device_count(),
+      platform=jax.devices()[0].platform,
+    )
     self.run.write_summary(summary)
     if console.verbose():
       logging.info('Summary: %s', json.dumps(summary))
@@ -333,8 +395,15 @@ class _Training:
     return summary
 
 
-def _train(config, run: RunDirectory, checkpointer: Checkpointer, changes: dict, mesh, info: dict,
-           started: float) -> dict:
+def _train(
+  config,
+  run: RunDirectory,
+  checkpointer: Checkpointer,
+  changes: dict,
+  mesh,
+  info: dict,
+  started: float,
+) -> dict:
   training = _Training(config, run, checkpointer, mesh, info, started)
   training.set_up(changes)
   return training.summary(training.step_loop())

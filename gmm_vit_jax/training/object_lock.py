@@ -59,9 +59,13 @@ class ObjectLock:
       f.write(json.dumps(self._record).encode())
 
   def acquire(self) -> None:
-    self._record = dict(pid=os.getpid(), host=socket.gethostname(),
-                        since=datetime.datetime.now().isoformat(timespec='seconds'),
-                        heartbeat=time.time(), token=uuid.uuid4().hex)
+    self._record = dict(
+      pid=os.getpid(),
+      host=socket.gethostname(),
+      since=datetime.datetime.now().isoformat(timespec='seconds'),
+      heartbeat=time.time(),
+      token=uuid.uuid4().hex,
+    )
     try:
       self._create()
     except FileExistsError:
@@ -69,38 +73,49 @@ class ObjectLock:
       age = time.time() - float(holder.get('heartbeat', 0))
       if age < STALE_S and not _dead_here(holder):
         raise self._in_use(holder, age) from None
-      logging.warning('Took over the lock of process %s on %s, which ended without releasing '
-                      'it (its last heartbeat was %.0f s ago).', holder.get('pid'),
-                      holder.get('host'), age)
+      logging.warning(
+        'Took over the lock of process %s on %s, which ended without releasing '
+        'it (its last heartbeat was %.0f s ago).',
+        holder.get('pid'),
+        holder.get('host'),
+        age,
+      )
       self.fs.rm(self.path)
       try:
         self._create()
       except FileExistsError:  # Another process took it over first.
         raise self._in_use(self._read(), 0.0) from None
-    self._thread = threading.Thread(target=self._beat, name='workdir lock heartbeat',
-                                    daemon=True)
+    self._thread = threading.Thread(target=self._beat, name='workdir lock heartbeat', daemon=True)
     self._thread.start()
 
   def _in_use(self, holder: dict, age: float) -> errors.WorkdirInUseError:
     return errors.WorkdirInUseError(
-        f'{self.workdir} is in use by process {holder.get("pid", "?")} on '
-        f'{holder.get("host", "?")} (since {holder.get("since", "?")}, heartbeat {age:.0f} s '
-        f'ago): wait for it to end or stop it, or choose another --workdir. A lock whose '
-        f'heartbeat is over {STALE_S:.0f} s old is taken over.')
+      f'{self.workdir} is in use by process {holder.get("pid", "?")} on '
+      f'{holder.get("host", "?")} (since {holder.get("since", "?")}, heartbeat {age:.0f} s '
+      f'ago): wait for it to end or stop it, or choose another --workdir. A lock whose '
+      f'heartbeat is over {STALE_S:.0f} s old is taken over.'
+    )
 
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
       try:
         if self._read().get('token') != self._record['token']:
-          logging.error('The lock of %s was taken over by another process while this one '
-                        'held it (no heartbeat for %.0f s): two runs may now write there.',
-                        self.workdir, STALE_S)
+          logging.error(
+            'The lock of %s was taken over by another process while this one '
+            'held it (no heartbeat for %.0f s): two runs may now write there.',
+            self.workdir,
+            STALE_S,
+          )
           return
         self._record['heartbeat'] = time.time()
         self.fs.pipe_file(self.path, json.dumps(self._record).encode())
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Could not refresh the lock of %s (%s); trying again in %.0f s.',
-                        self.workdir, e, HEARTBEAT_S)
+        logging.warning(
+          'Could not refresh the lock of %s (%s); trying again in %.0f s.',
+          self.workdir,
+          e,
+          HEARTBEAT_S,
+        )
 
   def release(self) -> None:
     self._stop.set()
@@ -111,6 +126,11 @@ class ObjectLock:
         self.fs.rm(self.path)
     except Exception as e:  # pylint: disable=broad-except
       # Released on the way out of an error, often a storage one: that error is the news.
-      logging.warning('Could not delete the lock of %s (%s): the next run takes it over once '
-                      'its heartbeat is %.0f s old.', self.workdir, e, STALE_S)
+      logging.warning(
+        'Could not delete the lock of %s (%s): the next run takes it over once '
+        'its heartbeat is %.0f s old.',
+        self.workdir,
+        e,
+        STALE_S,
+      )
     self._record = None

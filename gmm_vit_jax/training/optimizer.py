@@ -12,8 +12,16 @@ from gmm_vit_jax.errors import ConfigError
 
 MASK_PARAM_NAMES = ('sigma', 'alpha')
 # Top-level modules of the backbones that turn pixels into tokens: layer 0.
-EMBEDDING = ('patch_embed', 'patch_norm', 'pos_embed', 'cls_token', 'tokens_to_token',
-             'stem_conv1', 'stem_conv2', 'stem_norm')
+EMBEDDING = (
+  'patch_embed',
+  'patch_norm',
+  'pos_embed',
+  'cls_token',
+  'tokens_to_token',
+  'stem_conv1',
+  'stem_conv2',
+  'stem_norm',
+)
 # Top-level modules after the last block: the top layer, with the full learning rate.
 TOP = ('norm', 'head')
 # Modules between two stages (Swin's patch merging, PiT's pooling, HAT-Net's
@@ -21,21 +29,28 @@ TOP = ('norm', 'head')
 BETWEEN_STAGES = ('downsample', 'pools', 'downsamples')
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict,
-                           steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
   """Per step: linear warmup from init_learning_rate, then cosine to end_learning_rate."""
   s = config.schedule
   if not 0 <= s.warmup_epochs < config.epochs:
-    raise ConfigError(f'schedule.warmup_epochs={s.warmup_epochs} must be at least 0 and below '
-                      f'epochs={config.epochs}.')
+    raise ConfigError(
+      f'schedule.warmup_epochs={s.warmup_epochs} must be at least 0 and below '
+      f'epochs={config.epochs}.'
+    )
   peak, decay_steps = config.optimizer.learning_rate, config.epochs * steps_per_epoch
   if s.warmup_epochs == 0:  # The same cosine, without optax's notice about an empty warmup.
-    return optax.cosine_decay_schedule(init_value=peak, decay_steps=decay_steps,
-                                       alpha=s.end_learning_rate / peak if peak else 0.0)
+    return optax.cosine_decay_schedule(
+      init_value=peak, decay_steps=decay_steps, alpha=s.end_learning_rate / peak if peak else 0.0
+    )
   return optax.warmup_cosine_decay_schedule(
-      init_value=s.init_learning_rate, peak_value=peak,
-      warmup_steps=s.warmup_epochs * steps_per_epoch, decay_steps=decay_steps,
-      end_value=s.end_learning_rate)
+    init_value=s.init_learning_rate,
+    peak_value=peak,
+    warmup_steps=s.warmup_epochs * steps_per_epoch,
+    decay_steps=decay_steps,
+    end_value=s.end_learning_rate,
+  )
 
 
 def _decay_mask(params, decay_mask_params: bool):
@@ -43,8 +58,10 @@ def _decay_mask(params, decay_mask_params: bool):
 
   params: the nested dict of arrays the train state holds (nnx.to_pure_dict).
   """
+
   def decays(path, _):
     return decay_mask_params or path[-1].key not in MASK_PARAM_NAMES
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -82,8 +99,13 @@ def layer_ids(params) -> tuple[dict, int]:
   """
   keys = lambda path: tuple(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  blocks = sorted({p for p in (_block_position(keys(path)) for path, _ in leaves)
-                   if p is not None and p[-1] != math.inf})
+  blocks = sorted(
+    {
+      p
+      for p in (_block_position(keys(path)) for path, _ in leaves)
+      if p is not None and p[-1] != math.inf
+    }
+  )
 
   def layer(path, _):
     names = keys(path)
@@ -94,8 +116,11 @@ def layer_ids(params) -> tuple[dict, int]:
       return bisect.bisect_right(blocks, position)
     if names[0] in TOP:
       return len(blocks) + 1
-    raise ValueError(f'optimizer.layer_decay: the parameter {".".join(names)} belongs to no '
-                     'known layer (gmm_vit_jax/training/optimizer.py lists them).')
+    raise ValueError(
+      f'optimizer.layer_decay: the parameter {".".join(names)} belongs to no '
+      'known layer (gmm_vit_jax/training/optimizer.py lists them).'
+    )
+
   return jax.tree_util.tree_map_with_path(layer, params), len(blocks)
 
 
@@ -109,14 +134,17 @@ def layer_scales(params, decay: float):
 def scale_by_layer(decay: float) -> optax.GradientTransformation:
   """Multiplies each update by its layer's factor (layer_scales). After AdamW it scales the
   parameter's learning rate, weight decay included, as a per-layer learning rate does."""
+
   def update(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, f: u * f, updates, layer_scales(updates, decay)), state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.GradientTransformation:
   """AdamW on the schedule, optionally clipped, optionally with layer-wise learning-rate
   decay (optimizer.layer_decay < 1, scale_by_layer); with grad_accum_steps = k > 1,
   optax.MultiSteps averages the gradients of k train steps (micro-batches) and updates once.
@@ -132,11 +160,18 @@ def make_optimizer(config: ml_collections.ConfigDict,
     raise ConfigError(f'optimizer.layer_decay={o.layer_decay!r} must be in (0, 1]; 1 is off.')
   schedule = learning_rate_schedule(config, steps_per_epoch)
   adamw = optax.adamw(
-      (lambda update: schedule(update * accum)) if accum > 1 else schedule,
-      b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-      mask=lambda params: _decay_mask(params, o.decay_mask_params))
+    (lambda update: schedule(update * accum)) if accum > 1 else schedule,
+    b1=o.b1,
+    b2=o.b2,
+    eps=o.eps,
+    weight_decay=o.weight_decay,
+    mask=lambda params: _decay_mask(params, o.decay_mask_params),
+  )
   if o.layer_decay != 1:
     adamw = optax.chain(adamw, scale_by_layer(o.layer_decay))
-  tx = adamw if o.grad_clip_norm is None else optax.chain(
-      optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+  tx = (
+    adamw
+    if o.grad_clip_norm is None
+    else optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+  )
   return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx

@@ -30,9 +30,9 @@ DPI = 100
 MIN_GRID_PX = 360  # Grids of small images (8x8 digits) are drawn at least this tall,
 MAX_GRID_WIDTH_IN = 10.0  # unless that would make them wider than this.
 MASK_MEANING = {
-    'multiply': "each key's attention score is multiplied by the mask value:\n"
-                '1 keeps it, 0 flattens it, below 0 reverses it',
-    'add': "the mask value is added to each key's attention logit",
+  'multiply': "each key's attention score is multiplied by the mask value:\n"
+  '1 keeps it, 0 flattens it, below 0 reverses it',
+  'add': "the mask value is added to each key's attention logit",
 }
 GRID_PAD = 2  # White pixels between the images of a grid.
 KEPT_PATCHES_SCALE = 8  # Nearest upscaling that lets the hatching of dropped patches show.
@@ -54,8 +54,9 @@ def write_picture(writer, workdir: str, name: str, rgb: np.ndarray, *, step: int
     storage.write_atomically(storage.join(workdir, f'{name}.png'), png.getvalue())
 
 
-def _grid_figure(grid: np.ndarray, rows: list[str], columns: int, tile: tuple[int, int], *,
-                 title: str, xlabel: str) -> Figure:
+def _grid_figure(
+  grid: np.ndarray, rows: list[str], columns: int, tile: tuple[int, int], *, title: str, xlabel: str
+) -> Figure:
   """A tiled image grid (augment.visualize.tile's layout) with its rows named on the left
   and its columns numbered below; sized so that the grid shows at least 2x and at least
   MIN_GRID_PX tall, within MAX_GRID_WIDTH_IN."""
@@ -68,8 +69,10 @@ def _grid_figure(grid: np.ndarray, rows: list[str], columns: int, tile: tuple[in
   ax = fig.add_subplot()
   ax.imshow(grid, interpolation='nearest')
   ax.set_yticks([GRID_PAD + i * (h + GRID_PAD) + h / 2 for i in range(len(rows))], rows)
-  ax.set_xticks([GRID_PAD + j * (w + GRID_PAD) + w / 2 for j in range(columns)],
-                [str(j + 1) for j in range(columns)])
+  ax.set_xticks(
+    [GRID_PAD + j * (w + GRID_PAD) + w / 2 for j in range(columns)],
+    [str(j + 1) for j in range(columns)],
+  )
   ax.tick_params(length=0)
   for side in ax.spines.values():
     side.set_visible(False)
@@ -78,17 +81,28 @@ def _grid_figure(grid: np.ndarray, rows: list[str], columns: int, tile: tuple[in
   return fig
 
 
-def augmentation_picture(images: np.ndarray, key: jax.Array, config: ml_collections.ConfigDict,
-                         info: dict, *, draws: int = 4) -> np.ndarray:
+def augmentation_picture(
+  images: np.ndarray,
+  key: jax.Array,
+  config: ml_collections.ConfigDict,
+  info: dict,
+  *,
+  draws: int = 4,
+) -> np.ndarray:
   """(N, H, W, C) uint8 training images -> an RGB picture: the images as stored in the
   top row, each next row one random draw of the `config.augment` recipe on all of them."""
-  grid = augmentation_grid(images, key, config.augment, mean=info['mean'], std=info['std'],
-                           draws=draws, pad=GRID_PAD)
+  grid = augmentation_grid(
+    images, key, config.augment, mean=info['mean'], std=info['std'], draws=draws, pad=GRID_PAD
+  )
   rows = ['original'] + [f'draw {i + 1}' for i in range(draws)]
-  fig = _grid_figure(grid, rows, images.shape[0], images.shape[1:3],
-                     title=f'Training augmentation of {config.dataset.name}: '
-                           'each row one random draw of the recipe',
-                     xlabel='training image')
+  fig = _grid_figure(
+    grid,
+    rows,
+    images.shape[0],
+    images.shape[1:3],
+    title=f'Training augmentation of {config.dataset.name}: each row one random draw of the recipe',
+    xlabel='training image',
+  )
   return rendered(fig)
 
 
@@ -96,33 +110,62 @@ def kept_patches_picture(config: ml_collections.ConfigDict, images: np.ndarray) 
   """Which patches `config.patch_selection` keeps of a few (N, H, W, C) uint8 training
   images (before augmentation) -> an RGB picture with a legend and the kept fraction."""
   patch_size = config.model.patch_size
-  token_index = np.asarray(patches.select_tokens(
-      images.astype(np.float32) / 255.0, jax.random.key(config.seed), config.patch_selection,
-      patch_size=patch_size))
+  token_index = np.asarray(
+    patches.select_tokens(
+      images.astype(np.float32) / 255.0,
+      jax.random.key(config.seed),
+      config.patch_selection,
+      patch_size=patch_size,
+    )
+  )
   n, h, w, _ = images.shape
   total = (h // patch_size) * (w // patch_size)
-  grid = patches.draw_kept_patches(images, token_index, patch_size=patch_size, max_images=n,
-                                   columns=n, scale=KEPT_PATCHES_SCALE, border=GRID_PAD)
+  grid = patches.draw_kept_patches(
+    images,
+    token_index,
+    patch_size=patch_size,
+    max_images=n,
+    columns=n,
+    scale=KEPT_PATCHES_SCALE,
+    border=GRID_PAD,
+  )
   kept = token_index.shape[1]
   fig = _grid_figure(
-      grid, [''], n, (h * KEPT_PATCHES_SCALE, w * KEPT_PATCHES_SCALE),
-      title=(f'Patch selection ({config.patch_selection.kind}): {kept} of {total} patches '
-             f'kept per image ({kept / total:.0%}) on the steps that select'),
-      xlabel='training image')
-  fig.legend(handles=[Patch(facecolor='white', edgecolor='black', label='kept'),
-                      Patch(facecolor='0.3', edgecolor=HATCH_COLOUR / 255,
-                            hatch='//', label='dropped (dimmed, hatched)')],
-             loc='outside right center', frameon=False)
+    grid,
+    [''],
+    n,
+    (h * KEPT_PATCHES_SCALE, w * KEPT_PATCHES_SCALE),
+    title=(
+      f'Patch selection ({config.patch_selection.kind}): {kept} of {total} patches '
+      f'kept per image ({kept / total:.0%}) on the steps that select'
+    ),
+    xlabel='training image',
+  )
+  fig.legend(
+    handles=[
+      Patch(facecolor='white', edgecolor='black', label='kept'),
+      Patch(
+        facecolor='0.3', edgecolor=HATCH_COLOUR / 255, hatch='//', label='dropped (dimmed, hatched)'
+      ),
+    ],
+    loc='outside right center',
+    frameon=False,
+  )
   return rendered(fig)
 
 
-def gmm_masks_picture(graphdef: nnx.GraphDef, params, buffers, *, step: int,
-                      mode: str) -> np.ndarray:
+def gmm_masks_picture(
+  graphdef: nnx.GraphDef, params, buffers, *, step: int, mode: str
+) -> np.ndarray:
   """The model's Gaussian mixture masks at training step `step`, one panel per layer and
   head, as an RGB picture; `mode` (model.mask.mode) says what the colours mean."""
   fig = plot_gmm_masks(nnx.merge(graphdef, params, buffers))
-  suptitle_fitted(fig, f'Gaussian mixture masks at step {step}, seen from the centre query '
-                  f'(dot)\n{MASK_MEANING[mode]}', fontsize=10)
+  suptitle_fitted(
+    fig,
+    f'Gaussian mixture masks at step {step}, seen from the centre query '
+    f'(dot)\n{MASK_MEANING[mode]}',
+    fontsize=10,
+  )
   try:
     return rendered(fig)
   finally:

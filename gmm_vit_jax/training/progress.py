@@ -40,12 +40,15 @@ def eval_figures(results: Mapping[str, float]) -> str:
   """'val 97.90%  test 98.33%  ema 98.61%  loss 0.0421': the accuracy of each split the
   results hold, then that of the weights' moving average where the run keeps one (of each
   split, named, when there are two), then the test loss of the raw weights."""
-  splits = [(name, prefix) for prefix, name in SPLIT_NAMES.items()
-            if f'{prefix}_accuracy' in results]
+  splits = [
+    (name, prefix) for prefix, name in SPLIT_NAMES.items() if f'{prefix}_accuracy' in results
+  ]
   figures = [f'{name} {results[f"{prefix}_accuracy"]:.2%}' for name, prefix in splits]
   averaged = [(name, prefix) for name, prefix in splits if f'{prefix}_ema_accuracy' in results]
-  figures += [f'ema{f" {name}" if len(averaged) > 1 else ""} '
-              f'{results[f"{prefix}_ema_accuracy"]:.2%}' for name, prefix in averaged]
+  figures += [
+    f'ema{f" {name}" if len(averaged) > 1 else ""} {results[f"{prefix}_ema_accuracy"]:.2%}'
+    for name, prefix in averaged
+  ]
   if 'eval_loss' in results:
     figures.append(f'loss {results["eval_loss"]:.4f}')
   return '  '.join(figures)
@@ -63,12 +66,14 @@ def closing_line(summary: Mapping, summary_path: str, selection: str) -> str:
   best_prefix = selection.rpartition('_')[0]
   best = summary.get(f'best_{selection}')
   rate = summary.get('train_images_per_s')
-  return (f'Done at step {summary["step"]}/{summary["total_steps"]}: '
-          f'{eval_figures(summary)}; best {SPLIT_NAMES.get(best_prefix, best_prefix)} '
-          f'{"-" if best is None else f"{best:.2%}"} at step {summary.get("best_step")} (the '
-          f'checkpoint export takes, chosen on {metric_name(selection)}); '
-          f'{format_duration(summary["train_wall_time_s"])} in all'
-          f'{f", {rate:,.0f} img/s of training" if rate else ""}. Summary: {summary_path}')
+  return (
+    f'Done at step {summary["step"]}/{summary["total_steps"]}: '
+    f'{eval_figures(summary)}; best {SPLIT_NAMES.get(best_prefix, best_prefix)} '
+    f'{"-" if best is None else f"{best:.2%}"} at step {summary.get("best_step")} (the '
+    f'checkpoint export takes, chosen on {metric_name(selection)}); '
+    f'{format_duration(summary["train_wall_time_s"])} in all'
+    f'{f", {rate:,.0f} img/s of training" if rate else ""}. Summary: {summary_path}'
+  )
 
 
 class _ClearsLiveLine(logging.Filter):
@@ -88,15 +93,24 @@ class Progress:
   """Reports training progress at most every `every_s` seconds of wall time.
 
   Call it after every training step; it reads the clock and returns at once unless a
-  line is due. With `max_lines`, lines are also at least total_steps / max_lines steps
-  apart, so a slow machine does not print more of them than a fast one, so the metrics (a device-to-host copy) are fetched only for lines that
-  print. Rates and the ETA leave out compilation (the first step it is called for starts
-  the clock) and evaluation (`eval_done` moves the clock past it).
+  line is due (so the metrics, a device-to-host copy, are fetched only for lines that
+  print). With `max_lines`, lines are also at least total_steps / max_lines steps apart,
+  so a slow machine does not print more of them than a fast one. Rates and the ETA leave
+  out compilation (the first step it is called for starts the clock) and evaluation
+  (`eval_done` moves the clock past it).
   """
 
-  def __init__(self, *, total_steps: int, steps_per_epoch: int, batch_size: int,
-               every_s: float, max_lines: int = 0, stream=None,
-               clock: Callable[[], float] = time.monotonic):
+  def __init__(
+    self,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    every_s: float,
+    max_lines: int = 0,
+    stream=None,
+    clock: Callable[[], float] = time.monotonic,
+  ):
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
     self.batch_size = batch_size
@@ -132,20 +146,27 @@ class Progress:
     steps_per_s = (step - self._origin[1]) / max(now - self._origin[0], 1e-9)
     eta = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float('inf')
     eta_text = format_duration(eta) if eta != float('inf') else '?'
-    return (f'epoch {epoch_of(step, self.steps_per_epoch)}/{self.epochs}  '
-            f'step {step}/{self.total_steps}  {images_per_s:,.0f} img/s  '
-            f'loss {metrics["train_loss"]:.4f}  accuracy {metrics["train_accuracy"]:.1%}  '
-            f'ETA {eta_text}')
+    return (
+      f'epoch {epoch_of(step, self.steps_per_epoch)}/{self.epochs}  '
+      f'step {step}/{self.total_steps}  {images_per_s:,.0f} img/s  '
+      f'loss {metrics["train_loss"]:.4f}  accuracy {metrics["train_accuracy"]:.1%}  '
+      f'ETA {eta_text}'
+    )
 
   def eval_done(self, step: int, results: Mapping[str, float], seconds: float) -> None:
     """One line for an evaluation that took `seconds`, which the rates then leave out."""
     if self._origin is not None:
       self._origin = (self._origin[0] + seconds, self._origin[1])
       self._last = (self._last[0] + seconds, self._last[1])
-    logging.info('eval  epoch %d/%d  step %d/%d  %s  (%s)',
-                 epoch_of(step, self.steps_per_epoch), self.epochs, step, self.total_steps,
-                 eval_figures(results),
-                 format_duration(seconds) if seconds >= 1 else f'{seconds:.2f}s')
+    logging.info(
+      'eval  epoch %d/%d  step %d/%d  %s  (%s)',
+      epoch_of(step, self.steps_per_epoch),
+      self.epochs,
+      step,
+      self.total_steps,
+      eval_figures(results),
+      format_duration(seconds) if seconds >= 1 else f'{seconds:.2f}s',
+    )
 
   def _show(self, text: str) -> None:
     self.lines += 1

@@ -42,16 +42,38 @@ SUMMARY_FILE = 'summary.json'
 # Fields that change how a run is watched, stored, fed or computed, not what it learns
 # (both input pipelines give the same batches; init_from acts only at step 0): a resumed
 # run takes their new values and says so.
-FREE_TO_CHANGE = ('log_every_steps', 'progress_every_s', 'progress_max_lines',
-                  'eval_every_epochs', 'eval_batch_size', 'checkpoint.',
-                  'profile_steps', 'profile_start_step', 'cpu_keep_step_memory',
-                  'dataset.data_dir', 'dataset.download', 'dataset.pipeline',
-                  'dataset.resident_share', 'dataset.grain_workers', 'dataset.grain_threads',
-                  'dataset.prefetch', 'init_from', 'init_from_dont_load', 'init_from_partial',
-                  'model.attention.implementation', 'model.attention.max_slices')
+FREE_TO_CHANGE = (
+  'log_every_steps',
+  'progress_every_s',
+  'progress_max_lines',
+  'eval_every_epochs',
+  'eval_batch_size',
+  'checkpoint.',
+  'profile_steps',
+  'profile_start_step',
+  'cpu_keep_step_memory',
+  'dataset.data_dir',
+  'dataset.download',
+  'dataset.pipeline',
+  'dataset.resident_share',
+  'dataset.grain_workers',
+  'dataset.grain_threads',
+  'dataset.prefetch',
+  'init_from',
+  'init_from_dont_load',
+  'init_from_partial',
+  'model.attention.implementation',
+  'model.attention.max_slices',
+)
 _ABSENT = '<absent>'
-OWN_CONFIG_FIELDS = ('model.name', 'dataset.name', 'epochs', 'batch_size', 'seed',
-                     'checkpoint.every_steps')
+OWN_CONFIG_FIELDS = (
+  'model.name',
+  'dataset.name',
+  'epochs',
+  'batch_size',
+  'seed',
+  'checkpoint.every_steps',
+)
 # What a run writes before its config.json (the lock, init_from's report) and what a
 # crash mid-write leaves.
 EARLY_FILES = (LOCK_FILE, 'init_from.txt', f'{CONFIG_FILE}.tmp')
@@ -76,8 +98,11 @@ def config_as_data(config: ml_collections.ConfigDict) -> dict:
 def config_changes(old: dict, new: dict) -> dict[str, tuple]:
   """{field: (old value, new value)} for every field that differs, absent ones included."""
   old, new = flatten(old), flatten(new)
-  return {k: (old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(old.keys() | new.keys())
-          if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+  return {
+    k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
+    for k in sorted(old.keys() | new.keys())
+    if old.get(k, _ABSENT) != new.get(k, _ABSENT)
+  }
 
 
 def _is_free(field: str) -> bool:
@@ -104,8 +129,12 @@ class RunDirectory:
     or this trainer's (see the module docstring); reads only."""
     if storage.is_url(self.workdir):
       names = storage.listdir(self.workdir)
-    elif errors.is_directory('--workdir', self.workdir, 'choose a directory that does not '
-                             'exist yet (it is created) or a run directory of this trainer.'):
+    elif errors.is_directory(
+      '--workdir',
+      self.workdir,
+      'choose a directory that does not '
+      'exist yet (it is created) or a run directory of this trainer.',
+    ):
       names = os.listdir(self.workdir)
     else:
       return
@@ -119,15 +148,18 @@ class RunDirectory:
       except (ValueError, AttributeError, IsADirectoryError):
         missing, lacks = True, 'it is not a JSON object'
       if missing:
-        raise errors.UserError(f'{self.path(CONFIG_FILE)} is not a config this trainer wrote '
-                               f'({lacks}): {fix}')
+        raise errors.UserError(
+          f'{self.path(CONFIG_FILE)} is not a config this trainer wrote ({lacks}): {fix}'
+        )
       return
     foreign = [n for n in names if n not in EARLY_FILES]
     if foreign:
       more = f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''
-      raise errors.UserError(f'{self.workdir} holds files this trainer did not write '
-                             f'({", ".join(foreign[:5])}{more}) and no config.json of its '
-                             f'own: {fix}')
+      raise errors.UserError(
+        f'{self.workdir} holds files this trainer did not write '
+        f'({", ".join(foreign[:5])}{more}) and no config.json of its '
+        f'own: {fix}'
+      )
 
   @contextlib.contextmanager
   def locked(self):
@@ -159,24 +191,39 @@ class RunDirectory:
       holder = _read_holder(fd)
       os.close(fd)
       raise errors.WorkdirInUseError(
-          f'{self.workdir} is in use by process {holder.get("pid", "?")} on '
-          f'{holder.get("host", "?")} (since {holder.get("since", "?")}): wait for it to end or '
-          'stop it, or choose another --workdir.') from None
+        f'{self.workdir} is in use by process {holder.get("pid", "?")} on '
+        f'{holder.get("host", "?")} (since {holder.get("since", "?")}): wait for it to end or '
+        'stop it, or choose another --workdir.'
+      ) from None
     except OSError as e:
       if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
         os.close(fd)
         raise
-      logging.warning('%s does not support file locks: nothing stops a second run from '
-                      'using this workdir at the same time.', self.workdir)
+      logging.warning(
+        '%s does not support file locks: nothing stops a second run from '
+        'using this workdir at the same time.',
+        self.workdir,
+      )
     previous = _read_holder(fd)
     if previous:
       # flock is released when its holder dies, so a holder still named here died.
-      logging.warning('Took over the lock of process %s on %s, which ended without releasing '
-                      'it.', previous.get('pid'), previous.get('host'))
+      logging.warning(
+        'Took over the lock of process %s on %s, which ended without releasing it.',
+        previous.get('pid'),
+        previous.get('host'),
+      )
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
-                                  since=datetime.datetime.now().isoformat(
-                                      timespec='seconds'))).encode(), 0)
+    os.pwrite(
+      fd,
+      json.dumps(
+        dict(
+          pid=os.getpid(),
+          host=socket.gethostname(),
+          since=datetime.datetime.now().isoformat(timespec='seconds'),
+        )
+      ).encode(),
+      0,
+    )
     self._lock_fd = fd
 
   def _release(self) -> None:
@@ -198,8 +245,14 @@ class RunDirectory:
     except FileNotFoundError:
       return None
 
-  def check_config(self, config: ml_collections.ConfigDict, *, has_checkpoint: bool,
-                   allowed: tuple[str, ...], changes_structure) -> dict:
+  def check_config(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    has_checkpoint: bool,
+    allowed: tuple[str, ...],
+    changes_structure,
+  ) -> dict:
     """The changes of `config` against the stored one, if the run may go on with them.
 
     has_checkpoint: whether a trained state exists; without one any change is accepted.
@@ -217,44 +270,58 @@ class RunDirectory:
     unknown = sorted(set(allowed) - set(changes))
     if unknown:
       raise errors.ConfigError(
-          f'--allow_config_change names {", ".join(unknown)}, which did not change; the changed '
-          f'fields are: {", ".join(changes) or "none"}.')
+        f'--allow_config_change names {", ".join(unknown)}, which did not change; the changed '
+        f'fields are: {", ".join(changes) or "none"}.'
+      )
     if changes_structure(ml_collections.ConfigDict(stored)):
       raise errors.ConfigChangedError(
-          f'{self.workdir} holds a model of another shape: {_listing(changes)}. Its checkpoints '
-          'cannot take the new config: choose a new --workdir (or restore the old values).')
+        f'{self.workdir} holds a model of another shape: {_listing(changes)}. Its checkpoints '
+        'cannot take the new config: choose a new --workdir (or restore the old values).'
+      )
     refused = {k: v for k, v in changes.items() if not _is_free(k) and k not in allowed}
     if refused:
       raise errors.ConfigChangedError(
-          f'{self.workdir} was trained with other values: {_listing(refused)}. These change what '
-          'the run learns: choose a new --workdir, or rerun with '
-          f'--allow_config_change={",".join(refused)} to go on with the new values.')
+        f'{self.workdir} was trained with other values: {_listing(refused)}. These change what '
+        'the run learns: choose a new --workdir, or rerun with '
+        f'--allow_config_change={",".join(refused)} to go on with the new values.'
+      )
     return changes
 
   def write_config(self, config: ml_collections.ConfigDict, changes: dict, step: int) -> None:
     """Stores the config in force, and the accepted changes in the history."""
     if jax.process_index() != 0:
       return
-    storage.write_atomically(self.path(CONFIG_FILE), config.to_json_best_effort(indent=2,
-                                                                             sort_keys=True))
+    storage.write_atomically(
+      self.path(CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True)
+    )
     if not changes or step == 0:
       return
     history = self._read_json(HISTORY_FILE) or []
-    history.append(dict(step=step, time=datetime.datetime.now().isoformat(timespec='seconds'),
-                        changes={k: list(v) for k, v in changes.items()}))
+    history.append(
+      dict(
+        step=step,
+        time=datetime.datetime.now().isoformat(timespec='seconds'),
+        changes={k: list(v) for k, v in changes.items()},
+      )
+    )
     storage.write_atomically(self.path(HISTORY_FILE), json.dumps(history, indent=2))
 
   def read_summary(self) -> dict | None:
     return self._read_json(SUMMARY_FILE)
 
-  def finished_summary(self, config: ml_collections.ConfigDict,
-                       latest_step: int | None) -> dict | None:
+  def finished_summary(
+    self, config: ml_collections.ConfigDict, latest_step: int | None
+  ) -> dict | None:
     """The stored summary, if the run is complete with `config` (up to fields free to change)
     and nothing has been saved after it; then there is nothing left to train."""
     summary = self.read_summary()
     stored = self.stored_config()
-    if not (summary and summary.get('completed') and summary.get('step') == latest_step
-            and stored is not None):
+    if not (
+      summary
+      and summary.get('completed')
+      and summary.get('step') == latest_step
+      and stored is not None
+    ):
       return None
     changes = config_changes(stored, config_as_data(config))
     return None if any(not _is_free(field) for field in changes) else summary

@@ -19,6 +19,7 @@ class TrainState:
   buffers: the model's other variables (fixed embeddings), likewise; opt_state: optax's;
   ema: optax.EmaState of the params (its .ema holds the averaged weights), None when
   config.ema_decay is off."""
+
   step: jax.Array
   params: Any
   buffers: Any
@@ -34,6 +35,7 @@ class Metrics:
   L2 norms of each train step's gradient (of its micro-batch, before clipping) and of the
   parameters after its update, over the `steps` train steps; evaluation leaves them 0.
   """
+
   loss: jax.Array
   correct: jax.Array
   count: jax.Array
@@ -46,8 +48,9 @@ class Metrics:
   def zeros(cls) -> 'Metrics':
     # Separate buffers: the train step donates each field.
     z = lambda: jax.numpy.zeros((), jax.numpy.float32)
-    return cls(loss=z(), correct=z(), count=z(), nonfinite=z(), grad_norm=z(), param_norm=z(),
-               steps=z())
+    return cls(
+      loss=z(), correct=z(), count=z(), nonfinite=z(), grad_norm=z(), param_norm=z(), steps=z()
+    )
 
   def __add__(self, other: 'Metrics') -> 'Metrics':
     return jax.tree.map(lambda a, b: a + b, self, other)
@@ -56,8 +59,10 @@ class Metrics:
     """<prefix>_loss and <prefix>_accuracy; with train steps counted, also the mean
     <prefix>_grad_norm and <prefix>_param_norm."""
     count = max(float(self.count), 1.0)
-    result = {f'{prefix}_loss': float(self.loss) / count,
-              f'{prefix}_accuracy': float(self.correct) / count}
+    result = {
+      f'{prefix}_loss': float(self.loss) / count,
+      f'{prefix}_accuracy': float(self.correct) / count,
+    }
     steps = float(self.steps)
     if steps:
       result[f'{prefix}_grad_norm'] = float(self.grad_norm) / steps
@@ -79,14 +84,24 @@ def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
   def init() -> TrainState:
     _, params, buffers = nnx.split(build_from_config(config, config.seed), nnx.Param, ...)
     params = nnx.to_pure_dict(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      buffers=nnx.to_pure_dict(buffers), opt_state=tx.init(params),
-                      ema=jax.tree.map(jnp.copy, params) if ema_decay(config) else None)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      buffers=nnx.to_pure_dict(buffers),
+      opt_state=tx.init(params),
+      ema=jax.tree.map(jnp.copy, params) if ema_decay(config) else None,
+    )
+
   return init
 
 
-def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                       sharding, *, abstract: bool = False) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  tx: optax.GradientTransformation,
+  sharding,
+  *,
+  abstract: bool = False,
+) -> tuple[nnx.GraphDef, TrainState]:
   """The model's graph definition and its initial train state, created under jit directly
   with `sharding`, so every process of a multi-host run computes the same state in place.
 
@@ -98,8 +113,9 @@ def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTran
   return graphdef, jax.eval_shape(init) if abstract else init()
 
 
-def state_layout(config: ml_collections.ConfigDict,
-                 tx: optax.GradientTransformation) -> list[tuple[str, tuple, str]]:
+def state_layout(
+  config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+) -> list[tuple[str, tuple, str]]:
   """(path, shape, dtype) of every leaf of the train state, computed without arithmetic:
   two configs whose layouts differ cannot share a checkpoint."""
   leaves, _ = jax.tree.flatten_with_path(jax.eval_shape(_init(config, tx)))

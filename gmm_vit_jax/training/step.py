@@ -30,9 +30,15 @@ def _rows(images, labels, index):
   return (images, labels) if index is None else (images[index], labels[index])
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict, info: dict, *,
-                    out_sharding, donate: bool = True) -> Callable:
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  info: dict,
+  *,
+  out_sharding,
+  donate: bool = True,
+) -> Callable:
   """Returns step(state, metrics, images, labels, index, select_patches) -> (state, metrics).
 
   With config.ema_decay set, state.ema follows the params by Polyak averaging
@@ -58,15 +64,24 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def _step(state: TrainState, metrics: Metrics, images, labels, index, select_patches: bool):
     aug_key, dropout_key, select_key = jax.random.split(jax.random.fold_in(seed_key, state.step), 3)
     x, targets = augment.augment_batch(
-        *_rows(images, labels, index), aug_key, config.augment,
-        num_classes=info['num_classes'], mean=info['mean'], std=info['std'],
-        mesh=out_sharding.mesh)
+      *_rows(images, labels, index),
+      aug_key,
+      config.augment,
+      num_classes=info['num_classes'],
+      mean=info['mean'],
+      std=info['std'],
+      mesh=out_sharding.mesh,
+    )
     selected = {}
     if select_patches:
       cfg = config.patch_selection
       # The heuristics score pixels in [0, 1], so they see the augmented image un-normalised.
-      token_index = patches.select_tokens(x * jnp.asarray(info['std']) + jnp.asarray(info['mean']),
-                                          select_key, cfg, patch_size=config.model.patch_size)
+      token_index = patches.select_tokens(
+        x * jnp.asarray(info['std']) + jnp.asarray(info['mean']),
+        select_key,
+        cfg,
+        patch_size=config.model.patch_size,
+      )
       if cfg.mode == 'drop':
         selected['token_index'] = token_index
       else:
@@ -86,25 +101,30 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     if state.ema is not None:
       # The average moves only when the params do: once per k micro-batches under MultiSteps.
       moved = tx.has_updated(opt_state) if isinstance(tx, optax.MultiSteps) else True
-      state = state.replace(ema=optax.incremental_update(
-          params, state.ema, jnp.where(moved, 1.0 - decay, 0.0)))
-    state = state.replace(step=state.step + 1, params=params, buffers=buffers,
-                          opt_state=opt_state)
+      state = state.replace(
+        ema=optax.incremental_update(params, state.ema, jnp.where(moved, 1.0 - decay, 0.0))
+      )
+    state = state.replace(step=state.step + 1, params=params, buffers=buffers, opt_state=opt_state)
     batch = jnp.float32(targets.shape[0])
     correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
-    return state, metrics + Metrics(loss=loss * batch, correct=correct.astype(jnp.float32),
-                                    count=batch,
-                                    nonfinite=(~jnp.isfinite(loss)).astype(jnp.float32),
-                                    grad_norm=optax.tree.norm(grads).astype(jnp.float32),
-                                    param_norm=optax.tree.norm(params).astype(jnp.float32),
-                                    steps=jnp.float32(1))
+    return state, metrics + Metrics(
+      loss=loss * batch,
+      correct=correct.astype(jnp.float32),
+      count=batch,
+      nonfinite=(~jnp.isfinite(loss)).astype(jnp.float32),
+      grad_norm=optax.tree.norm(grads).astype(jnp.float32),
+      param_norm=optax.tree.norm(params).astype(jnp.float32),
+      steps=jnp.float32(1),
+    )
 
-  return jax.jit(step, donate_argnums=(0, 1) if donate else (), static_argnums=(5,),
-                 out_shardings=out_sharding)
+  return jax.jit(
+    step, donate_argnums=(0, 1) if donate else (), static_argnums=(5,), out_shardings=out_sharding
+  )
 
 
-def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding,
-                   model_dtype: str) -> Callable:
+def make_eval_step(
+  graphdef: nnx.GraphDef, info: dict, *, out_sharding, model_dtype: str
+) -> Callable:
   """Returns step(params, buffers, metrics, images, labels, index, weight) -> metrics.
 
   images, labels, index: as for the train step; weight: (B,) 1 for real rows, 0 for the
@@ -119,8 +139,11 @@ def make_eval_step(graphdef: nnx.GraphDef, info: dict, *, out_sharding,
       logits = nnx.merge(graphdef, params, buffers)(x, deterministic=True)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    return metrics + Metrics(loss=jnp.sum(loss * weight), correct=jnp.sum(correct * weight),
-                             count=jnp.sum(weight),
-                             nonfinite=jnp.sum((~jnp.isfinite(loss)) * weight))
+    return metrics + Metrics(
+      loss=jnp.sum(loss * weight),
+      correct=jnp.sum(correct * weight),
+      count=jnp.sum(weight),
+      nonfinite=jnp.sum((~jnp.isfinite(loss)) * weight),
+    )
 
   return jax.jit(step, donate_argnums=(2,), out_shardings=out_sharding)

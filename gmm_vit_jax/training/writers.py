@@ -31,9 +31,12 @@ class ScalarSummaryWriter(metric_writers.SummaryWriter):
   """clu's SummaryWriter, with scalars written as `Summary.Value.simple_value`."""
 
   def write_scalars(self, step, scalars):
-    summary = tf.compat.v1.Summary(value=[
+    summary = tf.compat.v1.Summary(
+      value=[
         tf.compat.v1.Summary.Value(tag=key, simple_value=float(value))
-        for key, value in scalars.items()])
+        for key, value in scalars.items()
+      ]
+    )
     with self._summary_writer.as_default():
       tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
 
@@ -75,8 +78,9 @@ def create_writer(workdir: str, *, log_metrics: bool) -> metric_writers.MetricWr
   where `log_metrics` (the console shows progress and eval lines of its own)."""
   writers = []
   if jax.process_index() == 0:
-    writers.append((CopiedSummaryWriter if storage.is_url(workdir) else
-                    ScalarSummaryWriter)(workdir))
+    writers.append(
+      (CopiedSummaryWriter if storage.is_url(workdir) else ScalarSummaryWriter)(workdir)
+    )
   if log_metrics:
     writers.append(metric_writers.LoggingWriter())
   return metric_writers.AsyncMultiWriter(writers)
@@ -97,5 +101,6 @@ def write_parameter_overview(writer, workdir: str, name: str, params, *, log_tab
   if log_table:
     logging.info('Parameters of %s:\n%s', name, table)
   else:
-    logging.info('%s: %s parameters (table in %s).', name, f'{count:,}',
-                 storage.join(workdir, PARAMETERS_FILE))
+    logging.info(
+      '%s: %s parameters (table in %s).', name, f'{count:,}', storage.join(workdir, PARAMETERS_FILE)
+    )

@@ -51,9 +51,10 @@ def make_importable(path: str) -> None:
     sys.path.append(root)
 
 
-def module(path: str, *, flag: str = '--config') -> types.ModuleType:
+def module(path: str, *, flag: str = '--config', needs: str = 'get_config') -> types.ModuleType:
   """The config file at `path`, run as a module whose sibling imports resolve from any
-  working directory (make_importable)."""
+  working directory (make_importable); `needs` names the function it must define
+  (get_config, or shrink for the size files that reproduce takes)."""
   if not os.path.isfile(path):
     folder, stem = os.path.split(os.path.splitext(path)[0])
     stems = (
@@ -84,10 +85,12 @@ def module(path: str, *, flag: str = '--config') -> types.ModuleType:
     raise errors.ConfigError(
       f'{path} fails to load: {type(e).__name__}: {str(e).rstrip(".")}.'
     ) from e
-  if not callable(getattr(loaded, 'get_config', None)):
+  if not callable(getattr(loaded, needs, None)):
     raise errors.ConfigError(
-      f'{path} has no get_config() function; a config file defines '
-      'get_config(arg) returning an ml_collections.ConfigDict.'
+      f'{path} has no {needs}() function; a config file defines '
+      'get_config(arg) returning an ml_collections.ConfigDict'
+      + ('' if needs == 'get_config' else f', a size file {needs}(config)')
+      + '.'
     )
   return loaded
 

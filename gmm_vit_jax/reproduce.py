@@ -47,15 +47,16 @@ VARIANTS = ('plain', 'gmm')
 Shrink = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
 
-def config_file(configs: str, name: str) -> ModuleType:
-  """The config file `configs`/`name`.py, run as a module (as train.py's --config runs it)."""
+def config_file(configs: str, name: str, needs: str = 'get_config') -> ModuleType:
+  """The config file `configs`/`name`.py, run as a module (as train.py's --config runs it);
+  `needs`: the function it must define."""
   path = os.path.join(configs, f'{name}.py')
   if not os.path.isfile(path):
     raise errors.ConfigError(
       f'{path} does not exist: --configs names the folder of the '
       "config files (the repository's configs/)."
     )
-  return config_files.module(path, flag='--configs')
+  return config_files.module(path, flag='--configs', needs=needs)
 
 
 def run_config(
@@ -381,7 +382,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_jax()
   size = 'tiny' if FLAGS.tiny else FLAGS.shrink
-  shrink = config_file(FLAGS.configs, size).shrink if size else None
+  shrink = config_file(FLAGS.configs, size, needs='shrink').shrink if size else None
   # The XLA flags must be set before JAX starts; every run shares the one process.
   cpu_runtime.apply(
     run_config(

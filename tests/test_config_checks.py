@@ -51,6 +51,9 @@ ZERO_ALLOWED = {
   'model.stochastic_depth',
   'model.head_dropout',
   'progress_max_lines',
+  'augment.randaugment_ops',
+  'augment.randaugment_magnitude',
+  'augment.randaugment_magnitude_std',
 }
 # Probabilities, fractions and rates: none may exceed 1.
 AT_MOST_ONE = {

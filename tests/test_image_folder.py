@@ -14,9 +14,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import quickstart
+from gmm_vit_jax import sharding
 from gmm_vit_jax.data import image_folder, images, pipeline as pipelines, records, sources
 from gmm_vit_jax.data.info import dataset_info, resolve
-from gmm_vit_jax.training import sharding
 from gmm_vit_jax.training.checkpoint import selection_metric
 from tests.model_testing import QUICK_COMPILES_ENV
 
@@ -61,7 +61,8 @@ def test_digits_folder_trains_like_the_quickstart_and_predict_names_classes(tmp_
     f'--workdir={workdir}',
   )
   assert trained.returncode == 0, trained.stderr[-3000:]
-  summary = json.loads(trained.stdout[trained.stdout.index('{') :])
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
   assert summary['best_eval_accuracy'] >= 0.95
   with open(os.path.join(workdir, 'config.json')) as f:
     stored = json.load(f)['dataset']

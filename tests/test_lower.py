@@ -48,7 +48,12 @@ def test_config_lowers(name, platform):
   full = 'HIGHEST' if result['dtype'] == 'float32' else 'DEFAULT'
   for step in ('train', 'eval'):
     assert result[step]['stablehlo_bytes'] > 10_000
-    assert list(result[step]['products']) == [full] and result[step]['products'][full] > 0
+    products = dict(result[step]['products'])
+    if step == 'train' and full == 'DEFAULT' and config.augment.inception_crop:
+      # The Inception crop's resize runs at HIGHEST whatever the model computes in
+      # (augment/inception_crop.py): its two products, rows and columns.
+      assert products.pop('HIGHEST') == 2
+    assert list(products) == [full] and products[full] > 0
   # A train step (forward, backward, update) costs more per image than an eval step, even
   # where it drops 30% of the patches (GMM-HViT).
   per_image = {

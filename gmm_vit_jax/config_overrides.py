@@ -41,16 +41,6 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
-def _fields(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      flat.update(_fields(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def _parse(field: str, text: str, current):
   """`text` as a value of the type of `current` (any literal where current is None)."""
   try:
@@ -83,16 +73,15 @@ def apply(
   """A copy of `config` with the overrides set; a ConfigError naming the closest field for
   one it does not have."""
   config = ml_collections.ConfigDict(config.to_dict())
-  fields = _fields(config)
   for field, text in overrides.items():
     config_files.check_field(config, field)
-    if field not in fields:
-      raise errors.ConfigError(
-        f'--config.{field} is a section: set its fields, --config.{field}.FIELD=VALUE.'
-      )
     *parents, name = field.split('.')
     section = config
     for parent in parents:
       section = section[parent]
-    section[name] = _parse(field, text, fields[field])
+    if isinstance(section[name], ml_collections.ConfigDict):
+      raise errors.ConfigError(
+        f'--config.{field} is a section: set its fields, --config.{field}.FIELD=VALUE.'
+      )
+    section[name] = _parse(field, text, section[name])
   return config

@@ -38,7 +38,7 @@ from gmm_vit_jax import export, sharding  # noqa: E402
 from gmm_vit_jax.augment.basic import normalize  # noqa: E402
 from gmm_vit_jax.data.info import dataset_info  # noqa: E402
 from gmm_vit_jax.data.pipeline import make_pipeline  # noqa: E402
-from gmm_vit_jax.training.checkpoint import restore_run  # noqa: E402
+from gmm_vit_jax.training.checkpoint import restore_run, step_flag  # noqa: E402
 
 TOP_K = 5
 SPLITS = ('test', 'validation', 'train')
@@ -215,15 +215,6 @@ def class_table(class_names: list[str], per_class: np.ndarray, counts: np.ndarra
   return '\n'.join(lines)
 
 
-def _step(flag: str) -> str | int:
-  if flag in ('best', 'latest'):
-    return flag
-  try:
-    return int(flag)
-  except ValueError:
-    raise errors.UserError(f"--step={flag!r}: use 'best', 'latest' or a step number.") from None
-
-
 def main(argv, overrides: dict[str, str]):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -234,7 +225,7 @@ def main(argv, overrides: dict[str, str]):
     )
   console.quiet_jax()
   evaluated = (
-    from_run(FLAGS.workdir, _step(FLAGS.step), FLAGS.weights)
+    from_run(FLAGS.workdir, step_flag(FLAGS.step), FLAGS.weights)
     if FLAGS.workdir
     else from_bundle(FLAGS.export)
   )

@@ -13,6 +13,8 @@ import shutil
 import socket
 import urllib.parse
 
+from gmm_vit_jax import errors
+
 EMULATOR_ENV = 'STORAGE_EMULATOR_HOST'
 # A URL is a scheme of two or more characters (a Windows drive letter is one) and '://'.
 _URL = re.compile(r'^([a-zA-Z][a-zA-Z0-9+.-]+)://')
@@ -121,6 +123,14 @@ def listdir(path: str) -> list[str]:
   return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
+def names_in(flag: str, path: str, fix: str) -> list[str]:
+  """The names in the folder `path` given as `flag`, [] where it does not exist yet; a
+  UserError ending with `fix` where a local `path` is, or lies under, a regular file."""
+  if is_url(path):
+    return listdir(path)
+  return os.listdir(path) if errors.is_directory(flag, path, fix) else []
+
+
 def walk(path: str):
   """os.walk of a local folder or a URL prefix: (folder, subfolder names, file names)."""
   if not is_url(path):
@@ -180,8 +190,6 @@ def check_reachable(path: str) -> None:
   """
   if not is_url(path):
     return
-  from gmm_vit_jax import errors
-
   scheme = _URL.match(path).group(1)
   emulator = os.environ.get(EMULATOR_ENV)
   endpoint = emulator or (GCS_ENDPOINT if scheme in ('gs', 'gcs') else None)

@@ -25,7 +25,6 @@ anything is written.
 """
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -214,14 +213,9 @@ def load(directory: str) -> Bundle:
 def check_out(out: str, overwrite: bool) -> None:
   """A UserError unless a bundle may be written to `out`: a path under directories only,
   and a new or empty directory, or one holding only a bundle's files when `overwrite`."""
-  if storage.is_url(out):
-    names = sorted(storage.listdir(out)) if storage.isdir(out) else []
-  elif errors.is_directory(
-    '--out', out, 'choose a directory that does not exist yet (it is created).'
-  ):
-    names = sorted(os.listdir(out))
-  else:
-    return
+  names = sorted(
+    storage.names_in('--out', out, 'choose a directory that does not exist yet (it is created).')
+  )
   foreign = [n for n in names if n not in BUNDLE_FILES]
   if foreign:
     more = f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''

@@ -9,9 +9,9 @@ The library part of the package needs no trainer; this command reads the run wit
 
 from absl import app, flags
 
-from gmm_vit_jax import cli, console, errors, storage
+from gmm_vit_jax import cli, console, storage
 from gmm_vit_jax.export import check_out, save_bundle
-from gmm_vit_jax.training.checkpoint import restore_run
+from gmm_vit_jax.training.checkpoint import restore_run, step_flag
 
 flags.DEFINE_string('workdir', None, 'Training run directory to export.', required=True)
 flags.DEFINE_string('out', None, 'Bundle directory to write.', required=True)
@@ -34,22 +34,13 @@ flags.DEFINE_enum(
 )
 
 
-def _step(flag: str) -> str | int:
-  if flag in ('best', 'latest'):
-    return flag
-  try:
-    return int(flag)
-  except ValueError:
-    raise errors.UserError(f"--step={flag!r}: use 'best', 'latest' or a step number.") from None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.quiet_jax()
   workdir = flags.FLAGS.workdir
   check_out(flags.FLAGS.out, flags.FLAGS.overwrite)
-  run = restore_run(workdir, _step(flags.FLAGS.step), weights=flags.FLAGS.weights)
+  run = restore_run(workdir, step_flag(flags.FLAGS.step), weights=flags.FLAGS.weights)
   metrics = run.metrics or {}
   prefix = 'eval_ema' if flags.FLAGS.weights == 'ema' else 'eval'
   source = dict(

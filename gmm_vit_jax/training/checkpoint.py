@@ -274,6 +274,16 @@ class RestoredRun:
   metrics: dict | None  # Eval metrics saved with the checkpoint; None if not evaluated.
 
 
+def step_flag(flag: str) -> str | int:
+  """A --step flag's text as restore_run's `which`: 'best', 'latest' or a step number."""
+  if flag in ('best', 'latest'):
+    return flag
+  try:
+    return int(flag)
+  except ValueError:
+    raise errors.UserError(f"--step={flag!r}: use 'best', 'latest' or a step number.") from None
+
+
 def restore_run(workdir: str, which: str | int = 'best', weights: str = 'raw') -> RestoredRun:
   """The model of a run at `which`: 'best' (by the run's selection metric; the latest if
   none was evaluated), 'latest', or a step number.

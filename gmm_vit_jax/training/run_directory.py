@@ -127,17 +127,12 @@ class RunDirectory:
   def check_is_ours(self) -> None:
     """A UserError naming what was found and the fix, unless the workdir is absent, empty
     or this trainer's (see the module docstring); reads only."""
-    if storage.is_url(self.workdir):
-      names = storage.listdir(self.workdir)
-    elif errors.is_directory(
+    names = storage.names_in(
       '--workdir',
       self.workdir,
-      'choose a directory that does not '
-      'exist yet (it is created) or a run directory of this trainer.',
-    ):
-      names = os.listdir(self.workdir)
-    else:
-      return
+      'choose a directory that does not exist yet (it is created) or a run directory of this '
+      'trainer.',
+    )
     names = sorted(n for n in names if not n.startswith('.') and n != 'lost+found')
     fix = 'choose an empty or new --workdir; nothing in it was changed.'
     if CONFIG_FILE in names:

@@ -88,6 +88,11 @@ NOT_RUN = {
     'python -m gmm_vit_jax.convert to-torch --export=exported/ref --out=back.pth':
         'needs the bundle the command before writes',
     # docs/cpu_speed.md
+    'python -m gmm_vit_jax.benchmarks.reference_speed '
+    '--reference_dir=../Gaussian-Mixture-Mask-Attention --backbones=vit,swin,cait,pit,t2t '
+    '--batch_size=128 --steps=5 --rounds=2':
+        'needs a checkout of the reference repository; tests/test_reference_speed.py runs it '
+        'small on a stand-in',
     'python -m gmm_vit_jax.benchmarks.step_profile --config=configs/gmm_vit_cifar10.py '
     '--batch_size=128 --steps=2 --top=3':
         'a benchmark: minutes of full-size steps on both sides; tests/test_step_profile.py '

@@ -91,7 +91,7 @@ def project_side(configs: str, backbone: str, batch_size: int, steps: int) -> di
 
   from gmm_vit_jax.benchmarks.torch_compare import flax_window
 
-  window = flax_window(config, batch_size, config.model.dtype)
+  window = flax_window(config, batch_size, 'float32')
   window(1)
   window(WARMUP_STEPS)
   seconds = window(steps)

@@ -36,6 +36,7 @@ FLOORS = (
     'platforms',
     'sharding',
     'initializers',
+    'cpu_forms',
     'linear',
     'published',
     'jax_private',

@@ -18,7 +18,7 @@ from flax import nnx
 
 from gmm_vit_jax.attention import Attention, grid, make_attention, make_score
 from gmm_vit_jax.initializers import dense_init, embedding_init, fused_dense_init
-from gmm_vit_jax.linear import Linear
+from gmm_vit_jax.linear import LayerNorm, Linear
 from gmm_vit_jax.models.layers import Mlp, drop_path
 from gmm_vit_jax.models.tokens import check_patch_size, patchify, take_tokens
 
@@ -60,10 +60,10 @@ class LayerScaleBlock(nnx.Module):
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
-    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm1 = LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attention = attention
     self.attention_scale = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
-    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm2 = LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.mlp = mlp
     self.mlp_scale = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
     self.drop_path_rate = drop_path_rate
@@ -183,7 +183,7 @@ class CaiT(nnx.Module):
         for i in range(class_depth)
       ]
     )
-    self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm = LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dtype = dtype
 

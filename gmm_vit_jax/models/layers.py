@@ -7,7 +7,7 @@ from flax import nnx
 
 from gmm_vit_jax import platforms
 from gmm_vit_jax.initializers import dense_init
-from gmm_vit_jax.linear import Linear
+from gmm_vit_jax.linear import LayerNorm, Linear
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -155,9 +155,9 @@ class EncoderBlock(nnx.Module):
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
-    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm1 = LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attention = attention
-    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm2 = LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.mlp = mlp
     self.drop_path_rate = drop_path_rate
 

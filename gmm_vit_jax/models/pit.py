@@ -39,7 +39,7 @@ from flax import nnx
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import dense_init, embedding_init, fused_dense_init
-from gmm_vit_jax.linear import Linear
+from gmm_vit_jax.linear import LayerNorm, Linear
 from gmm_vit_jax.models.layers import DepthwiseConv, EncoderBlock, Mlp
 from gmm_vit_jax.models.tokens import check_patch_size
 
@@ -159,7 +159,7 @@ class PiT(nnx.Module):
     self.sides = tuple(sides)
     self.stages = nnx.List(stages)
     self.pools = nnx.List(pools)
-    self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm = LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = Linear(dim, num_classes, dtype=dtype, kernel_init=dense_init, rngs=rngs)
     self.dtype = dtype
 

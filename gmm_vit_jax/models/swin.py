@@ -22,7 +22,7 @@ from flax import nnx
 
 from gmm_vit_jax.attention import Attention, grid, make_attention
 from gmm_vit_jax.initializers import torch_default_init
-from gmm_vit_jax.linear import Linear
+from gmm_vit_jax.linear import LayerNorm, Linear
 from gmm_vit_jax.models.layers import EncoderBlock, Mlp
 from gmm_vit_jax.models.tokens import check_patch_size
 
@@ -183,7 +183,7 @@ class PatchMerging(nnx.Module):
 
   def __init__(self, dim: int, *, grid_shape: tuple[int, int], dtype, rngs: nnx.Rngs):
     self.grid_shape = grid_shape
-    self.norm = nnx.LayerNorm(4 * dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm = LayerNorm(4 * dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.reduction = Linear(4 * dim, 2 * dim, use_bias=False, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -303,7 +303,7 @@ class Swin(nnx.Module):
       dtype=dtype,
       rngs=rngs,
     )
-    self.patch_norm = nnx.LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.patch_norm = LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.pos_embed = nnx.Param(position_init(rngs.params(), (grids[0] ** 2, embed_dim)))
     self.dropout = nnx.Dropout(dropout)
     # Stochastic depth grows linearly from 0 at the first block to the rate at the last.
@@ -330,7 +330,7 @@ class Swin(nnx.Module):
       )
     self.stages = nnx.List(stages)
     num_features = embed_dim * 2 ** (len(depths) - 1)
-    self.norm = nnx.LayerNorm(num_features, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm = LayerNorm(num_features, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = Linear(num_features, num_classes, dtype=dtype, rngs=rngs)
     # The reference Swin keeps PyTorch's default Linear/Conv initialisation.
     torch_default_init(self, rngs)

@@ -51,7 +51,7 @@ from flax import nnx
 
 from gmm_vit_jax.attention import grid, make_attention
 from gmm_vit_jax.initializers import reinit_kernels, small_normal_init
-from gmm_vit_jax.linear import Linear
+from gmm_vit_jax.linear import LayerNorm, Linear
 from gmm_vit_jax.models.layers import EncoderBlock, Mlp
 
 UNFOLD_KERNEL = 3
@@ -107,7 +107,7 @@ class TokenTransformer(nnx.Module):
     dtype,
     rngs: nnx.Rngs,
   ):
-    self.norm1 = nnx.LayerNorm(in_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm1 = LayerNorm(in_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attention = make_attention(
       attention,
       mask,
@@ -122,7 +122,7 @@ class TokenTransformer(nnx.Module):
       out_dim=token_dim,
       skip='values',
     )
-    self.norm2 = nnx.LayerNorm(token_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm2 = LayerNorm(token_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(token_dim, int(token_dim * TOKEN_MLP_RATIO), dtype=dtype, rngs=rngs)
 
   def __call__(self, x, coords, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
@@ -161,7 +161,7 @@ class TokensToToken(nnx.Module):
     self.sides = tuple(sides)
     self.layers = nnx.List(layers)
     # Unused by the forward pass, as in the reference; kept for its state_dict and count.
-    self.norm = nnx.LayerNorm(token_dim * taps, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm = LayerNorm(token_dim * taps, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.project = Linear(token_dim * taps, embed_dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, images, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
@@ -243,7 +243,7 @@ class T2T(nnx.Module):
         for rate in rates
       ]
     )
-    self.norm = nnx.LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.norm = LayerNorm(embed_dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = Linear(embed_dim, num_classes, dtype=dtype, rngs=rngs)
     self.dtype = dtype
     reinit_kernels(self, small_normal_init, rngs)

@@ -1,22 +1,22 @@
 """XLA:CPU forms of the dense layer's and LayerNorm's products and sums.
 
-Two things XLA:CPU does slowly on a training step, each written out here so that it
+Two things XLA:CPU does slowly in a training step, each written out here so that it
 does not have to:
 
 - Transposed operands. Autodiff gives a dense layer's input gradient as
-  grad @ kernel.T and its kernel gradient as rows.T @ grad, and XLA passes the
-  transposes to its matrix-product library as strides. On GMM-T2T's (8192, 512) x
-  (512, 256) input gradient that runs at 130 GFLOP/s against 190 for the same product
-  with the kernel written out transposed first, and the kernel gradient at 130 against
-  160 (benchmarks/ops.py). `dense` writes both transposes out.
+  grad @ kernel.T and its kernel gradient as rows.T @ grad, and XLA hands the
+  transposes to its matrix-product library as strides, which runs slower on them than
+  on the same products with the transposes written out first (GMM-T2T's (B * 64, 512)
+  x (512, 256) layer, forward and backward: 1.2x; benchmarks/ops.py). `dense` writes
+  both transposes out.
 - Long sums. XLA:CPU rewrites every reduction over more than 32 elements into a
   windowed one (reduce-window over blocks of 32, then a reduce) and runs it in its own
-  loops. Summing the 8,320 token rows of a (8320, 192) gradient that way takes four
-  times as long as the same sum as a product with a ones vector, which goes to the
-  matrix-product library. The bias and LayerNorm gradients, and LayerNorm's means, are
-  such products here; autodiff would turn each broadcast of the forward pass into a
-  windowed sum in the backward pass, so the functions that broadcast carry their own
-  gradients (jax.custom_vjp).
+  loops; in the GMM-ViT step these were the largest of them. A sum written as a
+  product with a ones vector goes to the matrix-product library instead. The bias and
+  LayerNorm gradients and LayerNorm's means are such products here (LayerNorm over
+  (B, 65, 192), forward and backward: 1.7x; benchmarks/ops.py). Autodiff would turn
+  each broadcast of the forward pass into a windowed sum in the backward pass, so the
+  functions that broadcast carry their own gradients (jax.custom_vjp).
 
 Only code traced for a CPU uses them (linear.py, platforms.on_cpu): GPU and TPU
 programs keep nnx.Linear's and nnx.LayerNorm's own forms.

@@ -14,7 +14,14 @@ and checks that they agree:
   as nnx.Linear, which contracts the (B, 64, in) array directly, against
   gmm_vit_jax/linear.Linear, which flattens it to (B * 64, in) rows first. A single
   layer times the same either way; the difference shows where one layer's gradient
-  feeds the next, as in every model.
+  feeds the next, as in every model;
+- one dense product, GMM-T2T's (B * 64, 512) x (512, 256): jnp.dot, whose gradients
+  multiply strided transposed operands, against cpu_forms.dense, which writes the
+  transposes out first;
+- a bias over GMM-ViT's (B * 65, 192) token rows: x + bias, whose gradient is a summed
+  reduction, against cpu_forms.add_rows, whose gradient is a product with a ones vector;
+- LayerNorm over (B, 65, 192): nnx.LayerNorm against gmm_vit_jax/linear.LayerNorm
+  (cpu_forms' means and gradients).
 Times are the median of --repeats calls after a warm-up, in milliseconds.
 """
 
@@ -28,8 +35,8 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from gmm_vit_jax import cli, cpu_runtime
-from gmm_vit_jax.linear import Linear
+from gmm_vit_jax import cli, cpu_forms, cpu_runtime
+from gmm_vit_jax.linear import LayerNorm, Linear
 from gmm_vit_jax.models.layers import depthwise_conv, gelu
 
 flags.DEFINE_integer('batch_size', 128, 'Leading dimension of every input.')
@@ -63,6 +70,17 @@ def mlp(linear: type[nnx.Linear]) -> Callable:
       layer.kernel, layer.bias = nnx.Param(kernel), nnx.Param(bias)
       x = layer(gelu(x) if i else x)
     return x
+
+  return run
+
+
+def layer_norm(norm: type[nnx.LayerNorm]) -> Callable:
+  """(x, scale, bias) -> a LayerNorm of type `norm` over x's last axis."""
+
+  def run(x, scale, bias):
+    layer = norm(x.shape[-1], epsilon=1e-5, rngs=nnx.Rngs(0))
+    layer.scale, layer.bias = nnx.Param(scale), nnx.Param(bias)
+    return layer(x)
 
   return run
 
@@ -120,6 +138,30 @@ def cases(batch_size: int) -> list[tuple[str, list[np.ndarray], Callable, Callab
       ],
       mlp(nnx.Linear),
       mlp(Linear),
+    )
+  )
+  rows.append(
+    (
+      'dense (B*64, 512) -> 256',
+      [normal(batch_size * 64, 512), 0.05 * normal(512, 256)],
+      jnp.dot,
+      cpu_forms.dense,
+    )
+  )
+  rows.append(
+    (
+      'bias over (B*65, 192) rows',
+      [normal(batch_size * 65, 192), normal(192)],
+      jnp.add,
+      cpu_forms.add_rows,
+    )
+  )
+  rows.append(
+    (
+      'LayerNorm (B, 65, 192)',
+      [normal(batch_size, 65, 192), 1.0 + 0.1 * normal(192), normal(192)],
+      layer_norm(nnx.LayerNorm),
+      layer_norm(LayerNorm),
     )
   )
   return rows

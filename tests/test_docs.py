@@ -195,8 +195,8 @@ NOT_RUN.update({
         'TPU and reads its precision',
     # docs/results.md
     'python -m gmm_vit_jax.reproduce --workdir=runs/paper_digits_seeds --datasets=digits '
-    '--shrink=quickstart_size --seeds=5 --backbones=vit,t2t,pit':
-        'thirty training runs, over an hour on 2 cores; tests/test_reproduce.py runs '
+    '--shrink=quickstart_size --seeds=5':
+        'fifty training runs, over an hour on 2 cores; tests/test_reproduce.py runs '
         '--seeds on tiny models',
 })
 

@@ -15,7 +15,6 @@ A product is "with weights" when one operand depends on the image and the other 
 Depth is the number of attention layers.
 """
 
-import contextlib
 import json
 import math
 
@@ -26,10 +25,10 @@ from absl import flags
 from flax import nnx
 from jax.extend import core as jex_core
 
-from gmm_vit_jax import cli, config_files, console
+from gmm_vit_jax import cli, config_files, console, platforms
 from gmm_vit_jax.attention import Attention
 from gmm_vit_jax.data.info import dataset_info
-from gmm_vit_jax.models import build_model, layers
+from gmm_vit_jax.models import build_model
 
 FLAGS = flags.FLAGS
 
@@ -80,31 +79,6 @@ def _count(jaxpr, dependent: list[bool], totals: dict) -> list[bool]:
   return [read(v) for v in jaxpr.outvars]
 
 
-def _grouped_depthwise_conv(x, kernel, strides, padding):
-  """layers.depthwise_conv as the one grouped convolution it equals."""
-  return jax.lax.conv_general_dilated(
-    x,
-    kernel,
-    strides,
-    padding,
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    feature_group_count=x.shape[-1],
-  )
-
-
-@contextlib.contextmanager
-def _depthwise_as_convolution():
-  """Traces DepthwiseConv as a convolution. It computes as shifted slices times kernel
-  taps, elementwise products the counter cannot tell from a norm's scale, so its MACs
-  (which ptflops counts as a convolution's) would otherwise be left out."""
-  computed = layers.depthwise_conv
-  layers.depthwise_conv = _grouped_depthwise_conv
-  try:
-    yield
-  finally:
-    layers.depthwise_conv = computed
-
-
 def model_complexity(config: ml_collections.ConfigDict) -> dict:
   """Counts for config.model on one image of config.dataset."""
   info = dataset_info(config.dataset)
@@ -124,7 +98,11 @@ def model_complexity(config: ml_collections.ConfigDict) -> dict:
   )
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   image = jnp.zeros((1, info['image_size'], info['image_size'], info['channels']), jnp.float32)
-  with _depthwise_as_convolution():
+  # Traced as for an accelerator, where the layers take the library's forms: on a CPU,
+  # DepthwiseConv computes as shifted slices (elementwise products the counter cannot tell
+  # from a norm's scale) and LayerNorm's means are products with a ones vector
+  # (cpu_forms.py), neither counted the way ptflops counts the paper's layers.
+  with platforms.lowering_for('tpu'):
     closed = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef, p, r)(x))(params, rest, image)
   num_state = len(jax.tree.leaves((params, rest)))
   totals = {'weights': 0, 'attention': 0}

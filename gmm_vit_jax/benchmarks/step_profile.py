@@ -369,7 +369,7 @@ def run_side(side: str) -> dict:
     check=False,
   )
   if done.returncode:
-    raise RuntimeError(f'the {side} side failed:\n{done.stderr[-3000:]}')
+    raise cli.child_failed(f'the {side} side', done)
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -183,9 +183,14 @@ def resolve(requested, dot_product=True, logit_maps=False, **kw):
 
 def test_auto_picks_blockwise_on_a_cpu_and_xla_for_other_scores():
   assert jax.default_backend() == 'cpu'
-  kw = dict(dtype=jnp.float32, head_dim=16, mask_mode='multiply')
+  kw = dict(dtype=jnp.float32, head_dim=16, mask_mode='multiply', lengths=(65, 65))
   assert resolve('auto', **kw) == 'blockwise'
   assert resolve('auto', logit_maps=True, **kw) == 'blockwise'
+  # CaiT's class attention: one query, every token a key.
+  assert resolve('auto', **{**kw, 'lengths': (1, 65)}) == 'blockwise'
+  for short in [(16, 16), (core.SHORT_KEYS, core.SHORT_KEYS)]:
+    assert resolve('auto', **{**kw, 'lengths': short}) == 'xla'
+  assert resolve('blockwise', **{**kw, 'lengths': (16, 16)}) == 'blockwise'
   assert resolve('auto', dot_product=False, **kw) == 'xla'
   assert resolve('xla', **kw) == 'xla'
 

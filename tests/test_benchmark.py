@@ -61,9 +61,9 @@ def test_peak_table_matches_device_kinds():
 
 def test_op_benchmark_prints_a_row_per_op_with_positive_times():
   out = run('gmm_vit_jax.benchmarks.ops', '--batch_size=2', '--repeats=1')
-  names = ('GELU', 'depthwise', 'MLP', 'dense', 'bias', 'LayerNorm')
+  names = ('GELU', 'depthwise', 'MLP', 'dense', 'bias', 'LayerNorm', 'GMM core')
   rows = [line for line in out.splitlines() if line.startswith(names)]
-  assert len(rows) == 7
+  assert len(rows) == 8
   for row in rows:
     library_ms, ours_ms, speedup = row.split()[-3:]
     assert float(library_ms) > 0 and float(ours_ms) > 0 and speedup.endswith('x')

@@ -26,6 +26,12 @@ from gmm_vit_jax.errors import check_choice
 
 IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn')
 
+# On a CPU, a layer with this many keys or fewer (Swin's 4x4 windows, PiT's last stage)
+# runs the core faster materialised: its slices' products are too small for the
+# recomputation to pay (forward and backward of the core alone, 1.8x to 2x; the GMM-Swin
+# training step, 1.07x to 1.12x; docs/cpu_speed.md).
+SHORT_KEYS = 32
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 
@@ -226,9 +232,9 @@ def resolve_implementation(
   logit_maps: the layer maps logits or weights around the softmax (talking heads),
     which 'cudnn' cannot.
   lengths: see cudnn_supports.
-  'auto' is 'cudnn' on a GPU where it applies, 'blockwise' on a CPU, and 'xla'
-  otherwise: on TPUs XLA fuses the softmax itself. The platform is the one traced for
-  (gmm_vit_jax/platforms.py).
+  'auto' is 'cudnn' on a GPU where it applies; on a CPU 'blockwise', or 'xla' where
+  there are at most SHORT_KEYS keys; and 'xla' otherwise: on TPUs XLA fuses the softmax
+  itself. The platform is the one traced for (gmm_vit_jax/platforms.py).
   """
   check_choice('model.attention.implementation', requested, IMPLEMENTATIONS)
   cudnn_problem = cudnn_supports(
@@ -241,7 +247,9 @@ def resolve_implementation(
       return 'xla'
     if cudnn_problem is None:
       return 'cudnn'
-    return 'blockwise' if platforms.on_cpu() else 'xla'
+    if not platforms.on_cpu() or (lengths and lengths[-1] <= SHORT_KEYS):
+      return 'xla'
+    return 'blockwise'
   if requested != 'xla' and not dot_product:
     raise ValueError(
       f'model.attention.implementation={requested!r} needs dot-product scores; '

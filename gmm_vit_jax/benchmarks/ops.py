@@ -21,8 +21,13 @@ and checks that they agree:
 - a bias over GMM-ViT's (B * 65, 192) token rows: x + bias, whose gradient is a summed
   reduction, against cpu_forms.add_rows, whose gradient is a product with a ones vector;
 - LayerNorm over (B, 65, 192): nnx.LayerNorm against gmm_vit_jax/linear.LayerNorm
-  (cpu_forms' means and gradients).
-Times are the median of --repeats calls after a warm-up, in milliseconds.
+  (cpu_forms' means and gradients);
+- the attention core with the GMM's multiplicative mask (attention/core.py) on the
+  heads of GMM-Swin's first stage, (B * 64 windows, 3, 16, 32): 'blockwise' against
+  the materialised 'xla', which 'auto' picks on a CPU for a window's 16 keys.
+Times are the median of --repeats calls after a warm-up, in milliseconds, under the
+trainer's CPU settings (cpu_runtime.py: its XLA flags, and the calls' memory kept
+mapped between calls as the paper configs keep a step's).
 """
 
 import statistics
@@ -36,6 +41,8 @@ from absl import flags
 from flax import nnx
 
 from gmm_vit_jax import cli, cpu_forms, cpu_runtime
+from gmm_vit_jax.attention import core
+from gmm_vit_jax.attention.masks import MaskValues
 from gmm_vit_jax.linear import LayerNorm, Linear
 from gmm_vit_jax.models.layers import depthwise_conv, gelu
 
@@ -81,6 +88,25 @@ def layer_norm(norm: type[nnx.LayerNorm]) -> Callable:
     layer = norm(x.shape[-1], epsilon=1e-5, rngs=nnx.Rngs(0))
     layer.scale, layer.bias = nnx.Param(scale), nnx.Param(bias)
     return layer(x)
+
+  return run
+
+
+def attention_core(implementation: str) -> Callable:
+  """(q, k, v, mask values) -> the core `implementation` with a multiplicative mask."""
+
+  def run(q, k, v, values):
+    valid = jnp.ones(values.shape[-2:], bool)
+    return core.attend(
+      q,
+      k,
+      v,
+      implementation=implementation,
+      scale=q.shape[-1] ** -0.5,
+      mask=MaskValues(values, valid, 'multiply'),
+      bias=None,
+      max_slices=16,
+    )
 
   return run
 
@@ -164,6 +190,15 @@ def cases(batch_size: int) -> list[tuple[str, list[np.ndarray], Callable, Callab
       layer_norm(LayerNorm),
     )
   )
+  windows = [normal(batch_size * 64, 3, 16, 32) for _ in range(3)]
+  rows.append(
+    (
+      'GMM core, Swin windows (B*64, 3, 16, 32)',
+      [*windows, 1.0 + 0.1 * normal(3, 16, 16)],
+      attention_core('blockwise'),
+      attention_core('xla'),
+    )
+  )
   return rows
 
 
@@ -190,6 +225,7 @@ def compare(batch_size: int, repeats: int) -> list[dict]:
 def main(argv):
   del argv
   cpu_runtime.set_xla_flags()
+  cpu_runtime.keep_step_memory()
   device = jax.devices()[0]
   print(
     f'forward + backward, batch {FLAGS.batch_size}, float32, on {device.platform} '

@@ -28,7 +28,7 @@ IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn')
 
 # On a CPU, a layer with this many keys or fewer (Swin's 4x4 windows, PiT's last stage)
 # runs the core faster materialised: its slices' products are too small for the
-# recomputation to pay (forward and backward of the core alone, 1.8x to 2x; the GMM-Swin
+# recomputation to pay (forward and backward of the core alone, about 2x; the GMM-Swin
 # training step, 1.07x to 1.12x; docs/cpu_speed.md).
 SHORT_KEYS = 32
 

@@ -40,7 +40,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from gmm_vit_jax import cli, cpu_forms, cpu_runtime
+from gmm_vit_jax import cli, configs_common, cpu_forms, cpu_runtime
 from gmm_vit_jax.attention import core
 from gmm_vit_jax.attention.masks import MaskValues
 from gmm_vit_jax.linear import LayerNorm, Linear
@@ -93,7 +93,8 @@ def layer_norm(norm: type[nnx.LayerNorm]) -> Callable:
 
 
 def attention_core(implementation: str) -> Callable:
-  """(q, k, v, mask values) -> the core `implementation` with a multiplicative mask."""
+  """(q, k, v, mask values) -> the core `implementation` with a multiplicative mask, in
+  as many blockwise slices as the configs' attention runs."""
 
   def run(q, k, v, values):
     valid = jnp.ones(values.shape[-2:], bool)
@@ -105,7 +106,7 @@ def attention_core(implementation: str) -> Callable:
       scale=q.shape[-1] ** -0.5,
       mask=MaskValues(values, valid, 'multiply'),
       bias=None,
-      max_slices=16,
+      max_slices=configs_common.attention().max_slices,
     )
 
   return run
